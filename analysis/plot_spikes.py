@@ -1,0 +1,82 @@
+#!/usr/bin/python3
+"""Plot the gradient-spike figure from a thinklab gradient analysis.
+
+For each attention matrix (wq, wk, wv, wo), draws the mean gradient norm per
+layer for easy and hard sequences, with every sequence's trace drawn faintly
+behind. Reads /analysis/gradient_spikes and writes one PNG per log.
+"""
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tllog  # noqa: E402
+
+GROUP = "analysis/gradient_spikes"
+
+
+def spike_groups(f, metric, label):
+    """Return (matrix names, norms (R, L, 4), labels (R,)) of one log."""
+    g = f[GROUP]
+    names = tllog.strings(g["matrices"])
+    norms = g[metric][:]
+    labels = g["label_by_" + label][:]
+    return names, norms, labels
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("logs", nargs="+", help="thinklab logs holding a gradient analysis")
+    ap.add_argument("-o", "--out-dir", default=".", help="folder for the PNG files (default .)")
+    ap.add_argument("--metric", choices=["nuclear", "frobenius", "max_sv"], default="nuclear",
+                    help="matrix norm to plot (default nuclear)")
+    ap.add_argument("--label", choices=["loss", "answer"], default="loss",
+                    help="easy/hard labels: by loss quantile or by answer correctness "
+                         "(default loss)")
+    args = ap.parse_args(argv)
+
+    for path in args.logs:
+        try:
+            f = tllog.open_log(path)
+        except tllog.LogError as e:
+            tllog.fail(str(e))
+        with f:
+            if GROUP not in f or f[GROUP + "/step"].shape[0] == 0:
+                tllog.fail(f"{path}: no gradient analysis recorded; run the analysis "
+                           "(experiments/gradient_spikes.lua) first")
+            names, norms, labels = spike_groups(f, args.metric, args.label)
+            title = tllog.run_name(f, path)
+        n_seq, n_layers, n_mat = norms.shape
+        layers = np.arange(n_layers)
+        fig, axes = plt.subplots(1, n_mat, figsize=(4 * n_mat, 3.6), sharex=True)
+        for m, ax in enumerate(np.atleast_1d(axes)):
+            for lab, color, text in ((0, "tab:blue", "easy"), (1, "tab:red", "hard")):
+                rows = norms[labels == lab, :, m]
+                for r in rows:
+                    ax.plot(layers, r, color=color, alpha=0.08, lw=0.8)
+                if len(rows):
+                    ax.plot(layers, rows.mean(axis=0), color=color, lw=2.2, marker="o", ms=3,
+                            label=f"{text} (n={len(rows)})")
+            ax.set_title(f"d loss / d {names[m]}")
+            ax.set_xlabel("layer")
+            ax.set_xticks(layers)
+            ax.grid(alpha=0.3)
+        np.atleast_1d(axes)[0].set_ylabel(f"{args.metric} norm of the gradient")
+        np.atleast_1d(axes)[0].legend(fontsize=8)
+        fig.suptitle(f"{title}: gradient norms per layer, easy vs hard (labels by {args.label})")
+        fig.tight_layout()
+        out = tllog.output_path(args.out_dir, path, f"_spikes_{args.metric}.png")
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        print(out)
+
+
+if __name__ == "__main__":
+    main()

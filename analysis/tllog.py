@@ -1,0 +1,121 @@
+"""Reading thinklab run logs (HDF5) for the analysis scripts.
+
+The layout is documented in LOG_FORMAT.md beside this file. Every script opens
+logs through open_log(), which rejects files that are not thinklab logs with a
+message naming the file.
+"""
+
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+LOG_VERSION = 1
+
+
+class LogError(Exception):
+    """A file that cannot be read as a thinklab log."""
+
+
+def open_log(path):
+    """Open a thinklab log read-only and check its format version."""
+    if not os.path.exists(path):
+        raise LogError(f"{path}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise LogError(f"{path}: not an HDF5 file ({e}); pass a thinklab run log (.h5)") from None
+    version = f.attrs.get("thinklab_log_version")
+    if version is None:
+        f.close()
+        raise LogError(f"{path}: HDF5 file without the 'thinklab_log_version' attribute; "
+                       "it was not written by thinklab")
+    if int(version) != LOG_VERSION:
+        f.close()
+        raise LogError(f"{path}: thinklab log version {int(version)}, these scripts read "
+                       f"version {LOG_VERSION}; use the analysis scripts of the thinklab "
+                       "that wrote it")
+    return f
+
+
+def config(f):
+    """The run's resolved configuration as a dict ({} if absent)."""
+    if "meta/config_json" not in f:
+        return {}
+    text = f["meta/config_json"].asstr()[()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+
+
+def run_name(f, path):
+    """A short label for plots: the config's name, else the file's stem."""
+    name = config(f).get("name")
+    if isinstance(name, str) and name:
+        return name
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def meta_number(f, key):
+    """A number stored as a /meta attribute or as a top-level config key, or None."""
+    if "meta" in f and key in f["meta"].attrs:
+        return float(f["meta"].attrs[key])
+    value = config(f).get(key)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def strings(ds):
+    """A string dataset as a list of str."""
+    return [s for s in ds.asstr()[...]]
+
+
+def eval_rows(f):
+    """Evaluation rows as a list of dicts (empty if the run logged none)."""
+    if "eval" not in f or "step" not in f["eval"]:
+        return []
+    g = f["eval"]
+    n = g["step"].shape[0]
+    cols = {k: g[k] for k in g.keys()}
+    rows = []
+    for i in range(n):
+        row = {}
+        for k, ds in cols.items():
+            if ds.shape[0] != n:
+                continue
+            v = ds[i]
+            if isinstance(v, bytes):
+                v = v.decode()
+            row[k] = v.item() if isinstance(v, np.generic) else v
+        rows.append(row)
+    return rows
+
+
+def smooth(y, window):
+    """Trailing moving average over window points (window <= 1 returns y)."""
+    y = np.asarray(y, dtype=float)
+    if window <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def fail(message):
+    """Print an error for the command line and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def output_path(out_dir, path, suffix):
+    """out_dir/<log stem><suffix>, creating out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(out_dir, stem + suffix)

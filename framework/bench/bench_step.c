@@ -1,0 +1,231 @@
+/* Training-step benchmark: a small GPT-2 style model, timed one full step at a
+ * time. bench_step_torch.py runs the same model and step in PyTorch.
+ *
+ * Model: token embedding (V = 65) plus learned absolute positions (context 64),
+ * 4 GPT-2 style blocks (C = 128, H = 4, LayerNorm without bias, GELU MLP of
+ * width 4C), final LayerNorm without bias, head tied to the token embedding,
+ * cross-entropy. Batch 12 x 64 tokens of random ids.
+ *
+ * One step: zero gradients, forward, backward, clip the global norm to 1.0,
+ * AdamW, arena reset. Prints the thread description, the median, minimum and
+ * mean time per step after warm-up, GFLOP/s from the context's FLOP counters
+ * at the median time, CPU time per step and peak RSS. --phases also times
+ * forward, backward and optimizer (clip + AdamW) on their own. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "thinklab/block.h"
+#include "thinklab/thinklab.h"
+
+enum { VOCAB = 65, CONTEXT = 64, WIDTH = 128, HEADS = 4, LAYERS = 4, BATCH = 12 };
+
+typedef struct bench_model {
+    tl_params *params;
+    tl_tensor *wte, *wpe, *ln_f;
+    tl_block blocks[LAYERS];
+} bench_model;
+
+typedef struct bench_options {
+    int threads, steps, warmup;
+    bool phases;
+} bench_options;
+
+static double clock_ms(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static double now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof v[0], compare_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static tl_status model_init(bench_model *m, uint64_t seed)
+{
+    m->params = tl_params_new();
+    if (!m->params)
+        return tl_lasterr();
+    int64_t wte_shape[2] = {VOCAB, WIDTH}, wpe_shape[2] = {CONTEXT, WIDTH}, c[1] = {WIDTH};
+    m->wte = tl_params_add(m->params, "wte", 2, wte_shape, TL_INIT_NORMAL, 0.02f, TL_PARAM_DECAY);
+    m->wpe = tl_params_add(m->params, "wpe", 2, wpe_shape, TL_INIT_NORMAL, 0.02f, TL_PARAM_DECAY);
+    if (!m->wte || !m->wpe)
+        return tl_lasterr();
+    tl_block_config cfg = tl_block_config_default(WIDTH, HEADS);
+    cfg.style = TL_BLOCK_GPT2;
+    cfg.rope = TL_ROPE_NONE;
+    cfg.n_layers = LAYERS;
+    for (int l = 0; l < LAYERS; l++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "layers.%d", l);
+        tl_status st = tl_block_init(&m->blocks[l], &cfg, m->params, prefix);
+        if (st != TL_OK)
+            return st;
+    }
+    m->ln_f = tl_params_add(m->params, "ln_f", 1, c, TL_INIT_CONST, 1.0f, 0);
+    if (!m->ln_f)
+        return tl_lasterr();
+    tl_rng rng;
+    tl_rng_seed(&rng, seed);
+    return tl_params_alloc(m->params, &rng);
+}
+
+/* Mean next-token cross-entropy of ids (B, T) against targets (B*T). */
+static tl_tensor *model_loss(tl_ctx *ctx, const bench_model *m, tl_tensor *ids, tl_tensor *pos,
+                             tl_tensor *targets)
+{
+    tl_tensor *x = tl_add(ctx, tl_embedding(ctx, m->wte, ids), tl_embedding(ctx, m->wpe, pos));
+    for (int l = 0; l < LAYERS; l++)
+        x = tl_block_forward(ctx, &m->blocks[l], x, NULL);
+    x = tl_layernorm(ctx, x, m->ln_f, NULL, 1e-5f);
+    tl_tensor *logits = tl_linear(ctx, tl_reshape(ctx, x, 2, (int64_t[]){BATCH * CONTEXT, WIDTH}),
+                                  m->wte);
+    return tl_cross_entropy(ctx, logits, targets, NULL, NULL);
+}
+
+static int parse_options(int argc, char **argv, bench_options *o)
+{
+    *o = (bench_options){.threads = 0, .steps = 30, .warmup = 5, .phases = false};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--phases") == 0) {
+            o->phases = true;
+        } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
+            o->threads = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--steps") == 0) {
+            o->steps = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--warmup") == 0) {
+            o->warmup = atoi(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: thinklab-bench-step [--threads N (0 = all cores)] "
+                            "[--steps N (timed, default 30)] [--warmup N (default 5)] "
+                            "[--phases]\n");
+            return 2;
+        }
+    }
+    if (o->steps < 1 || o->warmup < 0) {
+        fprintf(stderr, "thinklab-bench-step: --steps must be >= 1 and --warmup >= 0\n");
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bench_options opt;
+    int rc = parse_options(argc, argv, &opt);
+    if (rc)
+        return rc;
+    tl_threads_set(opt.threads);
+    char desc[160];
+    printf("thinklab step benchmark: GPT-2 style, V %d, context %d, C %d, H %d, %d layers, "
+           "batch %d\n%s\n", VOCAB, CONTEXT, WIDTH, HEADS, LAYERS, BATCH,
+           tl_threads_describe(desc, sizeof desc));
+
+    bench_model m;
+    tl_ctx *ctx = tl_ctx_new(0);
+    if (!ctx || model_init(&m, 1) != TL_OK) {
+        fprintf(stderr, "thinklab-bench-step: setup failed: %s\n", tl_errmsg());
+        return 1;
+    }
+    printf("parameters %lld\n", (long long)tl_params_numel(m.params));
+
+    /* Random ids and positions 0..T-1, kept outside the arena. */
+    static int32_t ids[BATCH * CONTEXT], pos[BATCH * CONTEXT], targets[BATCH * CONTEXT];
+    tl_rng rng;
+    tl_rng_seed(&rng, 2);
+    tl_optim_config adamw = tl_optim_default();
+    int total = opt.warmup + opt.steps;
+    double *times = malloc((size_t)total * sizeof *times);
+    double *t_fwd = calloc((size_t)total, sizeof *t_fwd);
+    double *t_bwd = calloc((size_t)total, sizeof *t_bwd);
+    double *t_opt = calloc((size_t)total, sizeof *t_opt);
+    double *t_cpu = calloc((size_t)total, sizeof *t_cpu);
+    double flops = 0.0, first_loss = 0.0, last_loss = 0.0;
+
+    for (int s = 0; s < total; s++) {
+        for (int i = 0; i < BATCH * CONTEXT; i++) {
+            ids[i] = (int32_t)tl_rng_below(&rng, VOCAB);
+            targets[i] = (int32_t)tl_rng_below(&rng, VOCAB);
+            pos[i] = i % CONTEXT;
+        }
+        tl_ctx_reset_flops(ctx);
+        double cpu0 = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
+        double t0 = now_ms();
+        tl_params_zero_grad(m.params);
+        int64_t bt[2] = {BATCH, CONTEXT}, n[1] = {BATCH * CONTEXT};
+        tl_tensor *loss = model_loss(ctx, &m, tl_wrap(ctx, TL_I32, ids, 2, bt),
+                                     tl_wrap(ctx, TL_I32, pos, 2, bt),
+                                     tl_wrap(ctx, TL_I32, targets, 1, n));
+        double t1 = now_ms();
+        if (!loss || tl_backward(ctx, loss) != TL_OK) {
+            fprintf(stderr, "thinklab-bench-step: step %d failed: %s\n", s, tl_errmsg());
+            return 1;
+        }
+        double t2 = now_ms();
+        tl_clip_grad_norm(m.params, 1.0);
+        if (tl_optim_step(m.params, &adamw, 1e-3f, s + 1) != TL_OK) {
+            fprintf(stderr, "thinklab-bench-step: optimizer failed: %s\n", tl_errmsg());
+            return 1;
+        }
+        double t3 = now_ms();
+        last_loss = tl_f32(loss)[0];
+        if (s == 0)
+            first_loss = last_loss;
+        flops = tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
+        tl_ctx_reset(ctx);
+        double t4 = now_ms();
+        t_cpu[s] = clock_ms(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+        times[s] = t4 - t0;
+        t_fwd[s] = t1 - t0;
+        t_bwd[s] = t2 - t1;
+        t_opt[s] = t3 - t2;
+    }
+
+    double *timed = times + opt.warmup;
+    double mean = 0.0;
+    for (int s = 0; s < opt.steps; s++)
+        mean += timed[s] / opt.steps;
+    double med = median(timed, opt.steps);
+    double best = timed[0]; /* sorted by median() */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("loss %.4f at step 0, %.4f at step %d (random targets: ln %d = 4.17)\n", first_loss,
+           last_loss, total - 1, VOCAB);
+    printf("steps %d after %d warm-up: median %.2f ms/step, min %.2f, mean %.2f\n", opt.steps,
+           opt.warmup, med, best, mean);
+    /* CPU time sums over threads; on a busy machine it moves less than the
+     * wall time, but it includes OpenMP threads spinning at barriers. */
+    printf("median CPU time %.2f ms/step (all threads)\n", median(t_cpu + opt.warmup, opt.steps));
+    printf("FLOPs per step %.3f G (counted by ops), %.2f GFLOP/s at the median\n", flops * 1e-9,
+           flops * 1e-9 / (med * 1e-3));
+    printf("arena peak %.1f MiB, peak RSS %.1f MiB\n",
+           (double)tl_ctx_arena_peak(ctx) / (1 << 20), (double)ru.ru_maxrss / 1024.0);
+    if (opt.phases) {
+        printf("median phases: forward %.2f ms, backward %.2f ms, clip + AdamW %.2f ms\n",
+               median(t_fwd + opt.warmup, opt.steps), median(t_bwd + opt.warmup, opt.steps),
+               median(t_opt + opt.warmup, opt.steps));
+    }
+    free(times);
+    free(t_fwd);
+    free(t_bwd);
+    free(t_opt);
+    free(t_cpu);
+    tl_params_free(m.params);
+    tl_ctx_free(ctx);
+    return 0;
+}

@@ -1,0 +1,70 @@
+/* luaopen_thinklab and the module-wide functions: version, threads, rank. */
+#include <stdio.h>
+
+#include "thinklab/thinklab.h"
+#include "tl_lua.h"
+
+/* thinklab.threads([n]) -> count in force. n = 0 picks every available core. */
+static int l_threads(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) {
+        int isint = 0;
+        lua_Integer n = lua_tointegerx(L, 1, &isint);
+        if (!isint || n < 0 || n > 4096)
+            return luaL_error(L, "thinklab.threads: n must be an integer in [0, 4096] "
+                                 "(0 = every available core), got %s",
+                              tl_lua_describe(L, 1));
+        lua_pushinteger(L, tl_threads_set((int)n));
+        return 1;
+    }
+    lua_pushinteger(L, tl_threads_get());
+    return 1;
+}
+
+/* thinklab.threads_info() -> "threads 2 of 2 cores (OpenBLAS ..., openmp)". */
+static int l_threads_info(lua_State *L)
+{
+    char buf[256];
+    lua_pushstring(L, tl_threads_describe(buf, sizeof buf));
+    return 1;
+}
+
+/* Distributed training is not implemented: one process, rank 0 of 1. */
+static int l_rank(lua_State *L)
+{
+    lua_pushinteger(L, 0);
+    return 1;
+}
+
+static int l_world_size(lua_State *L)
+{
+    lua_pushinteger(L, 1);
+    return 1;
+}
+
+void tl_lua_open_core(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"threads", l_threads},
+        {"threads_info", l_threads_info},
+        {"rank", l_rank},
+        {"world_size", l_world_size},
+        {NULL, NULL},
+    };
+    luaL_setfuncs(L, fns, 0);
+    lua_pushstring(L, TL_VERSION_STRING);
+    lua_setfield(L, -2, "version");
+}
+
+int luaopen_thinklab(lua_State *L)
+{
+    luaL_checkversion(L);
+    lua_newtable(L);
+    tl_lua_open_core(L);
+    tl_lua_open_params(L);
+    tl_lua_open_data(L);
+    tl_lua_open_model(L);
+    tl_lua_open_train(L);
+    tl_lua_open_plugins(L);
+    return 1;
+}

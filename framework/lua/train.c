@@ -1,0 +1,521 @@
+/* Training from Lua: the step loop runs in C (tl_trainer_run) and calls back
+ * into Lua every callback_every steps through lua_pcall, so a Lua error in
+ * the callback stops the run cleanly and comes back as the message of a
+ * failed trainer:run().
+ *
+ *   tr = thinklab.trainer{model = m, data = ds, batch_size = 16, context = 128,
+ *                         steps = 1000 | tokens = n, optimizer = {...}, schedule = {...},
+ *                         clip = 1.0, eval_every = 200, eval_batches = 20, seed = 1,
+ *                         threads = 0, callback = fn, callback_every = 10, log = path,
+ *                         checkpoint = path, checkpoint_every = 0, progress_every = 10}
+ *   stats = tr:run();  tr:save(path);  tr:load(path);  tr:evaluate{routing = "causal"}
+ *   stats, tr = thinklab.train{... same keys ..., resume = path} */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "thinklab/model.h"
+#include "thinklab/threads.h"
+#include "thinklab/train.h"
+#include "tl_lua.h"
+
+typedef struct tl_lua_trainer {
+    tl_trainer *tr;          /* NULL once closed */
+    tl_lua_model *model;     /* kept alive by uservalue 2 */
+    tl_lua_dataset *data;    /* kept alive by uservalue 3 */
+    lua_State *L;            /* the state running tr:run(), for the callback */
+    int callback_ref;        /* registry reference to the callback during a run */
+    bool running;
+    struct tl_lua_trainer *next_model, *next_data; /* the model's and dataset's lists */
+} tl_lua_trainer;
+
+enum { UV_CALLBACK = 1, UV_MODEL = 2, UV_DATA = 3, UV_COUNT = 3 };
+
+static const char *const trainer_keys[] = {
+    "model",        "data",           "batch_size",    "context",       "steps",
+    "tokens",       "optimizer",      "schedule",      "clip",          "eval_every",
+    "eval_batches", "seed",           "threads",       "callback",      "callback_every",
+    "log",          "log_overwrite",  "log_flush_every", "log_grads_every", "log_token_seqs",
+    "checkpoint",   "checkpoint_every", "progress_every", "resume",      NULL,
+};
+
+/* Removes u from a model's list (by_model) or a dataset's list. */
+static void unlink_trainer(tl_lua_trainer **head, tl_lua_trainer *u, bool by_model)
+{
+    for (tl_lua_trainer **p = head; *p; p = by_model ? &(*p)->next_model : &(*p)->next_data) {
+        if (*p == u) {
+            *p = by_model ? u->next_model : u->next_data;
+            return;
+        }
+    }
+}
+
+/* Frees the C trainer and leaves the model's and dataset's lists. Their
+ * userdata are alive: each closes its trainers before freeing itself. */
+static void trainer_release(tl_lua_trainer *u)
+{
+    if (!u->tr)
+        return;
+    tl_trainer_free(u->tr);
+    u->tr = NULL;
+    unlink_trainer(&u->model->trainers, u, true);
+    unlink_trainer(&u->data->trainers, u, false);
+}
+
+void tl_lua_close_trainers(lua_State *L, struct tl_lua_trainer *head, bool by_model,
+                           const char *where)
+{
+    for (tl_lua_trainer *t = head; t; t = by_model ? t->next_model : t->next_data)
+        if (t->running)
+            luaL_error(L, "%s: a trainer using it is running; return false from the callback "
+                          "to stop it first",
+                       where);
+    while (head) {
+        tl_lua_trainer *next = by_model ? head->next_model : head->next_data;
+        trainer_release(head);
+        head = next;
+    }
+}
+
+static int trainer_gc(lua_State *L)
+{
+    tl_lua_trainer *u = luaL_checkudata(L, 1, TL_LUA_TRAINER);
+    if (!u->running)
+        trainer_release(u);
+    return 0;
+}
+
+static int trainer_close(lua_State *L)
+{
+    tl_lua_trainer *u = luaL_checkudata(L, 1, TL_LUA_TRAINER);
+    if (u->running)
+        return luaL_error(L, "trainer:close: the trainer is running; return false from the "
+                             "callback to stop it");
+    trainer_release(u);
+    return 0;
+}
+
+static tl_lua_trainer *check_trainer(lua_State *L, int idx, const char *where)
+{
+    tl_lua_trainer *u = luaL_testudata(L, idx, TL_LUA_TRAINER);
+    if (!u)
+        luaL_error(L, "%s needs a trainer (from thinklab.trainer), got %s", where,
+                   tl_lua_describe(L, idx));
+    if (!u->tr)
+        luaL_error(L, "%s: the trainer was closed", where);
+    if (u->running)
+        luaL_error(L, "%s: the trainer is running; call this from outside the callback (use "
+                      "model:evaluate inside it)",
+                   where);
+    return u;
+}
+
+/* ---- configuration from Lua ----------------------------------------------- */
+
+static void read_optimizer(lua_State *L, int t, tl_train_config *cfg)
+{
+    static const char *const keys[] = {"kind",         "lr",       "beta1", "beta2", "eps",
+                                       "weight_decay", "momentum", NULL};
+    static const char *const kinds[] = {"adamw", "sgd", NULL};
+    const char *w = "trainer.optimizer";
+    if (lua_getfield(L, t, "optimizer") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s must be a table such as {kind = \"adamw\", lr = 3e-4}, got %s", w,
+                   tl_lua_describe(L, -1));
+    tl_lua_check_keys(L, -1, w, keys);
+    cfg->optim.kind = (tl_optim_kind)tl_lua_opt_enum(L, -1, w, "kind", cfg->optim.kind, kinds);
+    cfg->schedule.lr = (float)tl_lua_opt_num(L, -1, w, "lr", cfg->schedule.lr, 0.0, 1e3);
+    cfg->optim.beta1 = (float)tl_lua_opt_num(L, -1, w, "beta1", cfg->optim.beta1, 0.0, 0.999999);
+    cfg->optim.beta2 = (float)tl_lua_opt_num(L, -1, w, "beta2", cfg->optim.beta2, 0.0, 0.999999);
+    cfg->optim.eps = (float)tl_lua_opt_num(L, -1, w, "eps", cfg->optim.eps, 1e-30, 1.0);
+    cfg->optim.weight_decay =
+        (float)tl_lua_opt_num(L, -1, w, "weight_decay", cfg->optim.weight_decay, 0.0, 1e3);
+    cfg->optim.momentum =
+        (float)tl_lua_opt_num(L, -1, w, "momentum", cfg->optim.momentum, 0.0, 0.999999);
+    lua_pop(L, 1);
+}
+
+static void read_schedule(lua_State *L, int t, tl_train_config *cfg)
+{
+    static const char *const keys[] = {"kind", "warmup", "min_lr", NULL};
+    static const char *const kinds[] = {"constant", "cosine", NULL};
+    const char *w = "trainer.schedule";
+    if (lua_getfield(L, t, "schedule") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s must be a table such as {kind = \"cosine\", warmup = 100}, got %s", w,
+                   tl_lua_describe(L, -1));
+    tl_lua_check_keys(L, -1, w, keys);
+    cfg->schedule.kind =
+        (tl_schedule_kind)tl_lua_opt_enum(L, -1, w, "kind", cfg->schedule.kind, kinds);
+    cfg->schedule.warmup = tl_lua_opt_int(L, -1, w, "warmup", cfg->schedule.warmup, 0, INT64_MAX);
+    cfg->schedule.min_lr =
+        (float)tl_lua_opt_num(L, -1, w, "min_lr", cfg->schedule.min_lr, 0.0, 1e3);
+    lua_pop(L, 1);
+}
+
+/* Reads the trainer table at t into cfg. Strings point into the table. */
+static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_train_config *cfg)
+{
+    const char *w = "trainer";
+    *cfg = tl_train_config_default();
+    cfg->batch_size = tl_lua_opt_int(L, t, w, "batch_size", cfg->batch_size, 1, INT32_MAX);
+    cfg->context = tl_lua_opt_int(L, t, w, "context", mcfg->context, 1, INT32_MAX);
+    if (cfg->context > mcfg->context)
+        luaL_error(L, "trainer.context %I is longer than the model's context %I: build the "
+                      "model with context >= %I",
+                   (lua_Integer)cfg->context, (lua_Integer)mcfg->context,
+                   (lua_Integer)cfg->context);
+    int has_steps = lua_getfield(L, t, "steps") != LUA_TNIL;
+    int has_tokens = lua_getfield(L, t, "tokens") != LUA_TNIL;
+    lua_pop(L, 2);
+    if (has_steps && has_tokens)
+        luaL_error(L, "trainer: give steps or tokens (a token budget), not both");
+    cfg->steps = tl_lua_opt_int(L, t, w, "steps", has_tokens ? 0 : cfg->steps, 1, INT64_MAX);
+    cfg->token_budget = tl_lua_opt_int(L, t, w, "tokens", 0, 1, INT64_MAX);
+    read_optimizer(L, t, cfg);
+    /* Without an explicit warm-up, short runs warm up over a tenth of their
+     * steps instead of the library's 100. */
+    int64_t steps = cfg->steps ? cfg->steps
+                               : (cfg->token_budget + cfg->batch_size * cfg->context - 1) /
+                                     (cfg->batch_size * cfg->context);
+    if (cfg->schedule.warmup >= steps)
+        cfg->schedule.warmup = steps / 10;
+    read_schedule(L, t, cfg);
+    if (cfg->schedule.warmup >= steps)
+        luaL_error(L, "trainer.schedule.warmup %I must be less than the %I training steps",
+                   (lua_Integer)cfg->schedule.warmup, (lua_Integer)steps);
+    if (cfg->schedule.min_lr > cfg->schedule.lr)
+        luaL_error(L, "trainer.schedule.min_lr %f is above trainer.optimizer.lr %f",
+                   (double)cfg->schedule.min_lr, (double)cfg->schedule.lr);
+    cfg->clip_norm = tl_lua_opt_num(L, t, w, "clip", cfg->clip_norm, 0.0, DBL_MAX);
+    cfg->eval_every = tl_lua_opt_int(L, t, w, "eval_every", cfg->eval_every, 0, INT64_MAX);
+    cfg->eval_batches = tl_lua_opt_int(L, t, w, "eval_batches", cfg->eval_batches, 0, INT64_MAX);
+    cfg->seed = (uint64_t)tl_lua_opt_int(L, t, w, "seed", (int64_t)cfg->seed, 0, INT64_MAX);
+    /* The default keeps the count in force, e.g. from thinklab.threads(n). */
+    cfg->threads = (int)tl_lua_opt_int(L, t, w, "threads", tl_threads_get(), 0, 4096);
+    cfg->callback_every = tl_lua_opt_int(L, t, w, "callback_every", 10, 1, INT64_MAX);
+    cfg->log_path = tl_lua_opt_str(L, t, w, "log", NULL);
+    cfg->log_overwrite = tl_lua_opt_bool(L, t, w, "log_overwrite", false);
+    cfg->log_flush_every = (int)tl_lua_opt_int(L, t, w, "log_flush_every", 0, 0, INT32_MAX);
+    cfg->log_grads_every = tl_lua_opt_int(L, t, w, "log_grads_every", 0, 0, INT64_MAX);
+    cfg->log_token_seqs =
+        tl_lua_opt_int(L, t, w, "log_token_seqs", cfg->log_token_seqs, 0, cfg->batch_size);
+    cfg->checkpoint_path = tl_lua_opt_str(L, t, w, "checkpoint", NULL);
+    cfg->checkpoint_every = tl_lua_opt_int(L, t, w, "checkpoint_every", 0, 0, INT64_MAX);
+    cfg->progress_every =
+        tl_lua_opt_int(L, t, w, "progress_every", cfg->progress_every, 0, INT64_MAX);
+    /* One process until data parallelism reaches the Lua layer. */
+    cfg->rank = 0;
+    cfg->world = 1;
+}
+
+/* ---- the callback --------------------------------------------------------- */
+
+static void set_num(lua_State *L, const char *key, double v)
+{
+    if (isnan(v))
+        return; /* absent rather than NaN: "if stats.eval_loss then" reads naturally */
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, key);
+}
+
+static void set_int(lua_State *L, const char *key, int64_t v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, key);
+}
+
+static void push_stats(lua_State *L, const tl_train_stats *s)
+{
+    lua_createtable(L, 0, 16);
+    set_int(L, "step", s->step);
+    set_int(L, "total", s->total);
+    set_int(L, "tokens", s->tokens);
+    set_num(L, "loss", s->loss);
+    set_num(L, "aux_loss", s->aux_loss);
+    set_num(L, "lr", s->lr);
+    set_num(L, "grad_norm", s->grad_norm);
+    set_num(L, "tokens_per_s", s->tokens_per_s);
+    set_num(L, "flops_per_step", s->flops_per_step);
+    set_num(L, "flops_total", s->flops_total);
+    set_num(L, "elapsed_s", s->elapsed_s);
+    set_num(L, "eta_s", s->eta_s);
+    if (s->eval_step >= 0) {
+        set_int(L, "eval_step", s->eval_step);
+        set_num(L, "eval_loss", s->eval_loss);
+        set_num(L, "eval_perplexity", s->eval_perplexity);
+    }
+}
+
+/* Message handler: the error message plus a traceback of the callback. */
+static int callback_traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Protected part of the callback: callback(stats) -> continue? */
+static int callback_body(lua_State *L)
+{
+    tl_lua_trainer *u = lua_touserdata(L, 1);
+    const tl_train_stats *s = lua_touserdata(L, 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, u->callback_ref);
+    push_stats(L, s);
+    lua_call(L, 1, 1);
+    /* false or "stop" ends the run early; anything else continues. */
+    bool stop = (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) ||
+                (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "stop") == 0);
+    lua_pushboolean(L, stop);
+    return 1;
+}
+
+static int train_callback(const tl_train_stats *stats, void *user)
+{
+    tl_lua_trainer *u = user;
+    lua_State *L = u->L;
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 8)) {
+        tl_seterr(TL_ENOMEM, "training callback at step %lld: no Lua stack space",
+                  (long long)stats->step);
+        return -1;
+    }
+    lua_pushcfunction(L, callback_traceback);
+    lua_pushcfunction(L, callback_body);
+    lua_pushlightuserdata(L, u);
+    lua_pushlightuserdata(L, (void *)stats);
+    int rc = lua_pcall(L, 2, 1, top + 1);
+    if (rc != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        tl_seterr(TL_ESTATE, "the callback failed at step %lld: %s", (long long)stats->step,
+                  msg ? msg : "(no message)");
+        lua_settop(L, top);
+        return -1;
+    }
+    bool stop = lua_toboolean(L, -1);
+    lua_settop(L, top);
+    return stop ? TL_TRAIN_STOP : TL_TRAIN_CONTINUE;
+}
+
+/* ---- construction ---------------------------------------------------------- */
+
+/* Builds a trainer from the table at index t and pushes it. */
+static tl_lua_trainer *trainer_create(lua_State *L, int t)
+{
+    const char *w = "trainer";
+    t = lua_absindex(L, t);
+    tl_lua_check_keys(L, t, w, trainer_keys);
+
+    lua_getfield(L, t, "model");
+    int model_idx = lua_gettop(L);
+    tl_lua_model *model = tl_lua_check_model(L, model_idx, "trainer.model");
+    lua_getfield(L, t, "data");
+    int data_idx = lua_gettop(L);
+    tl_lua_dataset *data = tl_lua_check_dataset(L, data_idx, "trainer.data");
+    int cb_type = lua_getfield(L, t, "callback");
+    int cb_idx = lua_gettop(L);
+    if (cb_type != LUA_TNIL && cb_type != LUA_TFUNCTION)
+        luaL_error(L, "trainer.callback must be a function(stats), got %s",
+                   tl_lua_describe(L, cb_idx));
+
+    const tl_model_config *mcfg = tl_model_config_of(model->m);
+    tl_train_config cfg;
+    read_config(L, t, mcfg, &cfg);
+
+    int vocab = tl_tokenizer_vocab_size(data->tok);
+    if (vocab > mcfg->vocab)
+        luaL_error(L, "trainer: the dataset's vocabulary (%d) is larger than the model's "
+                      "vocab_size (%I): build the model with tokenizer = the dataset's tokenizer",
+                   vocab, (lua_Integer)mcfg->vocab);
+    tl_lua_check_split(L, w, "training", data->train.n, cfg.context);
+    /* The trainer evaluates at the end of every run. */
+    tl_lua_check_split(L, w, "validation", data->val.n, cfg.context);
+    tl_lua_check_memory(L, w, model->m, cfg.batch_size, cfg.context, true);
+
+    tl_lua_trainer *u = lua_newuserdatauv(L, sizeof *u, UV_COUNT);
+    memset(u, 0, sizeof *u);
+    u->callback_ref = LUA_NOREF;
+    luaL_setmetatable(L, TL_LUA_TRAINER);
+    lua_pushvalue(L, cb_idx);
+    lua_setiuservalue(L, -2, UV_CALLBACK);
+    lua_pushvalue(L, model_idx);
+    lua_setiuservalue(L, -2, UV_MODEL);
+    lua_pushvalue(L, data_idx);
+    lua_setiuservalue(L, -2, UV_DATA);
+
+    if (cb_type == LUA_TFUNCTION) {
+        cfg.callback = train_callback;
+        cfg.callback_user = u;
+    }
+    tl_train_data td = {.train = &data->train, .val = &data->val, .tokenizer = data->tok};
+    u->tr = tl_trainer_new(model->m, &td, &cfg);
+    if (!u->tr)
+        tl_lua_fail(L, w);
+    u->model = model;
+    u->data = data;
+    u->next_model = model->trainers;
+    model->trainers = u;
+    u->next_data = data->trainers;
+    data->trainers = u;
+    lua_replace(L, model_idx); /* the trainer takes the first slot it used */
+    lua_settop(L, model_idx);
+    return u;
+}
+
+static int l_trainer(lua_State *L)
+{
+    tl_lua_check_table(L, 1, "thinklab.trainer");
+    lua_settop(L, 1);
+    if (lua_getfield(L, 1, "resume") != LUA_TNIL)
+        return luaL_error(L, "trainer.resume belongs to thinklab.train; with a trainer call "
+                             "trainer:load(path)");
+    lua_pop(L, 1);
+    trainer_create(L, 1);
+    return 1;
+}
+
+/* ---- methods --------------------------------------------------------------- */
+
+static int trainer_run(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:run");
+    if (lua_getiuservalue(L, 1, UV_CALLBACK) == LUA_TFUNCTION) {
+        u->callback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(L, 1);
+    }
+    u->L = L;
+    u->running = true;
+    tl_status st = tl_trainer_run(u->tr);
+    u->running = false;
+    u->L = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, u->callback_ref);
+    u->callback_ref = LUA_NOREF;
+    if (st != TL_OK)
+        return tl_lua_fail(L, "trainer:run");
+    push_stats(L, tl_trainer_stats(u->tr));
+    return 1;
+}
+
+/* trainer:step() -> loss of the step. */
+static int trainer_step(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:step");
+    if (tl_trainer_step(u->tr) != TL_OK)
+        return tl_lua_fail(L, "trainer:step");
+    lua_pushnumber(L, tl_trainer_stats(u->tr)->loss);
+    return 1;
+}
+
+static int trainer_stats(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:stats");
+    push_stats(L, tl_trainer_stats(u->tr));
+    return 1;
+}
+
+static int trainer_step_index(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:step_index");
+    lua_pushinteger(L, tl_trainer_step_index(u->tr));
+    return 1;
+}
+
+static int trainer_save(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:save");
+    const char *path = luaL_checkstring(L, 2);
+    if (tl_trainer_save(u->tr, path) != TL_OK)
+        return tl_lua_fail(L, "trainer:save");
+    return 0;
+}
+
+static int trainer_load(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:load");
+    const char *path = luaL_checkstring(L, 2);
+    if (tl_trainer_load(u->tr, path) != TL_OK)
+        return tl_lua_fail(L, "trainer:load");
+    lua_pushinteger(L, tl_trainer_step_index(u->tr));
+    return 1;
+}
+
+/* trainer:evaluate{routing = "topk"} -> result table; logs an /eval row. */
+static int trainer_evaluate(lua_State *L)
+{
+    static const char *const keys[] = {"routing", NULL};
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:evaluate");
+    int routing = TL_EVAL_TOPK;
+    if (!lua_isnoneornil(L, 2)) {
+        tl_lua_check_table(L, 2, "trainer:evaluate");
+        tl_lua_check_keys(L, 2, "trainer:evaluate", keys);
+        routing = tl_lua_opt_routing(L, 2, "trainer:evaluate", TL_EVAL_TOPK);
+    }
+    if (routing == TL_EVAL_CALIBRATED)
+        return luaL_error(L, "trainer:evaluate: routing \"calibrated\" needs thresholds; use "
+                             "model:evaluate{routing = \"calibrated\", data = ...}");
+    tl_eval_result r;
+    if (tl_trainer_evaluate(u->tr, (tl_eval_routing)routing, &r) != TL_OK)
+        return tl_lua_fail(L, "trainer:evaluate");
+    tl_lua_push_eval_result(L, &r, u->data->tok);
+    return 1;
+}
+
+static int trainer_tostring(lua_State *L)
+{
+    tl_lua_trainer *u = luaL_checkudata(L, 1, TL_LUA_TRAINER);
+    if (!u->tr)
+        lua_pushliteral(L, "thinklab trainer (closed)");
+    else
+        lua_pushfstring(L, "thinklab trainer (step %I of %I)",
+                        (lua_Integer)tl_trainer_step_index(u->tr),
+                        (lua_Integer)tl_trainer_config(u->tr)->steps);
+    return 1;
+}
+
+/* thinklab.train{... trainer keys ..., resume = path} -> final stats, trainer. */
+static int l_train(lua_State *L)
+{
+    tl_lua_check_table(L, 1, "thinklab.train");
+    lua_settop(L, 1);
+    const char *resume = tl_lua_opt_str(L, 1, "train", "resume", NULL);
+    tl_lua_trainer *u = trainer_create(L, 1); /* index 2 */
+    if (resume && tl_trainer_load(u->tr, resume) != TL_OK)
+        return tl_lua_fail(L, "train.resume");
+    lua_pushcfunction(L, trainer_run);
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    lua_pushvalue(L, 2);
+    return 2;
+}
+
+void tl_lua_open_train(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"run", trainer_run},
+        {"step", trainer_step},
+        {"stats", trainer_stats},
+        {"step_index", trainer_step_index},
+        {"save", trainer_save},
+        {"load", trainer_load},
+        {"evaluate", trainer_evaluate},
+        {NULL, NULL},
+    };
+    tl_lua_new_class(L, TL_LUA_TRAINER, methods, trainer_gc, trainer_close, trainer_tostring);
+    static const luaL_Reg fns[] = {
+        {"trainer", l_trainer},
+        {"train", l_train},
+        {NULL, NULL},
+    };
+    luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,85 @@
+/* Tape recording and the reverse walk. */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+
+tl_node *tl_record(tl_ctx *ctx, tl_op op, tl_tensor *out, int n_in, tl_tensor *const *in)
+{
+    if (!tl_ctx_grad_enabled(ctx))
+        return NULL;
+    bool needed = false;
+    for (int i = 0; i < n_in; i++)
+        if (in[i] && tl_requires_grad(in[i]))
+            needed = true;
+    if (!needed)
+        return NULL;
+
+    tl_node *node = tl_ctx_alloc(ctx, sizeof *node);
+    if (!node)
+        return NULL;
+    memset(node, 0, sizeof *node);
+    node->op = op;
+    node->out = out;
+    node->n_in = n_in;
+    for (int i = 0; i < n_in; i++)
+        node->in[i] = in[i];
+    tl_node **tape = tl_ctx_tape(ctx);
+    node->prev = *tape;
+    *tape = node;
+    out->node = node;
+    out->flags |= TL_REQUIRES_GRAD;
+    return node;
+}
+
+float *tl_grad(tl_ctx *ctx, tl_tensor *t)
+{
+    if (!t || !tl_requires_grad(t))
+        return NULL;
+    if (!t->grad) {
+        size_t bytes = (size_t)tl_numel(t) * sizeof(float);
+        t->grad = tl_ctx_alloc(ctx, bytes);
+        if (!t->grad)
+            return NULL;
+        memset(t->grad, 0, bytes);
+    }
+    return t->grad;
+}
+
+tl_status tl_backward(tl_ctx *ctx, tl_tensor *loss)
+{
+    if (!loss)
+        return tl_seterr(TL_EINVAL, "backward: the loss is NULL (an op before it failed: %s)",
+                         tl_errmsg());
+    if (tl_numel(loss) != 1 || loss->dtype != TL_F32)
+        return tl_seterr(TL_ESHAPE, "backward: the loss must be a float32 scalar, got %lld elements",
+                         (long long)tl_numel(loss));
+    if (!tl_requires_grad(loss))
+        return tl_seterr(TL_ESTATE, "backward: the loss does not depend on anything that requires "
+                                    "a gradient; enable gradients before the forward pass");
+    if (tl_ctx_backward_done(ctx))
+        return tl_seterr(TL_ESTATE, "backward: already run on this step; call tl_ctx_reset() "
+                                    "before the next forward pass");
+    if (!isfinite(tl_f32(loss)[0]))
+        return tl_seterr(TL_ENUMERIC, "backward: the loss is %g; lower the learning rate or "
+                                      "check the data", (double)tl_f32(loss)[0]);
+
+    float *g = tl_grad(ctx, loss);
+    if (!g)
+        return tl_lasterr();
+    g[0] += 1.0f;
+
+    tl_ctx_set_backward(ctx, true, false);
+    for (tl_node *node = *tl_ctx_tape(ctx); node; node = node->prev) {
+        if (!node->out->grad)
+            continue; /* nothing downstream reached this node */
+        tl_op_table[node->op].backward(ctx, node);
+        if (tl_ctx_alloc_failed(ctx)) {
+            tl_ctx_set_backward(ctx, false, true);
+            return TL_ENOMEM;
+        }
+    }
+    tl_ctx_set_backward(ctx, false, true);
+    return TL_OK;
+}

@@ -1,0 +1,273 @@
+/* Tokenizer text format, for files and for embedding in checkpoints:
+ *
+ *   thinklab-tokenizer 1
+ *   kind char|byte|bpe
+ *   vocab_size V
+ *   symbols 0a 20 21 ...      (char only: the V bytes of ids 0..V-1, in hex)
+ *   merges M                  (bpe only, M = V - 256, then M lines)
+ *   left right                (merge r makes id 256 + r)
+ *   end
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data_internal.h"
+
+#define TL_TOKENIZER_MAGIC "thinklab-tokenizer"
+
+/* ---- writing ------------------------------------------------------------ */
+
+typedef struct tl_strbuf {
+    char *data;
+    size_t len, cap;
+    bool oom;
+} tl_strbuf;
+
+static void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->data ? b->data + b->len : NULL, b->data ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if (b->data && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? 2 * b->cap : 4096;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->oom = true;
+            return;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+}
+
+char *tl_tokenizer_to_string(const tl_tokenizer *tok, size_t *len)
+{
+    tl_strbuf b = {0};
+    tl_strbuf_printf(&b, "%s %d\nkind %s\nvocab_size %d\n", TL_TOKENIZER_MAGIC,
+                     TL_TOKENIZER_FORMAT_VERSION, tl_tokenizer_kind_name(tok->kind),
+                     tok->vocab_size);
+    if (tok->kind == TL_TOKENIZER_CHAR) {
+        tl_strbuf_printf(&b, "symbols");
+        for (int id = 0; id < tok->vocab_size; id++)
+            tl_strbuf_printf(&b, " %02x", tok->symbols[id]);
+        tl_strbuf_printf(&b, "\n");
+    }
+    if (tok->kind == TL_TOKENIZER_BPE) {
+        tl_strbuf_printf(&b, "merges %d\n", tok->n_merges);
+        for (int r = 0; r < tok->n_merges; r++)
+            tl_strbuf_printf(&b, "%d %d\n", (int)tok->merges[2 * r], (int)tok->merges[2 * r + 1]);
+    }
+    tl_strbuf_printf(&b, "end\n");
+    if (b.oom) {
+        free(b.data);
+        tl_seterr(TL_ENOMEM, "could not allocate the serialised %s tokenizer",
+                  tl_tokenizer_kind_name(tok->kind));
+        return NULL;
+    }
+    if (len)
+        *len = b.len;
+    return b.data;
+}
+
+tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
+{
+    size_t len;
+    char *text = tl_tokenizer_to_string(tok, &len);
+    if (!text)
+        return tl_lasterr();
+    size_t tmp_len = strlen(path) + 5;
+    char *tmp = malloc(tmp_len);
+    if (!tmp) {
+        free(text);
+        return tl_seterr(TL_ENOMEM, "could not allocate a path");
+    }
+    snprintf(tmp, tmp_len, "%s.tmp", path);
+
+    tl_status status = TL_OK;
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        status = tl_seterr(TL_EIO, "could not create tokenizer file '%s': %s; check that the "
+                                   "directory exists and is writable", tmp, strerror(errno));
+    } else {
+        bool ok = fwrite(text, 1, len, f) == len;
+        ok = (fclose(f) == 0) && ok;
+        if (!ok)
+            status = tl_seterr(TL_EIO, "could not write tokenizer file '%s': %s", tmp, strerror(errno));
+        else if (rename(tmp, path) != 0)
+            status = tl_seterr(TL_EIO, "could not rename '%s' to '%s': %s", tmp, path, strerror(errno));
+        if (status != TL_OK)
+            remove(tmp);
+    }
+    free(tmp);
+    free(text);
+    return status;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+typedef struct tl_line_reader {
+    const char *text;
+    size_t len, at;
+    int line_no;
+    char line[4096];
+} tl_line_reader;
+
+/* Copies the next line, without its newline, into r->line. Returns false at
+ * the end of the text or on a line too long for the buffer. */
+static bool tl_next_line(tl_line_reader *r)
+{
+    if (r->at >= r->len)
+        return false;
+    size_t end = r->at;
+    while (end < r->len && r->text[end] != '\n')
+        end++;
+    size_t n = end - r->at;
+    if (n >= sizeof r->line)
+        return false;
+    memcpy(r->line, r->text + r->at, n);
+    r->line[n] = '\0';
+    r->at = end < r->len ? end + 1 : end;
+    r->line_no++;
+    return true;
+}
+
+static tl_tokenizer *tl_format_error(const tl_line_reader *r, const char *expected)
+{
+    tl_seterr(TL_EFORMAT, "tokenizer text, line %d: expected %s, found '%.60s': the file is not a "
+                          "thinklab tokenizer or is truncated",
+              r->line_no, expected, r->line_no > 0 ? r->line : "");
+    return NULL;
+}
+
+static tl_tokenizer *tl_read_char(tl_line_reader *r, int vocab_size)
+{
+    if (!tl_next_line(r) || strncmp(r->line, "symbols", 7) != 0)
+        return tl_format_error(r, "'symbols' and the hex bytes");
+    char *texts[1];
+    unsigned char bytes[256];
+    const char *p = r->line + 7;
+    for (int id = 0; id < vocab_size; id++) {
+        unsigned value;
+        int used = 0;
+        if (sscanf(p, " %2x%n", &value, &used) != 1)
+            return tl_format_error(r, "one hex byte per symbol");
+        if (id > 0 && value <= bytes[id - 1])
+            return tl_format_error(r, "symbols in increasing byte order");
+        bytes[id] = (unsigned char)value;
+        p += used;
+    }
+    if (p[strspn(p, " ")] != '\0')
+        return tl_format_error(r, "exactly vocab_size symbols");
+    texts[0] = (char *)bytes;
+    size_t n = (size_t)vocab_size;
+    return tl_tokenizer_char_new_multi((const char *const *)texts, &n, 1);
+}
+
+static tl_tokenizer *tl_read_bpe(tl_line_reader *r, int vocab_size)
+{
+    int n_merges = -1;
+    if (!tl_next_line(r) || sscanf(r->line, "merges %d", &n_merges) != 1 ||
+        n_merges != vocab_size - 256)
+        return tl_format_error(r, "'merges <vocab_size - 256>'");
+    int32_t *merges = malloc((2 * (size_t)n_merges + 1) * sizeof *merges);
+    if (!merges) {
+        tl_seterr(TL_ENOMEM, "could not allocate %d BPE merges", n_merges);
+        return NULL;
+    }
+    for (int m = 0; m < n_merges; m++) {
+        int left, right;
+        if (!tl_next_line(r) || sscanf(r->line, "%d %d", &left, &right) != 2) {
+            free(merges);
+            return tl_format_error(r, "a merge as 'left right'");
+        }
+        merges[2 * m] = left;
+        merges[2 * m + 1] = right;
+    }
+    tl_tokenizer *tok = tl_bpe_from_merges(merges, n_merges);
+    free(merges);
+    return tok;
+}
+
+tl_tokenizer *tl_tokenizer_from_string(const char *text, size_t len)
+{
+    tl_line_reader r = {.text = text, .len = text ? len : 0};
+    int version = -1;
+    char magic[32] = "";
+    if (!tl_next_line(&r) || sscanf(r.line, "%31s %d", magic, &version) != 2 ||
+        strcmp(magic, TL_TOKENIZER_MAGIC) != 0)
+        return tl_format_error(&r, "'" TL_TOKENIZER_MAGIC " <version>'");
+    if (version != TL_TOKENIZER_FORMAT_VERSION) {
+        tl_seterr(TL_EFORMAT, "tokenizer format version %d, but this thinklab reads version %d: "
+                              "use the thinklab that wrote it or retrain the tokenizer",
+                  version, TL_TOKENIZER_FORMAT_VERSION);
+        return NULL;
+    }
+
+    char kind_name[16] = "";
+    int kind = -1, vocab_size = -1;
+    if (!tl_next_line(&r) || sscanf(r.line, "kind %15s", kind_name) != 1)
+        return tl_format_error(&r, "'kind char|byte|bpe'");
+    for (int k = 0; k < TL_TOKENIZER_KIND_COUNT; k++)
+        if (strcmp(kind_name, tl_tokenizer_kind_name((tl_tokenizer_kind)k)) == 0)
+            kind = k;
+    if (kind < 0)
+        return tl_format_error(&r, "a kind of char, byte or bpe");
+    if (!tl_next_line(&r) || sscanf(r.line, "vocab_size %d", &vocab_size) != 1)
+        return tl_format_error(&r, "'vocab_size <V>'");
+
+    tl_tokenizer *tok = NULL;
+    if (kind == TL_TOKENIZER_CHAR) {
+        if (vocab_size < 1 || vocab_size > 256)
+            return tl_format_error(&r, "a char vocab_size in [1, 256]");
+        tok = tl_read_char(&r, vocab_size);
+    } else if (kind == TL_TOKENIZER_BYTE) {
+        if (vocab_size != 256)
+            return tl_format_error(&r, "vocab_size 256 for the byte kind");
+        tok = tl_tokenizer_byte_new();
+    } else {
+        if (vocab_size < 256 || vocab_size > (1 << 24))
+            return tl_format_error(&r, "a bpe vocab_size in [256, 16777216]");
+        tok = tl_read_bpe(&r, vocab_size);
+    }
+    if (!tok)
+        return NULL;
+    if (!tl_next_line(&r) || strcmp(r.line, "end") != 0) {
+        tl_tokenizer_free(tok);
+        return tl_format_error(&r, "'end'");
+    }
+    return tok;
+}
+
+tl_tokenizer *tl_tokenizer_load(const char *path)
+{
+    size_t len;
+    char *text = tl_read_whole_file(path, "tokenizer file", &len);
+    if (!text)
+        return NULL;
+    tl_tokenizer *tok = tl_tokenizer_from_string(text, len);
+    free(text);
+    if (!tok) {
+        char message[1024];
+        snprintf(message, sizeof message, "%s", tl_errmsg());
+        tl_seterr(tl_lasterr(), "%s: %s", path, message);
+    }
+    return tok;
+}

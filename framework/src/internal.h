@@ -1,0 +1,77 @@
+/* Declarations shared by the framework's source files; not installed. */
+#ifndef THINKLAB_INTERNAL_H
+#define THINKLAB_INTERNAL_H
+
+#include "thinklab/thinklab.h"
+
+enum { TL_NODE_MAX_INPUTS = 4, TL_NODE_MAX_INTS = 8, TL_NODE_MAX_FLOATS = 4, TL_NODE_MAX_SAVED = 4 };
+
+/* A recorded op: out = op(in...), with whatever backward needs. */
+struct tl_node {
+    tl_op op;
+    tl_tensor *out;
+    tl_tensor *in[TL_NODE_MAX_INPUTS];
+    int n_in;
+    int64_t ints[TL_NODE_MAX_INTS];
+    float floats[TL_NODE_MAX_FLOATS];
+    void *saved[TL_NODE_MAX_SAVED]; /* arena buffers kept for backward */
+    tl_node *prev;                  /* previous node on the tape */
+};
+
+typedef void (*tl_backward_fn)(tl_ctx *ctx, tl_node *node);
+
+typedef struct tl_op_desc {
+    const char *name;
+    tl_backward_fn backward;
+} tl_op_desc;
+
+extern const tl_op_desc tl_op_table[TL_OP_COUNT];
+
+/* Records out = op(in[0..n_in)) when gradients are enabled and some input
+ * requires a gradient: marks out as requiring one and returns the node.
+ * Returns NULL when nothing needs recording (the op then saves nothing). */
+tl_node *tl_record(tl_ctx *ctx, tl_op op, tl_tensor *out, int n_in, tl_tensor *const *in);
+
+/* Adds to the forward or backward FLOP count, and to the per-op count. */
+void tl_count_flops(tl_ctx *ctx, tl_op op, double flops);
+bool tl_ctx_in_backward(const tl_ctx *ctx);
+
+/* Tape and backward state, owned by context.c. */
+tl_node **tl_ctx_tape(tl_ctx *ctx);
+void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done);
+bool tl_ctx_backward_done(const tl_ctx *ctx);
+bool tl_ctx_alloc_failed(const tl_ctx *ctx);
+
+/* Arena tensor with the shape of x (dtype float32). */
+tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
+
+/* Argument checks that set a message naming the op and the argument. */
+bool tl_check_f32(const char *op, const char *arg, const tl_tensor *t);
+bool tl_check_i32(const char *op, const char *arg, const tl_tensor *t);
+
+/* Backward functions, one per op, defined beside the op's forward. */
+void tl_matmul_backward(tl_ctx *ctx, tl_node *node);
+void tl_add_backward(tl_ctx *ctx, tl_node *node);
+void tl_mul_backward(tl_ctx *ctx, tl_node *node);
+void tl_scale_backward(tl_ctx *ctx, tl_node *node);
+void tl_sum_backward(tl_ctx *ctx, tl_node *node);
+void tl_mean_backward(tl_ctx *ctx, tl_node *node);
+void tl_embedding_backward(tl_ctx *ctx, tl_node *node);
+void tl_gather_rows_backward(tl_ctx *ctx, tl_node *node);
+void tl_scatter_add_rows_backward(tl_ctx *ctx, tl_node *node);
+void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node);
+void tl_layernorm_backward(tl_ctx *ctx, tl_node *node);
+void tl_softmax_backward(tl_ctx *ctx, tl_node *node);
+void tl_attention_backward(tl_ctx *ctx, tl_node *node);
+void tl_silu_backward(tl_ctx *ctx, tl_node *node);
+void tl_gelu_backward(tl_ctx *ctx, tl_node *node);
+void tl_sigmoid_backward(tl_ctx *ctx, tl_node *node);
+void tl_tanh_backward(tl_ctx *ctx, tl_node *node);
+void tl_swiglu_backward(tl_ctx *ctx, tl_node *node);
+void tl_cross_entropy_backward(tl_ctx *ctx, tl_node *node);
+void tl_bce_logits_backward(tl_ctx *ctx, tl_node *node);
+
+#define TL_ANY_NULL2(a, b) ((a) == NULL || (b) == NULL)
+#define TL_ANY_NULL3(a, b, c) ((a) == NULL || (b) == NULL || (c) == NULL)
+
+#endif

@@ -1,0 +1,346 @@
+/* HDF5 helpers of the run log: error messages, growing datasets, attributes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log_internal.h"
+
+typedef struct tl_h5_detail {
+    char text[512];
+} tl_h5_detail;
+
+/* Keeps the first entry of an upward walk, which is the most specific error. */
+static herr_t tl_h5_keep_innermost(unsigned n, const H5E_error2_t *err, void *data)
+{
+    tl_h5_detail *detail = data;
+    if (detail->text[0] == '\0' && err->desc)
+        snprintf(detail->text, sizeof detail->text, "%s (in %s)", err->desc,
+                 err->func_name ? err->func_name : "?");
+    return 0;
+}
+
+void tl_log_h5_error(const char *path, const char *call)
+{
+    tl_h5_detail detail = {{0}};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, tl_h5_keep_innermost, &detail);
+    H5Eclear2(H5E_DEFAULT);
+    tl_seterr(TL_EIO, "run log '%s': %s failed: %s", path ? path : "?", call,
+              detail.text[0] ? detail.text : "no HDF5 error detail");
+}
+
+hid_t tl_log_str_type(void)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0)
+        return t;
+    if (H5Tset_size(t, H5T_VARIABLE) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0) {
+        H5Tclose(t);
+        return H5I_INVALID_HID;
+    }
+    return t;
+}
+
+/* File type, memory type and element size of each tl_log_type; strings are
+ * built by tl_log_str_type(). */
+static hid_t tl_log_file_type(tl_log_type type)
+{
+    switch (type) {
+    case TL_LOG_F64: return H5T_IEEE_F64LE;
+    case TL_LOG_F32: return H5T_IEEE_F32LE;
+    case TL_LOG_I64: return H5T_STD_I64LE;
+    case TL_LOG_I32: return H5T_STD_I32LE;
+    case TL_LOG_I8: return H5T_STD_I8LE;
+    case TL_LOG_U8: return H5T_STD_U8LE;
+    default: return H5I_INVALID_HID;
+    }
+}
+
+static hid_t tl_log_mem_type(tl_log_type type)
+{
+    switch (type) {
+    case TL_LOG_F64: return H5T_NATIVE_DOUBLE;
+    case TL_LOG_F32: return H5T_NATIVE_FLOAT;
+    case TL_LOG_I64: return H5T_NATIVE_INT64;
+    case TL_LOG_I32: return H5T_NATIVE_INT32;
+    case TL_LOG_I8: return H5T_NATIVE_INT8;
+    case TL_LOG_U8: return H5T_NATIVE_UINT8;
+    default: return H5I_INVALID_HID;
+    }
+}
+
+static size_t tl_log_elem_size(tl_log_type type)
+{
+    static const size_t sizes[] = {
+        [TL_LOG_F64] = 8, [TL_LOG_F32] = 4, [TL_LOG_I64] = 8, [TL_LOG_I32] = 4,
+        [TL_LOG_I8] = 1,  [TL_LOG_U8] = 1,  [TL_LOG_STR] = sizeof(char *),
+    };
+    _Static_assert(sizeof sizes / sizeof sizes[0] == TL_LOG_TYPE_COUNT,
+                   "every tl_log_type needs a size");
+    return sizes[type];
+}
+
+/* Chunks of about 64 KiB: large enough that a flush touches few chunks, small
+ * enough that a short run does not allocate megabytes per dataset. */
+enum { TL_LOG_CHUNK_BYTES = 64 * 1024, TL_LOG_CHUNK_ROWS_MAX = 4096 };
+
+tl_status tl_log_column_create(const char *path, tl_log_column *col, hid_t group,
+                               const char *name, tl_log_type type, int row_rank,
+                               const hsize_t *row_dims)
+{
+    memset(col, 0, sizeof *col);
+    col->dset = H5I_INVALID_HID;
+    col->mem_type = H5I_INVALID_HID;
+    col->is_string = type == TL_LOG_STR;
+    col->row_rank = row_rank;
+    size_t row_elems = 1;
+    for (int d = 0; d < row_rank; d++) {
+        col->row_dims[d] = row_dims[d];
+        row_elems *= (size_t)row_dims[d];
+    }
+    col->row_bytes = row_elems * tl_log_elem_size(type);
+
+    hsize_t dims[3] = {0}, maxdims[3] = {H5S_UNLIMITED}, chunk[3] = {0};
+    size_t chunk_rows = TL_LOG_CHUNK_BYTES / (col->row_bytes ? col->row_bytes : 1);
+    if (chunk_rows < 1)
+        chunk_rows = 1;
+    if (chunk_rows > TL_LOG_CHUNK_ROWS_MAX)
+        chunk_rows = TL_LOG_CHUNK_ROWS_MAX;
+    chunk[0] = chunk_rows;
+    for (int d = 0; d < row_rank; d++) {
+        dims[d + 1] = maxdims[d + 1] = row_dims[d];
+        /* HDF5 rejects zero-sized chunk dimensions, so an empty row still gets 1. */
+        chunk[d + 1] = row_dims[d] ? row_dims[d] : 1;
+    }
+
+    hid_t space = H5I_INVALID_HID, dcpl = H5I_INVALID_HID, str = H5I_INVALID_HID;
+    hid_t file_type = tl_log_file_type(type);
+    if (col->is_string) {
+        TL_H5(path, str = tl_log_str_type());
+        file_type = str;
+        TL_H5(path, col->mem_type = H5Tcopy(str));
+    } else {
+        TL_H5(path, col->mem_type = H5Tcopy(tl_log_mem_type(type)));
+    }
+    TL_H5(path, space = H5Screate_simple(row_rank + 1, dims, maxdims));
+    TL_H5(path, dcpl = H5Pcreate(H5P_DATASET_CREATE));
+    TL_H5(path, H5Pset_chunk(dcpl, row_rank + 1, chunk));
+    TL_H5(path, col->dset = H5Dcreate2(group, name, file_type, space, H5P_DEFAULT, dcpl,
+                                       H5P_DEFAULT));
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    if (str >= 0)
+        H5Tclose(str);
+    return TL_OK;
+
+fail:
+    /* The message of the first failure is kept, so these closes go unchecked. */
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (space >= 0)
+        H5Sclose(space);
+    if (str >= 0)
+        H5Tclose(str);
+    tl_log_column_close(col);
+    return TL_EIO;
+}
+
+void *tl_log_column_push(tl_log_column *col)
+{
+    if (col->n_pending == col->cap_pending) {
+        size_t cap = col->cap_pending ? 2 * col->cap_pending : 16;
+        unsigned char *grown = realloc(col->pending, cap * (col->row_bytes ? col->row_bytes : 1));
+        if (!grown) {
+            tl_seterr(TL_ENOMEM, "could not grow a run-log buffer to %zu rows of %zu bytes",
+                      cap, col->row_bytes);
+            return NULL;
+        }
+        col->pending = grown;
+        col->cap_pending = cap;
+    }
+    unsigned char *row = col->pending + col->n_pending * col->row_bytes;
+    memset(row, 0, col->row_bytes);
+    col->n_pending++;
+    return row;
+}
+
+tl_status tl_log_columns_push(tl_log_column *const *cols, void **rows, int n)
+{
+    for (int i = 0; i < n; i++) {
+        rows[i] = tl_log_column_push(cols[i]);
+        if (!rows[i]) {
+            for (int j = 0; j < i; j++)
+                cols[j]->n_pending--;
+            return TL_ENOMEM;
+        }
+    }
+    return TL_OK;
+}
+
+static void tl_log_column_drop_pending(tl_log_column *col)
+{
+    if (col->is_string)
+        for (size_t i = 0; i < col->n_pending; i++)
+            free(((char **)col->pending)[i]);
+    col->n_pending = 0;
+}
+
+tl_status tl_log_column_write(const char *path, tl_log_column *col)
+{
+    if (col->n_pending == 0)
+        return TL_OK;
+    int rank = col->row_rank + 1;
+    hsize_t start[3] = {col->rows_in_file, 0, 0};
+    hsize_t count[3] = {col->n_pending, col->row_dims[0], col->row_dims[1]};
+    hsize_t extent[3] = {col->rows_in_file + col->n_pending, col->row_dims[0], col->row_dims[1]};
+    hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+
+    TL_H5(path, H5Dset_extent(col->dset, extent));
+    TL_H5(path, fspace = H5Dget_space(col->dset));
+    TL_H5(path, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL));
+    TL_H5(path, mspace = H5Screate_simple(rank, count, NULL));
+    TL_H5(path, H5Dwrite(col->dset, col->mem_type, mspace, fspace, H5P_DEFAULT, col->pending));
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+    col->rows_in_file += col->n_pending;
+    tl_log_column_drop_pending(col);
+    return TL_OK;
+
+fail:
+    if (mspace >= 0)
+        H5Sclose(mspace);
+    if (fspace >= 0)
+        H5Sclose(fspace);
+    return TL_EIO;
+}
+
+void tl_log_column_close(tl_log_column *col)
+{
+    tl_log_column_drop_pending(col);
+    free(col->pending);
+    col->pending = NULL;
+    col->cap_pending = 0;
+    if (col->dset > 0)
+        H5Dclose(col->dset);
+    if (col->mem_type > 0)
+        H5Tclose(col->mem_type);
+    col->dset = H5I_INVALID_HID;
+    col->mem_type = H5I_INVALID_HID;
+}
+
+/* Creates a scalar attribute of the given types and writes value. */
+static tl_status tl_log_attr(const char *path, hid_t obj, const char *name, hid_t file_type,
+                             hid_t mem_type, const void *value)
+{
+    hid_t space = H5I_INVALID_HID, attr = H5I_INVALID_HID;
+    TL_H5(path, space = H5Screate(H5S_SCALAR));
+    TL_H5(path, attr = H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT));
+    TL_H5(path, H5Awrite(attr, mem_type, value));
+    H5Aclose(attr);
+    H5Sclose(space);
+    return TL_OK;
+
+fail:
+    if (attr >= 0)
+        H5Aclose(attr);
+    if (space >= 0)
+        H5Sclose(space);
+    return TL_EIO;
+}
+
+tl_status tl_log_attr_i64(const char *path, hid_t obj, const char *name, int64_t value)
+{
+    return tl_log_attr(path, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+tl_status tl_log_attr_u64(const char *path, hid_t obj, const char *name, uint64_t value)
+{
+    return tl_log_attr(path, obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
+}
+
+tl_status tl_log_attr_f64(const char *path, hid_t obj, const char *name, double value)
+{
+    return tl_log_attr(path, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
+
+tl_status tl_log_attr_str(const char *path, hid_t obj, const char *name, const char *value)
+{
+    hid_t str = H5I_INVALID_HID;
+    TL_H5(path, str = tl_log_str_type());
+    tl_status st = tl_log_attr(path, obj, name, str, str, &value);
+    H5Tclose(str);
+    return st;
+
+fail:
+    return TL_EIO;
+}
+
+/* Writes a dataset of strings with the given dataspace. */
+static tl_status tl_log_string_dataset(const char *path, hid_t group, const char *name,
+                                       hid_t space, size_t n, const char *const *values)
+{
+    hid_t str = H5I_INVALID_HID, dset = H5I_INVALID_HID;
+    TL_H5(path, str = tl_log_str_type());
+    TL_H5(path, dset = H5Dcreate2(group, name, str, space, H5P_DEFAULT, H5P_DEFAULT,
+                                  H5P_DEFAULT));
+    if (n > 0)
+        TL_H5(path, H5Dwrite(dset, str, H5S_ALL, H5S_ALL, H5P_DEFAULT, values));
+    H5Dclose(dset);
+    H5Tclose(str);
+    return TL_OK;
+
+fail:
+    if (dset >= 0)
+        H5Dclose(dset);
+    if (str >= 0)
+        H5Tclose(str);
+    return TL_EIO;
+}
+
+tl_status tl_log_strings(const char *path, hid_t group, const char *name, int64_t n,
+                         const char *const *values)
+{
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t space = H5I_INVALID_HID;
+    TL_H5(path, space = H5Screate_simple(1, dims, NULL));
+    tl_status st = tl_log_string_dataset(path, group, name, space, (size_t)n, values);
+    H5Sclose(space);
+    return st;
+
+fail:
+    return TL_EIO;
+}
+
+tl_status tl_log_string_scalar(const char *path, hid_t group, const char *name,
+                               const char *value)
+{
+    hid_t space = H5I_INVALID_HID;
+    TL_H5(path, space = H5Screate(H5S_SCALAR));
+    tl_status st = tl_log_string_dataset(path, group, name, space, 1, &value);
+    H5Sclose(space);
+    return st;
+
+fail:
+    return TL_EIO;
+}
+
+tl_status tl_log_f64_array(const char *path, hid_t group, const char *name, int64_t n,
+                           const double *values)
+{
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t space = H5I_INVALID_HID, dset = H5I_INVALID_HID;
+    TL_H5(path, space = H5Screate_simple(1, dims, NULL));
+    TL_H5(path, dset = H5Dcreate2(group, name, H5T_IEEE_F64LE, space, H5P_DEFAULT,
+                                  H5P_DEFAULT, H5P_DEFAULT));
+    if (n > 0)
+        TL_H5(path, H5Dwrite(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values));
+    H5Dclose(dset);
+    H5Sclose(space);
+    return TL_OK;
+
+fail:
+    if (dset >= 0)
+        H5Dclose(dset);
+    if (space >= 0)
+        H5Sclose(space);
+    return TL_EIO;
+}

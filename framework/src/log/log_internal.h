@@ -1,0 +1,121 @@
+/* State of a run log and the growing-dataset helper its parts share. */
+#ifndef THINKLAB_LOG_INTERNAL_H
+#define THINKLAB_LOG_INTERNAL_H
+
+#include <hdf5.h>
+
+#include "thinklab/log.h"
+
+/* Sets a message naming the log file, the failing HDF5 call and the innermost
+ * HDF5 error description, then clears the HDF5 error stack. */
+void tl_log_h5_error(const char *path, const char *call);
+
+/* The one check for HDF5 calls: a negative result (hid_t or herr_t) sets the
+ * message and jumps to the enclosing function's fail label. */
+#define TL_H5(path, call)                                                                \
+    do {                                                                                 \
+        if ((call) < 0) {                                                                \
+            tl_log_h5_error((path), #call);                                              \
+            goto fail;                                                                   \
+        }                                                                                \
+    } while (0)
+
+/* A dataset of rows with a fixed shape, growing along an unlimited first
+ * axis. Rows are buffered in memory until tl_log_column_write(). */
+typedef struct tl_log_column {
+    hid_t dset;
+    hid_t mem_type;
+    bool is_string;        /* rows are one char * each (variable-length UTF-8), owned here */
+    int row_rank;          /* 0..2 dimensions after the first */
+    hsize_t row_dims[2];
+    size_t row_bytes;
+    hsize_t rows_in_file;
+    unsigned char *pending; /* n_pending rows of row_bytes */
+    size_t n_pending, cap_pending;
+} tl_log_column;
+
+/* Element types of columns. */
+typedef enum tl_log_type {
+    TL_LOG_F64,
+    TL_LOG_F32,
+    TL_LOG_I64,
+    TL_LOG_I32,
+    TL_LOG_I8,
+    TL_LOG_U8,
+    TL_LOG_STR,
+    TL_LOG_TYPE_COUNT
+} tl_log_type;
+
+/* Variable-length UTF-8 string type; the caller closes it. */
+hid_t tl_log_str_type(void);
+
+tl_status tl_log_column_create(const char *path, tl_log_column *col, hid_t group,
+                               const char *name, tl_log_type type, int row_rank,
+                               const hsize_t *row_dims);
+/* Appends a zeroed row and returns it, or NULL with a message. */
+void *tl_log_column_push(tl_log_column *col);
+/* Appends one zeroed row to each of n columns; on failure no column keeps a
+ * new row. */
+tl_status tl_log_columns_push(tl_log_column *const *cols, void **rows, int n);
+/* Extends the dataset by the buffered rows, writes them and empties the buffer. */
+tl_status tl_log_column_write(const char *path, tl_log_column *col);
+void tl_log_column_close(tl_log_column *col);
+
+/* Writes a scalar attribute or a scalar / 1-D string dataset. */
+tl_status tl_log_attr_i64(const char *path, hid_t obj, const char *name, int64_t value);
+tl_status tl_log_attr_u64(const char *path, hid_t obj, const char *name, uint64_t value);
+tl_status tl_log_attr_f64(const char *path, hid_t obj, const char *name, double value);
+tl_status tl_log_attr_str(const char *path, hid_t obj, const char *name, const char *value);
+tl_status tl_log_strings(const char *path, hid_t group, const char *name, int64_t n,
+                         const char *const *values);
+tl_status tl_log_string_scalar(const char *path, hid_t group, const char *name,
+                               const char *value);
+/* Writes a fixed 1-D float64 dataset. */
+tl_status tl_log_f64_array(const char *path, hid_t group, const char *name, int64_t n,
+                           const double *values);
+
+typedef struct tl_log_routing_layer tl_log_routing_layer;
+typedef struct tl_log_spikes tl_log_spikes;
+
+struct tl_log {
+    char *path;
+    hid_t file;
+    hid_t g_meta, g_train, g_eval, g_routing;
+    int flush_every;
+    bool failed; /* a write failed: the file may lack rows, so appends are rejected */
+
+    tl_log_column train_step, train_loss, train_lr, train_grad_norm, train_tokens_per_s,
+        train_flops;
+    int64_t last_train_step;
+    bool any_train_step;
+
+    tl_log_column eval_step, eval_split, eval_loss, eval_perplexity, eval_bits_per_byte,
+        eval_routing_mode, eval_selected_fraction;
+
+    hid_t g_grad_norms; /* H5I_INVALID_HID until initialised */
+    int64_t n_params;
+    tl_log_column gn_step, gn_values;
+
+    hid_t g_token_grads;
+    int token_states;
+    int64_t n_tokens;
+    tl_log_column tg_step, tg_norms, tg_tokens, tg_losses;
+
+    tl_log_routing_layer **routing;
+    int n_routing;
+
+    tl_log_spikes *spikes;
+};
+
+/* Rejects calls on a NULL or failed log. */
+bool tl_log_usable(const tl_log *log, const char *func);
+
+/* Parts of tl_log_flush() and tl_log_close() owned by the part's file. */
+tl_status tl_log_routing_flush(tl_log *log);
+void tl_log_routing_free(tl_log *log);
+tl_status tl_log_spikes_flush(tl_log *log);
+void tl_log_spikes_free(tl_log *log);
+tl_status tl_log_records_flush(tl_log *log);
+void tl_log_records_free(tl_log *log);
+
+#endif

@@ -1,0 +1,232 @@
+/* Elementwise activations (SiLU, GELU, sigmoid, tanh, SwiGLU) and softmax.
+ *
+ * FLOP counts treat each add, multiply, divide and each call to exp, tanh or
+ * erf as one operation; they are estimates of the arithmetic, not of time. */
+#include <math.h>
+
+#include "../internal.h"
+
+/* Elements below which the loops stay serial. */
+enum { TL_ACT_PARALLEL_MIN = 32768 };
+
+static float tl_sigmoidf(float x)
+{
+    if (x >= 0.0f)
+        return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+/* sqrt(2/pi) and the cubic coefficient of GPT-2's tanh approximation. */
+static const float TL_GELU_K = 0.7978845608028654f;
+static const float TL_GELU_C = 0.044715f;
+/* 1/sqrt(2) and 1/sqrt(2*pi) for the erf form. */
+static const float TL_SQRT1_2 = 0.7071067811865476f;
+static const float TL_INV_SQRT_2PI = 0.3989422804014327f;
+
+typedef enum { TL_ACT_SILU, TL_ACT_GELU_TANH, TL_ACT_GELU_ERF, TL_ACT_SIGMOID, TL_ACT_TANH } tl_act;
+
+static float tl_act_forward(tl_act kind, float x)
+{
+    switch (kind) {
+    case TL_ACT_SILU:
+        return x * tl_sigmoidf(x);
+    case TL_ACT_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(TL_GELU_K * (x + TL_GELU_C * x * x * x)));
+    case TL_ACT_GELU_ERF:
+        return 0.5f * x * (1.0f + erff(x * TL_SQRT1_2));
+    case TL_ACT_SIGMOID:
+        return tl_sigmoidf(x);
+    case TL_ACT_TANH:
+        return tanhf(x);
+    }
+    return 0.0f;
+}
+
+/* Derivative at input x, given the forward output y. */
+static float tl_act_derivative(tl_act kind, float x, float y)
+{
+    switch (kind) {
+    case TL_ACT_SILU: {
+        float s = tl_sigmoidf(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case TL_ACT_GELU_TANH: {
+        float t = tanhf(TL_GELU_K * (x + TL_GELU_C * x * x * x));
+        float du = TL_GELU_K * (1.0f + 3.0f * TL_GELU_C * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    }
+    case TL_ACT_GELU_ERF:
+        return 0.5f * (1.0f + erff(x * TL_SQRT1_2)) + x * TL_INV_SQRT_2PI * expf(-0.5f * x * x);
+    case TL_ACT_SIGMOID:
+        return y * (1.0f - y);
+    case TL_ACT_TANH:
+        return 1.0f - y * y;
+    }
+    return 0.0f;
+}
+
+/* Forward and backward operations per element, for the FLOP count. */
+static const double tl_act_flops[][2] = {
+    [TL_ACT_SILU] = {4, 7},      [TL_ACT_GELU_TANH] = {9, 18}, [TL_ACT_GELU_ERF] = {5, 12},
+    [TL_ACT_SIGMOID] = {3, 3},   [TL_ACT_TANH] = {1, 3},
+};
+
+static tl_tensor *tl_unary(tl_ctx *ctx, tl_op op, tl_act kind, tl_tensor *x)
+{
+    if (!x || !tl_check_f32(tl_op_name(op), "x", x))
+        return NULL;
+    tl_tensor *out = tl_new_like(ctx, x);
+    if (!out)
+        return NULL;
+    const float *xs = tl_f32(x);
+    float *y = tl_f32(out);
+    int64_t n = tl_numel(x);
+#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = tl_act_forward(kind, xs[i]);
+    tl_count_flops(ctx, op, tl_act_flops[kind][0] * (double)n);
+    tl_node *node = tl_record(ctx, op, out, 1, &x);
+    if (node)
+        node->ints[0] = kind;
+    return out;
+}
+
+static void tl_unary_backward(tl_ctx *ctx, tl_node *node)
+{
+    tl_tensor *x = node->in[0];
+    tl_act kind = (tl_act)node->ints[0];
+    float *dx = tl_grad(ctx, x);
+    if (!dx)
+        return;
+    const float *xs = tl_f32(x), *y = tl_f32(node->out), *dy = node->out->grad;
+    int64_t n = tl_numel(x);
+#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        dx[i] += dy[i] * tl_act_derivative(kind, xs[i], y[i]);
+    tl_count_flops(ctx, node->op, tl_act_flops[kind][1] * (double)n);
+}
+
+tl_tensor *tl_silu(tl_ctx *ctx, tl_tensor *x) { return tl_unary(ctx, TL_OP_SILU, TL_ACT_SILU, x); }
+
+tl_tensor *tl_gelu(tl_ctx *ctx, tl_tensor *x, bool approximate)
+{
+    return tl_unary(ctx, TL_OP_GELU, approximate ? TL_ACT_GELU_TANH : TL_ACT_GELU_ERF, x);
+}
+
+tl_tensor *tl_sigmoid(tl_ctx *ctx, tl_tensor *x)
+{
+    return tl_unary(ctx, TL_OP_SIGMOID, TL_ACT_SIGMOID, x);
+}
+
+tl_tensor *tl_tanh(tl_ctx *ctx, tl_tensor *x) { return tl_unary(ctx, TL_OP_TANH, TL_ACT_TANH, x); }
+
+void tl_silu_backward(tl_ctx *ctx, tl_node *node) { tl_unary_backward(ctx, node); }
+void tl_gelu_backward(tl_ctx *ctx, tl_node *node) { tl_unary_backward(ctx, node); }
+void tl_sigmoid_backward(tl_ctx *ctx, tl_node *node) { tl_unary_backward(ctx, node); }
+void tl_tanh_backward(tl_ctx *ctx, tl_node *node) { tl_unary_backward(ctx, node); }
+
+/* ---- swiglu ------------------------------------------------------------------ */
+
+tl_tensor *tl_swiglu(tl_ctx *ctx, tl_tensor *a, tl_tensor *b)
+{
+    if (TL_ANY_NULL2(a, b))
+        return NULL;
+    if (!tl_check_f32("swiglu", "a", a) || !tl_check_f32("swiglu", "b", b))
+        return NULL;
+    if (!tl_same_shape(a, b)) {
+        char sa[96], sb[96];
+        tl_seterr(TL_ESHAPE, "swiglu: a %s and b %s must have the same shape",
+                  tl_shape_str(a, sa, sizeof sa), tl_shape_str(b, sb, sizeof sb));
+        return NULL;
+    }
+    tl_tensor *out = tl_new_like(ctx, a);
+    if (!out)
+        return NULL;
+    const float *as = tl_f32(a), *bs = tl_f32(b);
+    float *y = tl_f32(out);
+    int64_t n = tl_numel(a);
+#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = as[i] * tl_sigmoidf(as[i]) * bs[i];
+    tl_count_flops(ctx, TL_OP_SWIGLU, 5.0 * (double)n);
+    tl_record(ctx, TL_OP_SWIGLU, out, 2, (tl_tensor *[]){a, b});
+    return out;
+}
+
+/* da = dy * b * silu'(a), db = dy * silu(a). */
+void tl_swiglu_backward(tl_ctx *ctx, tl_node *node)
+{
+    tl_tensor *a = node->in[0], *b = node->in[1];
+    float *da = tl_grad(ctx, a), *db = tl_grad(ctx, b);
+    const float *as = tl_f32(a), *bs = tl_f32(b), *dy = node->out->grad;
+    int64_t n = tl_numel(a);
+#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float s = tl_sigmoidf(as[i]);
+        if (da)
+            da[i] += dy[i] * bs[i] * s * (1.0f + as[i] * (1.0f - s));
+        if (db)
+            db[i] += dy[i] * as[i] * s;
+    }
+    tl_count_flops(ctx, TL_OP_SWIGLU, (da ? 9.0 : 0.0) * n + (db ? 3.0 : 0.0) * n);
+}
+
+/* ---- softmax ------------------------------------------------------------------ */
+
+/* x (N, C) flattened -> softmax over C. The row maximum is subtracted before
+ * exp, so large logits cannot overflow. */
+tl_tensor *tl_softmax(tl_ctx *ctx, tl_tensor *x)
+{
+    if (!x || !tl_check_f32("softmax", "x", x))
+        return NULL;
+    tl_tensor *out = tl_new_like(ctx, x);
+    if (!out)
+        return NULL;
+    int64_t N = tl_rows_of(x), C = tl_cols(x);
+    const float *xs = tl_f32(x);
+    float *y = tl_f32(out);
+#pragma omp parallel for if (N * C > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = xs + i * C;
+        float *yi = y + i * C;
+        float max = -INFINITY;
+        for (int64_t j = 0; j < C; j++)
+            max = xi[j] > max ? xi[j] : max;
+        double sum = 0.0;
+        for (int64_t j = 0; j < C; j++) {
+            yi[j] = expf(xi[j] - max);
+            sum += yi[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < C; j++)
+            yi[j] *= inv;
+    }
+    /* Per element: compare, subtract, exp, add, multiply. */
+    tl_count_flops(ctx, TL_OP_SOFTMAX, 5.0 * (double)N * C);
+    tl_record(ctx, TL_OP_SOFTMAX, out, 1, &x);
+    return out;
+}
+
+/* dx = y * (dy - sum_j dy_j y_j) per row. */
+void tl_softmax_backward(tl_ctx *ctx, tl_node *node)
+{
+    tl_tensor *x = node->in[0];
+    float *dx = tl_grad(ctx, x);
+    if (!dx)
+        return;
+    int64_t N = tl_rows_of(x), C = tl_cols(x);
+    const float *y = tl_f32(node->out), *dy = node->out->grad;
+#pragma omp parallel for if (N * C > TL_ACT_PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *yi = y + i * C, *dyi = dy + i * C;
+        float *dxi = dx + i * C;
+        double dot = 0.0;
+        for (int64_t j = 0; j < C; j++)
+            dot += (double)dyi[j] * yi[j];
+        float d = (float)dot;
+        for (int64_t j = 0; j < C; j++)
+            dxi[j] += yi[j] * (dyi[j] - d);
+    }
+    tl_count_flops(ctx, TL_OP_SOFTMAX, 4.0 * (double)N * C);
+}

@@ -1,0 +1,179 @@
+/* Matrix products through OpenBLAS sgemm: 2-D, batched and linear. */
+#include <cblas.h>
+#include <limits.h>
+#include <string.h>
+
+#include "../internal.h"
+
+/* One product C = op(A) op(B) repeated over `batch` matrices: op(A) is (M,K),
+ * op(B) is (K,N) and C is (M,N). A is stored (K,M) when ta, else (M,K), and B
+ * is stored (N,K) when tb, else (K,N). The linear case folds a's leading dims
+ * into M, so a 2-D b always means batch = 1. */
+typedef struct tl_gemm_shape {
+    int64_t batch, M, K, N;
+    bool ta, tb;
+} tl_gemm_shape;
+
+static CBLAS_TRANSPOSE tl_trans(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+/* Row-major sgemm: C (m,n) = alpha op(X) op(Y) + beta C, with leading
+ * dimensions that are the stored row lengths. */
+static void tl_sgemm(bool tx, bool ty, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
+                     const float *y, int64_t ldy, float beta, float *c, int64_t ldc)
+{
+    cblas_sgemm(CblasRowMajor, tl_trans(tx), tl_trans(ty), (blasint)m, (blasint)n, (blasint)k,
+                1.0f, x, (blasint)ldx, y, (blasint)ldy, beta, c, (blasint)ldc);
+}
+
+/* Works out the product's shape, or sets a message naming the mismatch. */
+static bool tl_matmul_shape(const tl_tensor *a, const tl_tensor *b, bool ta, bool tb,
+                            tl_gemm_shape *s, int *out_ndim, int64_t *out_shape)
+{
+    char sa[96], sb[96];
+    tl_shape_str(a, sa, sizeof sa);
+    tl_shape_str(b, sb, sizeof sb);
+    if (b->ndim < 2) {
+        tl_seterr(TL_ESHAPE, "matmul: b %s must have at least 2 dimensions", sb);
+        return false;
+    }
+    int64_t Kb = tb ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2];
+    int64_t N = tb ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
+    s->ta = ta;
+    s->tb = tb;
+    s->N = N;
+
+    if (b->ndim == 2 && a->ndim != 2) {
+        /* Linear: a (..., K) flattened to (rows, K). */
+        if (ta) {
+            tl_seterr(TL_ESHAPE, "matmul: a %s is not 2-D, so it cannot be transposed; "
+                                 "transpose is supported for 2-D and batched products only", sa);
+            return false;
+        }
+        s->batch = 1;
+        s->M = tl_rows_of(a);
+        s->K = tl_cols(a);
+        *out_ndim = a->ndim;
+        memcpy(out_shape, a->shape, sizeof a->shape[0] * (size_t)a->ndim);
+        out_shape[a->ndim - 1] = N;
+    } else if (a->ndim == b->ndim) {
+        /* 2-D, or batched over equal leading dims. */
+        s->batch = 1;
+        for (int i = 0; i + 2 < a->ndim; i++) {
+            if (a->shape[i] != b->shape[i]) {
+                tl_seterr(TL_ESHAPE, "matmul: leading dimension %d differs between a %s and b %s; "
+                                     "batched products need equal leading dims", i, sa, sb);
+                return false;
+            }
+            s->batch *= a->shape[i];
+        }
+        s->M = ta ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2];
+        s->K = ta ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
+        *out_ndim = a->ndim;
+        memcpy(out_shape, a->shape, sizeof a->shape[0] * (size_t)a->ndim);
+        out_shape[a->ndim - 2] = s->M;
+        out_shape[a->ndim - 1] = N;
+    } else {
+        tl_seterr(TL_ESHAPE, "matmul: a %s and b %s have different ranks; b must be 2-D or have "
+                             "a's rank", sa, sb);
+        return false;
+    }
+
+    if (s->K != Kb) {
+        tl_seterr(TL_ESHAPE, "matmul: inner dimensions differ: a %s%s gives K = %lld, b %s%s "
+                             "gives K = %lld", sa, ta ? " transposed" : "", (long long)s->K,
+                  sb, tb ? " transposed" : "", (long long)Kb);
+        return false;
+    }
+    if (s->M > INT_MAX || s->N > INT_MAX || s->K > INT_MAX) {
+        tl_seterr(TL_ESHAPE, "matmul: a %s or b %s has a matrix dimension above %d, the limit "
+                             "of 32-bit BLAS indices", sa, sb, INT_MAX);
+        return false;
+    }
+    return true;
+}
+
+tl_tensor *tl_matmul(tl_ctx *ctx, tl_tensor *a, tl_tensor *b, bool ta, bool tb)
+{
+    if (TL_ANY_NULL2(a, b))
+        return NULL;
+    if (!tl_check_f32("matmul", "a", a) || !tl_check_f32("matmul", "b", b))
+        return NULL;
+    tl_gemm_shape s;
+    int ndim;
+    int64_t shape[TL_MAX_DIMS];
+    if (!tl_matmul_shape(a, b, ta, tb, &s, &ndim, shape))
+        return NULL;
+    tl_tensor *out = tl_new(ctx, TL_F32, ndim, shape);
+    if (!out)
+        return NULL;
+
+    float *c = tl_f32(out);
+    const float *x = tl_f32(a), *y = tl_f32(b);
+    int64_t M = s.M, K = s.K, N = s.N;
+    if (K == 0)
+        memset(c, 0, (size_t)tl_numel(out) * sizeof(float));
+    else if (M > 0 && N > 0)
+        for (int64_t i = 0; i < s.batch; i++)
+            tl_sgemm(ta, tb, M, N, K, x + i * M * K, ta ? M : K, y + i * K * N,
+                     tb ? K : N, 0.0f, c + i * M * N, N);
+    tl_count_flops(ctx, TL_OP_MATMUL, 2.0 * (double)s.batch * M * N * K);
+
+    tl_node *node = tl_record(ctx, TL_OP_MATMUL, out, 2, (tl_tensor *[]){a, b});
+    if (node) {
+        node->ints[0] = s.batch;
+        node->ints[1] = M;
+        node->ints[2] = K;
+        node->ints[3] = N;
+        node->ints[4] = ta;
+        node->ints[5] = tb;
+    }
+    return out;
+}
+
+/* With dC (M,N): d op(A) = dC op(B)^T and d op(B) = op(A)^T dC. A transposed
+ * operand receives the transpose of that, computed directly by sgemm with
+ * beta = 1 so that it accumulates. */
+void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
+{
+    tl_tensor *a = node->in[0], *b = node->in[1];
+    int64_t batch = node->ints[0], M = node->ints[1], K = node->ints[2], N = node->ints[3];
+    bool ta = node->ints[4], tb = node->ints[5];
+    const float *dc = node->out->grad, *x = tl_f32(a), *y = tl_f32(b);
+    float *da = tl_grad(ctx, a), *db = tl_grad(ctx, b);
+    int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    if (M == 0 || N == 0 || K == 0)
+        return;
+
+    for (int64_t i = 0; i < batch; i++) {
+        const float *dci = dc + i * M * N, *xi = x + i * M * K;
+        const float *yi = y + i * K * N;
+        if (da) {
+            float *dai = da + i * M * K;
+            if (!ta) /* dA (M,K) += dC op(B)^T */
+                tl_sgemm(false, !tb, M, K, N, dci, N, yi, ldb, 1.0f, dai, lda);
+            else /* dA (K,M) += op(B) dC^T */
+                tl_sgemm(tb, true, K, M, N, yi, ldb, dci, N, 1.0f, dai, lda);
+        }
+        if (db) {
+            float *dbi = db + i * K * N;
+            if (!tb) /* dB (K,N) += op(A)^T dC */
+                tl_sgemm(!ta, false, K, N, M, xi, lda, dci, N, 1.0f, dbi, ldb);
+            else /* dB (N,K) += dC^T op(A) */
+                tl_sgemm(true, ta, N, K, M, dci, N, xi, lda, 1.0f, dbi, ldb);
+        }
+    }
+    tl_count_flops(ctx, TL_OP_MATMUL,
+                   2.0 * (double)batch * M * N * K * ((da != NULL) + (db != NULL)));
+}
+
+tl_tensor *tl_linear(tl_ctx *ctx, tl_tensor *x, tl_tensor *w)
+{
+    if (TL_ANY_NULL2(x, w))
+        return NULL;
+    if (w->ndim != 2) {
+        char sw[96];
+        tl_seterr(TL_ESHAPE, "linear: weight %s must be 2-D (N, K)", tl_shape_str(w, sw, sizeof sw));
+        return NULL;
+    }
+    return tl_matmul(ctx, x, w, false, true);
+}

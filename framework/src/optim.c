@@ -1,0 +1,134 @@
+/* AdamW, SGD, global-norm clipping and learning-rate schedules. */
+#include <math.h>
+
+#include "internal.h"
+
+tl_optim_config tl_optim_default(void)
+{
+    return (tl_optim_config){
+        .kind = TL_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+        .weight_decay = 0.1f, .momentum = 0.0f,
+    };
+}
+
+tl_status tl_optim_validate(const tl_optim_config *c)
+{
+    if ((unsigned)c->kind >= TL_OPTIM_COUNT)
+        return tl_seterr(TL_EINVAL, "optimizer kind %d is unknown; use adamw or sgd", (int)c->kind);
+    if (c->kind == TL_OPTIM_ADAMW && (!(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1)))
+        return tl_seterr(TL_EINVAL, "AdamW betas (%g, %g) must lie in [0, 1)", (double)c->beta1,
+                         (double)c->beta2);
+    if (c->kind == TL_OPTIM_ADAMW && !(c->eps > 0))
+        return tl_seterr(TL_EINVAL, "AdamW eps %g must be positive", (double)c->eps);
+    if (!(c->weight_decay >= 0))
+        return tl_seterr(TL_EINVAL, "weight decay %g must be >= 0", (double)c->weight_decay);
+    if (!(c->momentum >= 0 && c->momentum < 1))
+        return tl_seterr(TL_EINVAL, "SGD momentum %g must lie in [0, 1)", (double)c->momentum);
+    return TL_OK;
+}
+
+tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_t step)
+{
+    if (!tl_params_data(p))
+        return tl_seterr(TL_ESTATE, "optimizer step before the parameters were allocated");
+    if (step < 1)
+        return tl_seterr(TL_EINVAL, "optimizer step %lld must count from 1", (long long)step);
+    if (!isfinite(lr) || lr < 0)
+        return tl_seterr(TL_EINVAL, "learning rate %g must be finite and >= 0", (double)lr);
+    float *data = tl_params_data(p), *grad = tl_params_grads(p);
+    float *m = tl_params_m(p), *v = tl_params_v(p);
+    /* Bias corrections in double: beta2^t underflows float precision slowly. */
+    double bc1 = 1.0 - pow(c->beta1, (double)step);
+    double bc2 = 1.0 - pow(c->beta2, (double)step);
+    float step_size = (float)(lr / bc1);
+    float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+
+    for (size_t i = 0; i < tl_params_count(p); i++) {
+        unsigned flags = tl_params_flags_at(p, i);
+        if (flags & TL_PARAM_FROZEN)
+            continue;
+        int64_t off = tl_params_offset(p, i), n = tl_numel(tl_params_at(p, i));
+        float decay = (flags & TL_PARAM_DECAY) ? 1.0f - lr * c->weight_decay : 1.0f;
+        float *x = data + off, *g = grad + off, *mi = m + off, *vi = v + off;
+        if (c->kind == TL_OPTIM_ADAMW) {
+            float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
+            for (int64_t j = 0; j < n; j++) {
+                mi[j] = b1 * mi[j] + (1.0f - b1) * g[j];
+                vi[j] = b2 * vi[j] + (1.0f - b2) * g[j] * g[j];
+                float denom = sqrtf(vi[j]) * inv_sqrt_bc2 + eps;
+                x[j] = x[j] * decay - step_size * mi[j] / denom;
+            }
+        } else {
+            float mu = c->momentum;
+            for (int64_t j = 0; j < n; j++) {
+                float d = g[j];
+                if (mu > 0) {
+                    mi[j] = mu * mi[j] + d;
+                    d = mi[j];
+                }
+                x[j] = x[j] * decay - lr * d;
+            }
+        }
+    }
+    return TL_OK;
+}
+
+double tl_grad_norm(const tl_params *p)
+{
+    const float *g = tl_params_grads(p);
+    if (!g)
+        return 0.0;
+    double s = 0.0;
+    int64_t n = tl_params_numel(p);
+    for (int64_t j = 0; j < n; j++)
+        s += (double)g[j] * g[j];
+    return sqrt(s);
+}
+
+double tl_clip_grad_norm(tl_params *p, double max_norm)
+{
+    double norm = tl_grad_norm(p);
+    if (max_norm > 0 && norm > max_norm) {
+        /* Same rule as torch.nn.utils.clip_grad_norm_: scale by max/(norm+1e-6). */
+        float scale = (float)(max_norm / (norm + 1e-6));
+        float *g = tl_params_grads(p);
+        int64_t n = tl_params_numel(p);
+        for (int64_t j = 0; j < n; j++)
+            g[j] *= scale;
+    }
+    return norm;
+}
+
+tl_status tl_schedule_validate(const tl_schedule *s)
+{
+    if ((unsigned)s->kind >= TL_SCHEDULE_COUNT)
+        return tl_seterr(TL_EINVAL, "schedule kind %d is unknown; use constant or cosine",
+                         (int)s->kind);
+    if (!(s->lr >= 0) || !isfinite(s->lr))
+        return tl_seterr(TL_EINVAL, "learning rate %g must be finite and >= 0", (double)s->lr);
+    if (!(s->min_lr >= 0) || s->min_lr > s->lr)
+        return tl_seterr(TL_EINVAL, "min_lr %g must lie in [0, lr = %g]", (double)s->min_lr,
+                         (double)s->lr);
+    if (s->kind == TL_SCHEDULE_WARMUP_COSINE && (s->warmup < 0 || s->total < 1 || s->warmup >= s->total))
+        return tl_seterr(TL_EINVAL, "warm-up of %lld steps must lie in [0, total steps = %lld)",
+                         (long long)s->warmup, (long long)s->total);
+    return TL_OK;
+}
+
+float tl_schedule_lr(const tl_schedule *s, int64_t step)
+{
+    if (s->kind == TL_SCHEDULE_CONSTANT)
+        return s->lr;
+    if (step < s->warmup)
+        return s->lr * (float)(step + 1) / (float)(s->warmup + 1);
+
+    /* Cosine from lr at step W down to min_lr at the last step, total-1. */
+    int64_t span = s->total - 1 - s->warmup;
+    if (span <= 0)
+        return s->lr;
+    double progress = (double)(step - s->warmup) / (double)span;
+    if (progress > 1.0)
+        progress = 1.0;
+    double cosine = 0.5 * (1.0 + cos(3.141592653589793 * progress));
+    return (float)(s->min_lr + (s->lr - s->min_lr) * cosine);
+}

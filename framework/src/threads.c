@@ -1,0 +1,58 @@
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "thinklab/threads.h"
+
+static int tl_nthreads = 0; /* 0 until tl_threads_set() runs */
+
+int tl_cores_available(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0)
+            return n;
+    }
+    return omp_get_num_procs();
+}
+
+int tl_threads_set(int n)
+{
+    int cores = tl_cores_available();
+    if (n <= 0 || n > cores)
+        n = cores;
+    tl_nthreads = n;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+    return n;
+}
+
+int tl_threads_get(void)
+{
+    if (tl_nthreads == 0)
+        return tl_threads_set(0);
+    return tl_nthreads;
+}
+
+char *tl_threads_describe(char *buf, size_t size)
+{
+    static const char *const parallel[] = {"sequential", "pthreads", "openmp"};
+    int p = openblas_get_parallel();
+    const char *core = openblas_get_corename();
+    /* OPENBLAS_VERSION is the header's " OpenBLAS 0.3.21 ", spaces included. */
+    const char *version = OPENBLAS_VERSION;
+    while (*version == ' ')
+        version++;
+    int len = (int)strlen(version);
+    while (len > 0 && version[len - 1] == ' ')
+        len--;
+    snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels)", tl_threads_get(),
+             tl_cores_available(), len, version,
+             p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown");
+    return buf;
+}

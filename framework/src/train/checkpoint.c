@@ -1,0 +1,503 @@
+/* Checkpoints: one HDF5 file with everything needed to continue a run bit for
+ * bit.
+ *
+ * Layout (all at the root):
+ *   attributes  thinklab_checkpoint_version (int32), thinklab_version,
+ *               step, batches_drawn, batch_size, context, numel (int64),
+ *               checksum (uint64, FNV-1a over params/data, m and v)
+ *   rng         uint64 (4): the batch-sampling xoshiro state
+ *   config_json string: trainer and model configuration
+ *   arch/names  string: parameter names in store order, one per line
+ *   arch/shapes int64 (n_params, 1 + TL_MAX_DIMS): ndim, then the dims
+ *   params/data, params/m, params/v  float32 (numel): the parameter block
+ *               without gradients, which are zero between steps
+ *
+ * The file is written to path.tmp and renamed over path, so a crash or a
+ * failed write leaves the previous checkpoint. */
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/train_internal.h"
+
+enum { SHAPE_COLS = 1 + TL_MAX_DIMS };
+
+/* Sets a message naming the checkpoint, the failing HDF5 call and HDF5's
+ * innermost error description. */
+typedef struct h5_detail {
+    char text[256];
+} h5_detail;
+
+static herr_t keep_innermost(unsigned n, const H5E_error2_t *err, void *data)
+{
+    h5_detail *d = data;
+    if (n == 0 && err->desc)
+        snprintf(d->text, sizeof d->text, "%s", err->desc);
+    return 0;
+}
+
+static void h5_error(const char *path, const char *call)
+{
+    h5_detail detail = {{0}};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, &detail);
+    H5Eclear2(H5E_DEFAULT);
+    tl_seterr(TL_EIO, "checkpoint '%s': %s failed: %s", path, call,
+              detail.text[0] ? detail.text : "no HDF5 error detail");
+}
+
+#define CK_H5(path, call)                                                                    \
+    do {                                                                                     \
+        if ((call) < 0) {                                                                    \
+            h5_error((path), #call);                                                         \
+            goto fail;                                                                       \
+        }                                                                                    \
+    } while (0)
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static uint64_t block_checksum(const float *data, const float *m, const float *v, int64_t n)
+{
+    uint64_t h = 14695981039346656037ull;
+    h = fnv1a(h, data, (size_t)n * sizeof(float));
+    h = fnv1a(h, m, (size_t)n * sizeof(float));
+    return fnv1a(h, v, (size_t)n * sizeof(float));
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+static herr_t write_attr(hid_t loc, const char *name, hid_t type, const void *value)
+{
+    hid_t space = H5Screate(H5S_SCALAR);
+    if (space < 0)
+        return -1;
+    hid_t attr = H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t st = attr < 0 ? -1 : H5Awrite(attr, type, value);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    return st;
+}
+
+static herr_t write_text(hid_t loc, const char *name, const char *text, bool as_attr)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    if (type < 0)
+        return -1;
+    herr_t st = H5Tset_size(type, strlen(text) + 1);
+    if (st >= 0) {
+        if (as_attr) {
+            st = write_attr(loc, name, type, text);
+        } else {
+            hid_t space = H5Screate(H5S_SCALAR);
+            hid_t dset = space < 0 ? -1
+                                   : H5Dcreate2(loc, name, type, space, H5P_DEFAULT,
+                                                H5P_DEFAULT, H5P_DEFAULT);
+            st = dset < 0 ? -1 : H5Dwrite(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text);
+            if (dset >= 0)
+                H5Dclose(dset);
+            if (space >= 0)
+                H5Sclose(space);
+        }
+    }
+    H5Tclose(type);
+    return st;
+}
+
+static herr_t write_array(hid_t loc, const char *name, hid_t file_type, hid_t mem_type,
+                          int rank, const hsize_t *dims, const void *data)
+{
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    if (space < 0)
+        return -1;
+    hid_t dset = H5Dcreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t st = dset < 0 ? -1 : H5Dwrite(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    if (dset >= 0)
+        H5Dclose(dset);
+    H5Sclose(space);
+    return st;
+}
+
+/* Names joined by '\n' and the (n, SHAPE_COLS) shape table; heap, caller frees. */
+static tl_status arch_describe(const tl_params *p, char **names_out, int64_t **shapes_out)
+{
+    size_t n = tl_params_count(p), len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(tl_params_at(p, i)->name) + 1;
+    char *names = malloc(len);
+    int64_t *shapes = calloc(n ? n * SHAPE_COLS : 1, sizeof *shapes);
+    if (!names || !shapes) {
+        free(names);
+        free(shapes);
+        return tl_seterr(TL_ENOMEM, "no memory for the architecture fingerprint");
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        const tl_tensor *t = tl_params_at(p, i);
+        at += (size_t)sprintf(names + at, "%s\n", t->name);
+        shapes[i * SHAPE_COLS] = t->ndim;
+        for (int d = 0; d < t->ndim; d++)
+            shapes[i * SHAPE_COLS + 1 + d] = t->shape[d];
+    }
+    names[at] = '\0';
+    *names_out = names;
+    *shapes_out = shapes;
+    return TL_OK;
+}
+
+static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path)
+{
+    tl_params *p = tr->params;
+    int64_t numel = tl_params_numel(p);
+    char *names = NULL;
+    int64_t *shapes = NULL;
+    tl_status st = arch_describe(p, &names, &shapes);
+    if (st != TL_OK)
+        return st;
+
+    hid_t file = -1, group = -1;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    CK_H5(path, file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+
+    int32_t version = TL_CHECKPOINT_FORMAT_VERSION;
+    int64_t n_params = (int64_t)tl_params_count(p);
+    uint64_t checksum = block_checksum(tl_params_data(p), tl_params_m(p), tl_params_v(p), numel);
+    CK_H5(path, write_attr(file, "thinklab_checkpoint_version", H5T_NATIVE_INT32, &version));
+    CK_H5(path, write_text(file, "thinklab_version", TL_VERSION_STRING, true));
+    CK_H5(path, write_attr(file, "step", H5T_NATIVE_INT64, &tr->step));
+    CK_H5(path, write_attr(file, "batches_drawn", H5T_NATIVE_INT64, &tr->sampler.batches_drawn));
+    CK_H5(path, write_attr(file, "batch_size", H5T_NATIVE_INT64, &tr->cfg.batch_size));
+    CK_H5(path, write_attr(file, "context", H5T_NATIVE_INT64, &tr->cfg.context));
+    CK_H5(path, write_attr(file, "numel", H5T_NATIVE_INT64, &numel));
+    CK_H5(path, write_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
+
+    hsize_t four = 4;
+    CK_H5(path, write_array(file, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &four, tr->rng.s));
+    CK_H5(path, write_text(file, "config_json", tr->config_json, false));
+
+    CK_H5(path, group = H5Gcreate2(file, "arch", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    CK_H5(path, write_text(group, "names", names, false));
+    hsize_t shape_dims[2] = {(hsize_t)n_params, SHAPE_COLS};
+    CK_H5(path, write_array(group, "shapes", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, shape_dims,
+                            shapes));
+    CK_H5(path, H5Gclose(group));
+    group = -1;
+
+    CK_H5(path, group = H5Gcreate2(file, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    hsize_t n = (hsize_t)numel;
+    CK_H5(path, write_array(group, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n,
+                            tl_params_data(p)));
+    CK_H5(path, write_array(group, "m", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, tl_params_m(p)));
+    CK_H5(path, write_array(group, "v", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, tl_params_v(p)));
+    CK_H5(path, H5Gclose(group));
+    group = -1;
+    CK_H5(path, H5Fclose(file));
+    free(names);
+    free(shapes);
+    return TL_OK;
+
+fail:
+    if (group >= 0)
+        H5Gclose(group);
+    if (file >= 0)
+        H5Fclose(file);
+    free(names);
+    free(shapes);
+    return TL_EIO;
+}
+
+tl_status tl_trainer_save(tl_trainer *tr, const char *path)
+{
+    if (!tr || !path || !path[0])
+        return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
+    size_t len = strlen(path) + 5;
+    char *tmp = malloc(len);
+    if (!tmp)
+        return tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
+    snprintf(tmp, len, "%s.tmp", path);
+
+    tl_status st = write_file(tr, tmp, path);
+    if (st == TL_OK && rename(tmp, path) != 0)
+        st = tl_seterr(TL_EIO, "checkpoint '%s': renaming '%s' over it failed; the previous "
+                               "checkpoint is unchanged", path, tmp);
+    if (st != TL_OK)
+        remove(tmp);
+    free(tmp);
+    return st;
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+static herr_t read_attr(hid_t loc, const char *name, hid_t type, void *value)
+{
+    hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
+    if (attr < 0)
+        return -1;
+    herr_t st = H5Aread(attr, type, value);
+    H5Aclose(attr);
+    return st;
+}
+
+/* Reads a scalar fixed-length string dataset into a heap buffer. */
+static char *read_text(hid_t loc, const char *name)
+{
+    hid_t dset = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (dset < 0)
+        return NULL;
+    char *text = NULL;
+    hid_t ftype = H5Dget_type(dset);
+    size_t size = ftype < 0 ? 0 : H5Tget_size(ftype);
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    if (size > 0 && mtype >= 0 && H5Tset_size(mtype, size) >= 0) {
+        text = calloc(size + 1, 1);
+        if (text && H5Dread(dset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
+            free(text);
+            text = NULL;
+        }
+    }
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    if (ftype >= 0)
+        H5Tclose(ftype);
+    H5Dclose(dset);
+    return text;
+}
+
+/* Reads a 1-D dataset that must hold exactly n elements. */
+static herr_t read_vector(hid_t loc, const char *name, hid_t mem_type, hsize_t n, void *out)
+{
+    hid_t dset = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (dset < 0)
+        return -1;
+    hid_t space = H5Dget_space(dset);
+    hsize_t dims[2] = {0, 0};
+    herr_t st = -1;
+    if (space >= 0 && H5Sget_simple_extent_ndims(space) == 1 &&
+        H5Sget_simple_extent_dims(space, dims, NULL) == 1 && dims[0] == n)
+        st = H5Dread(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+    if (space >= 0)
+        H5Sclose(space);
+    H5Dclose(dset);
+    return st;
+}
+
+/* Compares the stored fingerprint with the trainer's parameters and names the
+ * first difference. */
+static tl_status check_arch(const char *path, hid_t file, const tl_params *p)
+{
+    tl_status st = TL_EIO;
+    char *names = NULL;
+    int64_t *shapes = NULL, *mine = NULL;
+    char *my_names = NULL;
+    hid_t group = -1, dset = -1, space = -1;
+
+    CK_H5(path, group = H5Gopen2(file, "arch", H5P_DEFAULT));
+    names = read_text(group, "names");
+    if (!names) {
+        h5_error(path, "reading arch/names");
+        goto fail;
+    }
+    CK_H5(path, dset = H5Dopen2(group, "shapes", H5P_DEFAULT));
+    CK_H5(path, space = H5Dget_space(dset));
+    hsize_t dims[2] = {0, 0};
+    if (H5Sget_simple_extent_ndims(space) != 2 ||
+        H5Sget_simple_extent_dims(space, dims, NULL) != 2 || dims[1] != SHAPE_COLS) {
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s': arch/shapes is not an (n, %d) table; the "
+                                   "file is damaged", path, SHAPE_COLS);
+        goto out;
+    }
+    size_t n_file = (size_t)dims[0];
+    shapes = calloc(n_file ? n_file * SHAPE_COLS : 1, sizeof *shapes);
+    if (!shapes) {
+        st = tl_seterr(TL_ENOMEM, "no memory for the checkpoint's shape table");
+        goto out;
+    }
+    if (n_file)
+        CK_H5(path, H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, shapes));
+    st = arch_describe(p, &my_names, &mine);
+    if (st != TL_OK)
+        goto out;
+
+    /* Walk both lists in order; the first differing name or shape is reported. */
+    size_t n_mine = tl_params_count(p);
+    char *file_name = names, *my_name = my_names;
+    for (size_t i = 0; i < n_file && i < n_mine; i++) {
+        char *fe = strchr(file_name, '\n'), *me = strchr(my_name, '\n');
+        if (!fe || !me) {
+            st = tl_seterr(TL_EFORMAT, "checkpoint '%s': arch/names lists fewer names than "
+                                       "arch/shapes; the file is damaged", path);
+            goto out;
+        }
+        *fe = '\0';
+        *me = '\0';
+        if (strcmp(file_name, my_name) != 0) {
+            st = tl_seterr(TL_EINVAL, "checkpoint '%s' is for another architecture: parameter "
+                                      "%zu is '%s' in the file but '%s' in this model",
+                           path, i, file_name, my_name);
+            goto out;
+        }
+        if (memcmp(shapes + i * SHAPE_COLS, mine + i * SHAPE_COLS,
+                   SHAPE_COLS * sizeof *shapes) != 0) {
+            char fs[96], ms[96];
+            int fo = snprintf(fs, sizeof fs, "("), mo = snprintf(ms, sizeof ms, "(");
+            int fnd = (int)shapes[i * SHAPE_COLS], mnd = (int)mine[i * SHAPE_COLS];
+            for (int d = 0; d < fnd && d < TL_MAX_DIMS; d++)
+                fo += snprintf(fs + fo, sizeof fs - (size_t)fo, "%s%lld", d ? ", " : "",
+                               (long long)shapes[i * SHAPE_COLS + 1 + d]);
+            for (int d = 0; d < mnd && d < TL_MAX_DIMS; d++)
+                mo += snprintf(ms + mo, sizeof ms - (size_t)mo, "%s%lld", d ? ", " : "",
+                               (long long)mine[i * SHAPE_COLS + 1 + d]);
+            snprintf(fs + fo, sizeof fs - (size_t)fo, ")");
+            snprintf(ms + mo, sizeof ms - (size_t)mo, ")");
+            st = tl_seterr(TL_EINVAL, "checkpoint '%s' is for another architecture: parameter "
+                                      "'%s' has shape %s in the file but %s in this model",
+                           path, my_name, fs, ms);
+            goto out;
+        }
+        file_name = fe + 1;
+        my_name = me + 1;
+    }
+    if (n_file != n_mine) {
+        st = tl_seterr(TL_EINVAL, "checkpoint '%s' is for another architecture: it holds %zu "
+                                  "parameters, this model has %zu (first unmatched: '%.*s')",
+                       path, n_file, n_mine,
+                       (int)strcspn(n_file > n_mine ? file_name : my_name, "\n"),
+                       n_file > n_mine ? file_name : my_name);
+        goto out;
+    }
+    st = TL_OK;
+    goto out;
+
+fail:
+    st = TL_EIO;
+out:
+    if (space >= 0)
+        H5Sclose(space);
+    if (dset >= 0)
+        H5Dclose(dset);
+    if (group >= 0)
+        H5Gclose(group);
+    free(names);
+    free(shapes);
+    free(mine);
+    free(my_names);
+    return st;
+}
+
+tl_status tl_trainer_load(tl_trainer *tr, const char *path)
+{
+    if (!tr || !path || !path[0])
+        return tl_seterr(TL_EINVAL, "tl_trainer_load: trainer and path must be given");
+    tl_params *p = tr->params;
+    int64_t numel = tl_params_numel(p);
+    float *data = NULL, *m = NULL, *v = NULL;
+    hid_t file = -1, group = -1;
+    tl_status st = TL_EIO;
+
+    FILE *probe = fopen(path, "rb");
+    if (!probe)
+        return tl_seterr(TL_ENOTFOUND, "checkpoint '%s' not found or not readable", path);
+    fclose(probe);
+
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) {
+        h5_error(path, "H5Fopen");
+        return tl_seterr(TL_EFORMAT, "%s; the file is truncated, damaged or not a checkpoint",
+                         tl_errmsg());
+    }
+
+    int32_t version = 0;
+    if (read_attr(file, "thinklab_checkpoint_version", H5T_NATIVE_INT32, &version) < 0) {
+        H5Eclear2(H5E_DEFAULT);
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s' has no thinklab_checkpoint_version "
+                                   "attribute: it is not a thinklab checkpoint", path);
+        goto out;
+    }
+    if (version != TL_CHECKPOINT_FORMAT_VERSION) {
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s' has format version %d, this thinklab reads "
+                                   "version %d: convert it or use the matching thinklab",
+                       path, (int)version, (int)TL_CHECKPOINT_FORMAT_VERSION);
+        goto out;
+    }
+    st = check_arch(path, file, p);
+    if (st != TL_OK)
+        goto out;
+
+    int64_t step = 0, drawn = 0, batch = 0, context = 0, file_numel = 0;
+    uint64_t checksum = 0, rng[4];
+    CK_H5(path, read_attr(file, "step", H5T_NATIVE_INT64, &step));
+    CK_H5(path, read_attr(file, "batches_drawn", H5T_NATIVE_INT64, &drawn));
+    CK_H5(path, read_attr(file, "batch_size", H5T_NATIVE_INT64, &batch));
+    CK_H5(path, read_attr(file, "context", H5T_NATIVE_INT64, &context));
+    CK_H5(path, read_attr(file, "numel", H5T_NATIVE_INT64, &file_numel));
+    CK_H5(path, read_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
+    CK_H5(path, read_vector(file, "rng", H5T_NATIVE_UINT64, 4, rng));
+    if (batch != tr->cfg.batch_size || context != tr->cfg.context) {
+        st = tl_seterr(TL_EINVAL, "checkpoint '%s' was trained with batch_size %lld and context "
+                                  "%lld, this trainer uses %lld and %lld: set them to match",
+                       path, (long long)batch, (long long)context,
+                       (long long)tr->cfg.batch_size, (long long)tr->cfg.context);
+        goto out;
+    }
+    if (file_numel != numel || step < 0 || step > tr->cfg.steps || drawn < 0) {
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s': step %lld, batches_drawn %lld or numel "
+                                   "%lld do not fit this run of %lld steps and %lld parameters",
+                       path, (long long)step, (long long)drawn, (long long)file_numel,
+                       (long long)tr->cfg.steps, (long long)numel);
+        goto out;
+    }
+
+    size_t bytes = (size_t)(numel ? numel : 1) * sizeof(float);
+    data = malloc(bytes);
+    m = malloc(bytes);
+    v = malloc(bytes);
+    if (!data || !m || !v) {
+        st = tl_seterr(TL_ENOMEM, "no memory to read checkpoint '%s' (%zu bytes)", path,
+                       3 * bytes);
+        goto out;
+    }
+    CK_H5(path, group = H5Gopen2(file, "params", H5P_DEFAULT));
+    CK_H5(path, read_vector(group, "data", H5T_NATIVE_FLOAT, (hsize_t)numel, data));
+    CK_H5(path, read_vector(group, "m", H5T_NATIVE_FLOAT, (hsize_t)numel, m));
+    CK_H5(path, read_vector(group, "v", H5T_NATIVE_FLOAT, (hsize_t)numel, v));
+    if (block_checksum(data, m, v, numel) != checksum) {
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s': the parameter block does not match its "
+                                   "checksum; the file is damaged", path);
+        goto out;
+    }
+
+    /* Everything was read and checked: only now change the trainer. */
+    memcpy(tl_params_data(p), data, (size_t)numel * sizeof(float));
+    memcpy(tl_params_m(p), m, (size_t)numel * sizeof(float));
+    memcpy(tl_params_v(p), v, (size_t)numel * sizeof(float));
+    tl_params_zero_grad(p);
+    memcpy(tr->rng.s, rng, sizeof rng);
+    tr->sampler.batches_drawn = drawn;
+    tr->step = step;
+    tr->stats.step = step;
+    tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context;
+    st = TL_OK;
+    goto out;
+
+fail:
+    st = tl_seterr(TL_EFORMAT, "%s; the file is truncated, damaged or not a checkpoint",
+                   tl_errmsg());
+out:
+    if (group >= 0)
+        H5Gclose(group);
+    if (file >= 0)
+        H5Fclose(file);
+    free(data);
+    free(m);
+    free(v);
+    return st;
+}

@@ -1,0 +1,95 @@
+/* State of a trainer and helpers shared by the files of src/train. */
+#ifndef THINKLAB_TRAIN_INTERNAL_H
+#define THINKLAB_TRAIN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "thinklab/data.h"
+#include "thinklab/thinklab.h"
+#include "thinklab/log.h"
+#include "thinklab/model.h"
+#include "thinklab/train.h"
+
+/* ---- JSON writer ---------------------------------------------------------- */
+
+/* Writes into buf[0..size) and counts in len the bytes the full text needs,
+ * so a caller can size the buffer from a first pass. */
+typedef struct tl_json {
+    char *buf;
+    size_t size, len;
+    bool first; /* no member written yet in the current object */
+} tl_json;
+
+void tl_json_init(tl_json *j, char *buf, size_t size);
+/* Opens an object as the value of key, or as an array element or the top
+ * value when key is NULL. */
+void tl_json_begin(tl_json *j, const char *key);
+void tl_json_end(tl_json *j);
+void tl_json_begin_array(tl_json *j, const char *key);
+void tl_json_end_array(tl_json *j);
+void tl_json_string(tl_json *j, const char *s);
+void tl_json_key_string(tl_json *j, const char *key, const char *s);
+void tl_json_key_int(tl_json *j, const char *key, int64_t v);
+void tl_json_key_uint(tl_json *j, const char *key, uint64_t v);
+void tl_json_key_double(tl_json *j, const char *key, double v);
+void tl_json_key_float(tl_json *j, const char *key, float v);
+void tl_json_key_bool(tl_json *j, const char *key, bool v);
+void tl_json_key_raw(tl_json *j, const char *key, const char *json);
+
+void tl_train_config_json_into(tl_json *j, const char *key, const tl_train_config *c);
+
+/* ---- trainer -------------------------------------------------------------- */
+
+struct tl_trainer {
+    tl_train_config cfg; /* resolved; its strings point at the copies below */
+    char *log_path, *checkpoint_path, *experiment_json;
+    tl_model *model;
+    tl_params *params;
+    tl_train_data data;
+    tl_ctx *ctx;
+    tl_log *log;
+    tl_rng rng;          /* batch sampling */
+    tl_sampler sampler;
+    int threads;         /* in force */
+
+    int64_t step;        /* optimizer steps completed */
+    tl_train_stats stats;
+    char *config_json;   /* trainer and model configuration, written to logs and checkpoints */
+
+    /* Per-step buffers, allocated once. */
+    int32_t *inputs, *targets; /* (B, T) */
+    int n_layers;
+    int64_t n_token_log;       /* tokens whose per-layer gradient norms are logged */
+    float *token_norms;        /* (n_layers + 1, n_token_log) */
+    float *token_losses;       /* (n_token_log) */
+    int32_t *token_ids;        /* (n_token_log) */
+    double *param_norms;       /* one per parameter */
+    int *routing_ids;          /* log id per layer, -1 for layers without routing */
+    float *routing_scores;     /* (B*T) NaN, logged for a layer that reports no scores */
+
+    /* Progress and timing. */
+    double run_start;         /* monotonic seconds at the start of tl_trainer_run */
+    double window_start;      /* start of the current throughput window */
+    int64_t window_steps;
+    bool progress_in_place;   /* stderr is a terminal: rewrite one line with \r */
+    bool progress_dirty;      /* an in-place line is on screen without its newline */
+};
+
+/* Monotonic clock in seconds. */
+double tl_train_now(void);
+
+/* Fills tr->config_json with the trainer and model configuration. */
+tl_status tl_train_config_text(tl_trainer *tr);
+/* Creates the log and writes its metadata. */
+tl_status tl_train_log_open(tl_trainer *tr);
+/* Logs the per-parameter and per-token gradients of the step just run
+ * (called after backward, before clipping). */
+tl_status tl_train_log_gradients(tl_trainer *tr, const tl_model_output *out);
+/* Logs the routing statistics of every routed layer. */
+tl_status tl_train_log_routing(tl_trainer *tr);
+
+/* Bytes the target tokens decode to; 0 without a tokenizer. */
+int64_t tl_train_target_bytes(const tl_tokenizer *tok, const int32_t *targets, int64_t n);
+
+#endif

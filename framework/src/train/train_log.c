@@ -1,0 +1,254 @@
+/* The trainer's side of the run log: metadata, gradient records and routing
+ * records. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "train/train_internal.h"
+
+/* Distinct plugins of the model's layers, in first-use order. */
+typedef struct plugin_list {
+    int n;
+    const char *names[64];
+    const char *versions[64];
+} plugin_list;
+
+static void collect_plugins(const tl_model *model, plugin_list *out)
+{
+    out->n = 0;
+    for (int l = 0; l < model->n_layers; l++) {
+        const tl_plugin *plugin = model->layers[l].plugin;
+        bool seen = false;
+        for (int i = 0; i < out->n && !seen; i++)
+            seen = strcmp(out->names[i], plugin->header.name) == 0;
+        if (seen || out->n == 64)
+            continue;
+        out->names[out->n] = plugin->header.name;
+        out->versions[out->n] = plugin->version ? plugin->version : "unknown";
+        out->n++;
+    }
+}
+
+static const char *style_name(tl_block_style s)
+{
+    switch (s) {
+    case TL_BLOCK_LLAMA: return "llama";
+    case TL_BLOCK_GPT2: return "gpt2";
+    default: return "unknown";
+    }
+}
+
+static const char *rope_name(tl_rope_pairing r)
+{
+    switch (r) {
+    case TL_ROPE_NONE: return "none";
+    case TL_ROPE_INTERLEAVED: return "interleaved";
+    default: return "half";
+    }
+}
+
+static void model_json(tl_json *j, const tl_model *model)
+{
+    const tl_model_config *mc = tl_model_config_of(model);
+    tl_json_begin(j, "model");
+    tl_json_key_int(j, "vocab", mc->vocab);
+    tl_json_key_int(j, "d_model", mc->d_model);
+    tl_json_key_int(j, "n_head", mc->n_head);
+    tl_json_key_int(j, "context", mc->context);
+    tl_json_key_int(j, "d_ff", mc->d_ff);
+    tl_json_key_string(j, "style", style_name(mc->style));
+    tl_json_key_float(j, "norm_eps", mc->norm_eps);
+    tl_json_key_string(j, "rope", rope_name(mc->rope));
+    tl_json_key_float(j, "rope_base", mc->rope_base);
+    tl_json_key_float(j, "init_std", mc->init_std);
+    tl_json_key_bool(j, "scaled_init", mc->scaled_init);
+    tl_json_key_int(j, "tie_head", mc->tie_head);
+    tl_json_key_float(j, "aux_weight", mc->aux_weight);
+    tl_json_key_int(j, "n_layers", mc->n_layers);
+    tl_json_key_int(j, "parameters", tl_model_param_count(model));
+
+    /* NOTE: the model does not keep its layers' resolved option tables, so
+     * only each layer's plugin is recorded here. A caller with the full layer
+     * settings passes them in tl_train_config.experiment_json. */
+    tl_json_begin_array(j, "layers");
+    for (int l = 0; l < mc->n_layers; l++) {
+        tl_json_begin(j, NULL);
+        tl_json_key_string(j, "plugin", tl_model_layer_plugin(model, l));
+        tl_json_end(j);
+    }
+    tl_json_end_array(j);
+    tl_json_end(j);
+}
+
+/* The trainer's full configuration: {"train": ..., "model": ..., "plugins":
+ * {name: version}, "seed", "threads", "version"}. */
+static size_t run_json(const tl_trainer *tr, const plugin_list *plugins, char *buf, size_t size)
+{
+    tl_json j;
+    tl_json_init(&j, buf, size);
+    tl_json_begin(&j, NULL);
+    tl_train_config_json_into(&j, "train", &tr->cfg);
+    model_json(&j, tr->model);
+    tl_json_begin(&j, "plugins");
+    for (int i = 0; i < plugins->n; i++)
+        tl_json_key_string(&j, plugins->names[i], plugins->versions[i]);
+    tl_json_end(&j);
+    tl_json_key_uint(&j, "seed", tr->cfg.seed);
+    tl_json_key_int(&j, "threads", tr->threads);
+    tl_json_key_string(&j, "thinklab_version", TL_VERSION_STRING);
+    if (tr->experiment_json)
+        tl_json_key_raw(&j, "experiment", tr->experiment_json);
+    tl_json_end(&j);
+    return j.len;
+}
+
+tl_status tl_train_config_text(tl_trainer *tr)
+{
+    plugin_list plugins;
+    collect_plugins(tr->model, &plugins);
+    size_t need = run_json(tr, &plugins, NULL, 0) + 1;
+    tr->config_json = malloc(need);
+    if (!tr->config_json)
+        return tl_seterr(TL_ENOMEM, "no memory for the %zu-byte configuration text", need);
+    run_json(tr, &plugins, tr->config_json, need);
+    return TL_OK;
+}
+
+tl_status tl_train_log_open(tl_trainer *tr)
+{
+    plugin_list plugins;
+    collect_plugins(tr->model, &plugins);
+    tl_log_meta meta = {
+        .config_json = tr->config_json,
+        .n_plugins = plugins.n,
+        .plugin_names = plugins.names,
+        .plugin_versions = plugins.versions,
+        .seed = tr->cfg.seed,
+        .threads = tr->threads,
+        .flush_every = tr->cfg.log_flush_every,
+        .overwrite = tr->cfg.log_overwrite,
+    };
+    tr->log = tl_log_create(tr->cfg.log_path, &meta);
+    if (!tr->log)
+        return tl_lasterr();
+    if (tr->cfg.log_grads_every > 0) {
+        const tl_params *p = tr->params;
+        size_t n = tl_params_count(p);
+        const char **names = malloc((n ? n : 1) * sizeof *names);
+        if (!names)
+            return tl_seterr(TL_ENOMEM, "no memory for %zu parameter names", n);
+        for (size_t i = 0; i < n; i++)
+            names[i] = tl_params_at(p, i)->name;
+        tl_status st = tl_log_grad_norms_init(tr->log, (int64_t)n, names);
+        free(names);
+        if (st != TL_OK)
+            return st;
+        if (tr->n_token_log > 0) {
+            st = tl_log_token_grads_init(tr->log, tr->n_layers, tr->n_token_log);
+            if (st != TL_OK)
+                return st;
+        }
+    }
+    return TL_OK;
+}
+
+tl_status tl_train_log_gradients(tl_trainer *tr, const tl_model_output *out)
+{
+    const tl_params *p = tr->params;
+    const float *grads = tl_params_grads(p);
+    for (size_t i = 0; i < tl_params_count(p); i++) {
+        const float *g = grads + tl_params_offset(p, i);
+        int64_t n = tl_numel(tl_params_at(p, i));
+        double sum = 0.0;
+        for (int64_t k = 0; k < n; k++)
+            sum += (double)g[k] * (double)g[k];
+        tr->param_norms[i] = sqrt(sum);
+    }
+    tl_status st = tl_log_grad_norms(tr->log, tr->step, tr->param_norms);
+    if (st != TL_OK || tr->n_token_log == 0)
+        return st;
+
+    /* Rows 0..n_token_log of the batch are the first log_token_seqs
+     * sequences, flattened. h_0 is the embedding output, h_l layer l-1's. */
+    int64_t C = tl_model_config_of(tr->model)->d_model;
+    for (int l = 0; l <= tr->n_layers; l++) {
+        tl_tensor *h = tl_model_hidden(tr->model, l - 1);
+        float *row = tr->token_norms + (size_t)l * (size_t)tr->n_token_log;
+        for (int64_t i = 0; i < tr->n_token_log; i++) {
+            if (!h || !h->grad) {
+                row[i] = 0.0f;
+                continue;
+            }
+            const float *g = h->grad + i * C;
+            double sum = 0.0;
+            for (int64_t c = 0; c < C; c++)
+                sum += (double)g[c] * (double)g[c];
+            row[i] = (float)sqrt(sum);
+        }
+    }
+    const float *token_loss = tl_f32(out->token_loss);
+    for (int64_t i = 0; i < tr->n_token_log; i++) {
+        tr->token_ids[i] = tr->inputs[i];
+        tr->token_losses[i] = token_loss[i];
+    }
+    return tl_log_token_grads(tr->log, tr->step, tr->token_norms, tr->token_ids,
+                              tr->token_losses);
+}
+
+/* Registers every routed layer on first use, from its statistics. */
+static tl_status register_routed(tl_trainer *tr, int l, const tl_routing_stats *rs)
+{
+    char name[32];
+    snprintf(name, sizeof name, "layers.%d", l);
+    tl_log_routing_spec spec = {
+        .name = name,
+        .kind = tl_model_layer_plugin(tr->model, l),
+        .n_steps = rs->n_steps,
+        .n_mask_tokens = tr->cfg.context,
+        .n_bins = TL_STATS_BINS,
+        .score_min = rs->steps[0].hist_lo,
+        .score_max = rs->steps[0].hist_hi > rs->steps[0].hist_lo ? rs->steps[0].hist_hi
+                                                                  : rs->steps[0].hist_lo + 1.0,
+    };
+    int id = tl_log_routing_register(tr->log, &spec);
+    if (id < 0)
+        return tl_lasterr();
+    tr->routing_ids[l] = id;
+    return TL_OK;
+}
+
+tl_status tl_train_log_routing(tl_trainer *tr)
+{
+    for (int l = 0; l < tr->n_layers; l++) {
+        tl_routing_stats rs;
+        tl_status st = tl_model_layer_stats(tr->model, l, &rs);
+        if (st != TL_OK)
+            return st;
+        int64_t n = rs.B * rs.T;
+        if (rs.n_steps == 0 || !rs.masks)
+            continue;
+        if (n > tr->cfg.batch_size * tr->cfg.context)
+            return tl_seterr(TL_ESHAPE, "routing statistics of layer %d cover %lld tokens, more "
+                                        "than the batch's %lld", l, (long long)n,
+                             (long long)(tr->cfg.batch_size * tr->cfg.context));
+        if (tr->routing_ids[l] < 0 && (st = register_routed(tr, l, &rs)) != TL_OK)
+            return st;
+        for (int t = 0; t < rs.n_steps; t++) {
+            tl_log_routing_record rec = {
+                .step = tr->step,
+                .routed_step = t,
+                .n_scores = n,
+                .scores = rs.scores ? rs.scores + (size_t)t * (size_t)n : tr->routing_scores,
+                .selected = rs.masks + (size_t)t * (size_t)n,
+                .topk_agreement = rs.steps[t].topk_agreement >= 0 ? rs.steps[t].topk_agreement
+                                                                   : NAN,
+            };
+            st = tl_log_routing(tr->log, tr->routing_ids[l], &rec);
+            if (st != TL_OK)
+                return st;
+        }
+    }
+    return TL_OK;
+}

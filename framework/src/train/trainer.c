@@ -1,0 +1,483 @@
+/* The training loop: one step is reset, sample, forward, loss, backward,
+ * reduce, clip and update; tl_trainer_run adds evaluation, logging,
+ * checkpoints, progress output and the callback. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "train/train_internal.h"
+
+double tl_train_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char *copy_string(const char *s)
+{
+    if (!s || !s[0])
+        return NULL;
+    return strdup(s);
+}
+
+/* Largest id in tokens, or -1 when empty. */
+static int32_t max_token(const tl_tokens *t)
+{
+    int32_t top = -1;
+    for (int64_t i = 0; i < t->n; i++)
+        if (t->ids[i] > top)
+            top = t->ids[i];
+    return top;
+}
+
+static tl_status check_data(const tl_train_data *data, const tl_model_config *mc)
+{
+    if (!data->train || !data->train->ids)
+        return tl_seterr(TL_EINVAL, "tl_trainer_new: training tokens are missing; encode the "
+                                    "corpus with tl_corpus_encode() first");
+    const tl_tokens *splits[2] = {data->train, data->val};
+    const char *names[2] = {"training", "validation"};
+    for (int s = 0; s < 2; s++) {
+        if (!splits[s])
+            continue;
+        int32_t top = max_token(splits[s]);
+        if (top >= mc->vocab)
+            return tl_seterr(TL_EINVAL, "tl_trainer_new: the %s tokens contain id %d but the "
+                                        "model's vocabulary has %lld ids; build the model with "
+                                        "the tokenizer's vocabulary size", names[s], (int)top,
+                             (long long)mc->vocab);
+    }
+    if (data->tokenizer && tl_tokenizer_vocab_size(data->tokenizer) > mc->vocab)
+        return tl_seterr(TL_EINVAL, "tl_trainer_new: the tokenizer has %d ids but the model's "
+                                    "vocabulary only %lld",
+                         tl_tokenizer_vocab_size(data->tokenizer),
+                         (long long)mc->vocab);
+    return TL_OK;
+}
+
+static tl_status alloc_buffers(tl_trainer *tr)
+{
+    size_t bt = (size_t)(tr->cfg.batch_size * tr->cfg.context);
+    size_t n_norm = (size_t)(tr->n_layers + 1) * (size_t)(tr->n_token_log ? tr->n_token_log : 1);
+    tr->inputs = malloc(bt * sizeof *tr->inputs);
+    tr->targets = malloc(bt * sizeof *tr->targets);
+    tr->token_norms = malloc(n_norm * sizeof *tr->token_norms);
+    tr->token_losses = malloc((size_t)(tr->n_token_log + 1) * sizeof *tr->token_losses);
+    tr->token_ids = malloc((size_t)(tr->n_token_log + 1) * sizeof *tr->token_ids);
+    tr->param_norms = malloc((tl_params_count(tr->params) + 1) * sizeof *tr->param_norms);
+    tr->routing_ids = malloc((size_t)(tr->n_layers + 1) * sizeof *tr->routing_ids);
+    tr->routing_scores = malloc(bt * sizeof *tr->routing_scores);
+    if (!tr->inputs || !tr->targets || !tr->token_norms || !tr->token_losses || !tr->token_ids ||
+        !tr->param_norms || !tr->routing_ids || !tr->routing_scores)
+        return tl_seterr(TL_ENOMEM, "no memory for the trainer's batch buffers (B %lld, T %lld)",
+                         (long long)tr->cfg.batch_size, (long long)tr->cfg.context);
+    for (int l = 0; l <= tr->n_layers; l++)
+        tr->routing_ids[l] = -1;
+    for (size_t i = 0; i < bt; i++)
+        tr->routing_scores[i] = NAN;
+    return TL_OK;
+}
+
+tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg)
+{
+    if (!model || !data || !cfg) {
+        tl_seterr(TL_EINVAL, "tl_trainer_new: model, data and config must be given");
+        return NULL;
+    }
+    tl_trainer *tr = calloc(1, sizeof *tr);
+    if (!tr) {
+        tl_seterr(TL_ENOMEM, "no memory for a trainer");
+        return NULL;
+    }
+    tr->cfg = *cfg;
+    tr->model = model;
+    tr->data = *data;
+    tr->params = tl_model_params(model);
+    tr->n_layers = tl_model_n_layers(model);
+    tr->log_path = copy_string(cfg->log_path);
+    tr->checkpoint_path = copy_string(cfg->checkpoint_path);
+    tr->experiment_json = copy_string(cfg->experiment_json);
+    tr->cfg.log_path = tr->log_path;
+    tr->cfg.checkpoint_path = tr->checkpoint_path;
+    tr->cfg.experiment_json = tr->experiment_json;
+    if ((cfg->log_path && cfg->log_path[0] && !tr->log_path) ||
+        (cfg->checkpoint_path && cfg->checkpoint_path[0] && !tr->checkpoint_path) ||
+        (cfg->experiment_json && cfg->experiment_json[0] && !tr->experiment_json)) {
+        tl_seterr(TL_ENOMEM, "no memory for the trainer's paths");
+        goto fail;
+    }
+    if (tr->cfg.world == 0)
+        tr->cfg.world = 1;
+    if (tl_train_config_resolve(&tr->cfg) != TL_OK)
+        goto fail;
+    if (tr->cfg.world < 1 || tr->cfg.rank < 0 || tr->cfg.rank >= tr->cfg.world) {
+        tl_seterr(TL_EINVAL, "rank %d must lie in [0, world = %d)", tr->cfg.rank, tr->cfg.world);
+        goto fail;
+    }
+
+    const tl_model_config *mc = tl_model_config_of(model);
+    if (tr->cfg.context > mc->context) {
+        tl_seterr(TL_EINVAL, "context %lld exceeds the model's maximum context %lld; lower it or "
+                             "build the model with a longer context",
+                  (long long)tr->cfg.context, (long long)mc->context);
+        goto fail;
+    }
+    if (check_data(data, mc) != TL_OK)
+        goto fail;
+
+    tr->threads = tl_threads_set(tr->cfg.threads);
+    if (tr->cfg.rank == 0) {
+        char desc[160];
+        fprintf(stderr, "thinklab: %s\n", tl_threads_describe(desc, sizeof desc));
+    }
+
+    tl_rng_seed(&tr->rng, tr->cfg.seed);
+    if (tl_sampler_init(&tr->sampler, data->train, (int)tr->cfg.batch_size, (int)tr->cfg.context,
+                        tr->cfg.rank, tr->cfg.world) != TL_OK)
+        goto fail;
+    tr->ctx = tl_ctx_new(0);
+    if (!tr->ctx)
+        goto fail;
+
+    tr->n_token_log = tr->cfg.log_token_seqs * tr->cfg.context;
+    if (alloc_buffers(tr) != TL_OK || tl_train_config_text(tr) != TL_OK)
+        goto fail;
+    if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
+        goto fail;
+
+    tr->stats = (tl_train_stats){
+        .total = tr->cfg.steps, .eval_step = -1, .eval_loss = NAN, .eval_perplexity = NAN,
+        .loss = NAN, .grad_norm = NAN,
+    };
+    tr->progress_in_place = isatty(STDERR_FILENO) != 0;
+    return tr;
+
+fail:
+    tl_trainer_free(tr);
+    return NULL;
+}
+
+void tl_trainer_free(tl_trainer *tr)
+{
+    if (!tr)
+        return;
+    if (tr->log) {
+        /* Keep an earlier failure's message over what closing may report. */
+        char message[1024];
+        tl_status status = tl_lasterr();
+        snprintf(message, sizeof message, "%s", tl_errmsg());
+        tl_log_close(tr->log);
+        if (status != TL_OK)
+            tl_seterr(status, "%s", message);
+    }
+    tl_ctx_free(tr->ctx);
+    free(tr->inputs);
+    free(tr->targets);
+    free(tr->token_norms);
+    free(tr->token_losses);
+    free(tr->token_ids);
+    free(tr->param_norms);
+    free(tr->routing_ids);
+    free(tr->routing_scores);
+    free(tr->config_json);
+    free(tr->log_path);
+    free(tr->checkpoint_path);
+    free(tr->experiment_json);
+    free(tr);
+}
+
+const tl_train_stats *tl_trainer_stats(const tl_trainer *tr) { return &tr->stats; }
+const tl_train_config *tl_trainer_config(const tl_trainer *tr) { return &tr->cfg; }
+int64_t tl_trainer_step_index(const tl_trainer *tr) { return tr->step; }
+tl_ctx *tl_trainer_ctx(tl_trainer *tr) { return tr->ctx; }
+tl_log *tl_trainer_log(tl_trainer *tr) { return tr->log; }
+tl_rng *tl_trainer_rng(tl_trainer *tr) { return &tr->rng; }
+
+/* Gradient and routing records are due every K steps, counted on the step
+ * index before the update (step 0 included). */
+static bool records_due(const tl_trainer *tr)
+{
+    return tr->log && tr->cfg.log_grads_every > 0 && tr->step % tr->cfg.log_grads_every == 0;
+}
+
+static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
+{
+    return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: the %s is %g, so the "
+                                  "parameters were not updated. Lower the learning rate (now "
+                                  "%g)%s and resume from the last checkpoint",
+                     (long long)tr->step, quantity, value, (double)lr,
+                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm");
+}
+
+tl_status tl_trainer_step(tl_trainer *tr)
+{
+    if (tr->step >= tr->cfg.steps)
+        return tl_seterr(TL_ESTATE, "tl_trainer_step: all %lld steps are done",
+                         (long long)tr->cfg.steps);
+    double t0 = tl_train_now();
+    tl_ctx *ctx = tr->ctx;
+    tl_ctx_reset(ctx);
+    tl_ctx_reset_flops(ctx);
+    tl_ctx_set_grad_enabled(ctx, true);
+    tl_params_zero_grad(tr->params);
+
+    tl_status st = tl_sampler_next(&tr->sampler, &tr->rng, tr->inputs, tr->targets);
+    if (st != TL_OK)
+        return st;
+    int64_t shape[2] = {tr->cfg.batch_size, tr->cfg.context};
+    tl_tensor *ids = tl_wrap(ctx, TL_I32, tr->inputs, 2, shape);
+    tl_tensor *targets = tl_wrap(ctx, TL_I32, tr->targets, 2, shape);
+    if (!ids || !targets)
+        return tl_lasterr();
+
+    bool records = records_due(tr);
+    tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT, .collect_stats = records};
+    tl_model_output out;
+    st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
+    if (st != TL_OK)
+        return st;
+    float lr = tl_schedule_lr(&tr->cfg.schedule, tr->step);
+    double loss = tl_f32(out.ce)[0];
+    double aux = out.aux ? tl_model_config_of(tr->model)->aux_weight * tl_f32(out.aux)[0] : 0.0;
+    if (!isfinite(loss))
+        return diverged(tr, "loss", loss, lr);
+    if (!isfinite(aux))
+        return diverged(tr, "auxiliary routing loss", aux, lr);
+
+    st = tl_backward(ctx, out.loss);
+    if (st != TL_OK)
+        return st;
+    /* Data parallelism averages the gradients of all ranks here, so that
+     * logging, clipping and the update see the global gradient. */
+    if (tr->cfg.reduce_grads) {
+        st = tr->cfg.reduce_grads(tr->params, &loss, tr->cfg.reduce_user);
+        if (st != TL_OK)
+            return st;
+    }
+    if (records) {
+        if ((st = tl_train_log_gradients(tr, &out)) != TL_OK ||
+            (st = tl_train_log_routing(tr)) != TL_OK)
+            return st;
+    }
+    double norm = tl_clip_grad_norm(tr->params, tr->cfg.clip_norm);
+    if (!isfinite(norm))
+        return diverged(tr, "gradient norm", norm, lr);
+    st = tl_optim_step(tr->params, &tr->cfg.optim, lr, tr->step + 1);
+    if (st != TL_OK)
+        return st;
+
+    double dt = tl_train_now() - t0;
+    int64_t tokens = tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
+    double flops = tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
+    tr->step++;
+    tl_train_stats *s = &tr->stats;
+    s->step = tr->step;
+    s->tokens += tokens;
+    s->loss = loss;
+    s->aux_loss = aux;
+    s->lr = lr;
+    s->grad_norm = norm;
+    s->flops_per_step = flops;
+    s->flops_total += flops;
+    tr->window_steps++;
+
+    if (tr->log) {
+        tl_log_train_record rec = {
+            .step = tr->step - 1, .loss = loss, .lr = lr, .grad_norm = norm,
+            .tokens_per_s = dt > 0 ? (double)tokens / dt : NAN, .flops = flops,
+        };
+        st = tl_log_train(tr->log, &rec);
+        if (st != TL_OK)
+            return st;
+    }
+    return TL_OK;
+}
+
+/* ---- run ------------------------------------------------------------------ */
+
+/* Formats seconds as "1h02m", "3m05s" or "12s". */
+static void format_duration(double sec, char *buf, size_t size)
+{
+    if (!isfinite(sec) || sec < 0) {
+        snprintf(buf, size, "?");
+        return;
+    }
+    long s = (long)(sec + 0.5);
+    if (s >= 3600)
+        snprintf(buf, size, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+    else if (s >= 60)
+        snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
+    else
+        snprintf(buf, size, "%lds", s);
+}
+
+/* Updates throughput, elapsed time and ETA, and starts a new window. */
+static void update_timing(tl_trainer *tr)
+{
+    double now = tl_train_now();
+    tl_train_stats *s = &tr->stats;
+    double window = now - tr->window_start;
+    if (tr->window_steps > 0 && window > 0)
+        s->tokens_per_s = (double)(tr->window_steps * tr->cfg.batch_size * tr->cfg.context *
+                                   tr->cfg.world) / window;
+    s->elapsed_s = now - tr->run_start;
+    double per_step = window / (double)(tr->window_steps ? tr->window_steps : 1);
+    s->eta_s = per_step * (double)(s->total - s->step);
+    tr->window_start = now;
+    tr->window_steps = 0;
+}
+
+static void print_progress(tl_trainer *tr, bool final)
+{
+    const tl_train_stats *s = &tr->stats;
+    char eta[32], line[256];
+    format_duration(final ? s->elapsed_s : s->eta_s, eta, sizeof eta);
+    int n = snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | %s %s",
+                     (long long)s->step, (long long)s->total, s->loss, s->lr, s->tokens_per_s,
+                     final ? "elapsed" : "ETA", eta);
+    if (s->eval_step >= 0 && n > 0 && (size_t)n < sizeof line)
+        snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", s->eval_loss);
+    if (tr->progress_in_place) {
+        /* \033[K clears what a longer previous line left behind. */
+        fprintf(stderr, "\r%s\033[K%s", line, final ? "\n" : "");
+        tr->progress_dirty = !final;
+    } else {
+        fprintf(stderr, "%s\n", line);
+    }
+    fflush(stderr);
+}
+
+/* Ends an in-place progress line so that the next output starts afresh. */
+static void end_progress_line(tl_trainer *tr)
+{
+    if (tr->progress_dirty) {
+        fputc('\n', stderr);
+        tr->progress_dirty = false;
+    }
+}
+
+tl_status tl_trainer_evaluate(tl_trainer *tr, tl_eval_routing routing, tl_eval_result *out)
+{
+    tl_eval_result res;
+    tl_status st = tl_evaluate(tr->ctx, tr->model, &tr->data, tr->cfg.batch_size, tr->cfg.context,
+                               tr->cfg.eval_batches, routing, &res);
+    if (st != TL_OK)
+        return st;
+    if (routing == TL_EVAL_TOPK) {
+        tr->stats.eval_step = tr->step;
+        tr->stats.eval_loss = res.loss;
+        tr->stats.eval_perplexity = res.perplexity;
+    }
+    if (tr->log) {
+        tl_log_eval_record rec = {
+            .step = tr->step, .split = "val", .loss = res.loss, .perplexity = res.perplexity,
+            .bits_per_byte = res.bits_per_byte, .routing_mode = tl_eval_routing_name(routing),
+            .selected_fraction = res.selected_fraction,
+        };
+        st = tl_log_eval(tr->log, &rec);
+        if (st != TL_OK)
+            return st;
+    }
+    if (out)
+        *out = res;
+    return TL_OK;
+}
+
+/* Evaluates under top-k and, when the model routes tokens, under the causal
+ * threshold and under thresholds calibrated on training batches. The
+ * calibration batches come from an RNG seeded by the seed and the step, so a
+ * resumed run calibrates on the same batches as an uninterrupted one. */
+static tl_status evaluate_all(tl_trainer *tr)
+{
+    tl_eval_result res;
+    tl_status st = tl_trainer_evaluate(tr, TL_EVAL_TOPK, &res);
+    if (st != TL_OK || isnan(res.selected_fraction))
+        return st;
+    st = tl_trainer_evaluate(tr, TL_EVAL_CAUSAL, NULL);
+    if (st != TL_OK || tr->cfg.eval_calibration_batches == 0)
+        return st;
+    tl_rng rng;
+    tl_rng_seed(&rng, tr->cfg.seed ^ ((uint64_t)tr->step * 0x9E3779B97F4A7C15ull));
+    st = tl_calibrate_thresholds(tr->ctx, tr->model, &tr->data, tr->cfg.batch_size,
+                                 tr->cfg.context, tr->cfg.eval_calibration_batches, &rng);
+    if (st != TL_OK)
+        return st;
+    return tl_trainer_evaluate(tr, TL_EVAL_CALIBRATED, NULL);
+}
+
+static bool every(int64_t step, int64_t interval)
+{
+    return interval > 0 && step % interval == 0;
+}
+
+tl_status tl_trainer_run(tl_trainer *tr)
+{
+    const tl_train_config *c = &tr->cfg;
+    bool leader = c->rank == 0;
+    bool can_eval = tr->data.val != NULL;
+    tr->run_start = tr->window_start = tl_train_now();
+    tr->window_steps = 0;
+    int64_t last_eval = -1, last_checkpoint = tr->step;
+    bool stop = false;
+    tl_status st = TL_OK;
+
+    while (tr->step < c->steps && !stop) {
+        st = tl_trainer_step(tr);
+        if (st != TL_OK)
+            break;
+        bool last = tr->step == c->steps;
+        bool progress = leader && c->progress_every > 0 &&
+                        (every(tr->step, c->progress_every) || last);
+        bool callback = c->callback && (every(tr->step, c->callback_every) || last);
+        if (can_eval && every(tr->step, c->eval_every)) {
+            if ((st = evaluate_all(tr)) != TL_OK)
+                break;
+            last_eval = tr->step;
+        }
+        if (leader && tr->checkpoint_path && every(tr->step, c->checkpoint_every)) {
+            if ((st = tl_trainer_save(tr, tr->checkpoint_path)) != TL_OK)
+                break;
+            last_checkpoint = tr->step;
+        }
+        if (progress || callback)
+            update_timing(tr);
+        if (progress && !last)
+            print_progress(tr, false);
+        if (callback) {
+            tl_clearerr();
+            int r = c->callback(&tr->stats, c->callback_user);
+            if (r < 0) {
+                st = tl_lasterr() != TL_OK ? tl_lasterr()
+                                           : tl_seterr(TL_ESTATE, "the training callback "
+                                                                  "stopped the run at step %lld",
+                                                       (long long)tr->step);
+                break;
+            }
+            stop = r == TL_TRAIN_STOP;
+        }
+    }
+    if (st != TL_OK) {
+        /* Keep the failure's message: no checkpoint is written, so the last
+         * good one stays. */
+        if (leader)
+            end_progress_line(tr);
+        return st;
+    }
+
+    if (can_eval && last_eval != tr->step && (st = evaluate_all(tr)) != TL_OK)
+        return st;
+    if (leader && tr->checkpoint_path && last_checkpoint != tr->step &&
+        (st = tl_trainer_save(tr, tr->checkpoint_path)) != TL_OK)
+        return st;
+    if (leader && c->progress_every) {
+        update_timing(tr);
+        print_progress(tr, true);
+    }
+    if (tr->log && (st = tl_log_flush(tr->log)) != TL_OK)
+        return st;
+    return TL_OK;
+}

@@ -1,0 +1,56 @@
+/* Deliberately broken plugins for the loader tests, one per compile
+ * definition: BAD_ABI (built for the next ABI version), BAD_SIZE (a
+ * tl_tensor size that differs from the library's), BAD_NO_ENTRY (no entry
+ * symbol). */
+#include <stdlib.h>
+
+#include "thinklab/plugin.h"
+
+static void *bad_create(const tl_opt_table *opts, const tl_layer_dims *dims, tl_params *params,
+                        const char *prefix)
+{
+    return NULL;
+}
+
+static tl_tensor *bad_forward(tl_ctx *ctx, void *state, tl_tensor *x, tl_layer_args *args)
+{
+    return x;
+}
+
+static double bad_flops(const void *state, int64_t T) { return 0.0; }
+static void bad_destroy(void *state) {}
+
+#if defined(BAD_ABI)
+#define BAD_NAME "abi_mismatch"
+#elif defined(BAD_SIZE)
+#define BAD_NAME "size_mismatch"
+#else
+#define BAD_NAME "no_entry"
+#endif
+
+static tl_plugin bad_plugin = {
+    .header = TL_PLUGIN_HEADER_INIT(BAD_NAME),
+    .description = "broken on purpose",
+    .version = "0",
+    .create = bad_create,
+    .forward = bad_forward,
+    .flops_per_token = bad_flops,
+    .destroy = bad_destroy,
+};
+
+#if defined(BAD_NO_ENTRY)
+/* Exported under another name, so the entry symbol is missing. */
+__attribute__((visibility("default"))) const tl_plugin *tl_plugin_entry_misspelled(void);
+const tl_plugin *tl_plugin_entry_misspelled(void) { return &bad_plugin; }
+#else
+__attribute__((visibility("default"))) const tl_plugin *tl_plugin_entry(void);
+const tl_plugin *tl_plugin_entry(void)
+{
+#if defined(BAD_ABI)
+    bad_plugin.header.abi_version = TL_PLUGIN_ABI_VERSION + 1;
+#else
+    bad_plugin.header.size_tensor = (uint32_t)sizeof(tl_tensor) + 8;
+#endif
+    return &bad_plugin;
+}
+#endif

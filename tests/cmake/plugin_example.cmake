@@ -1,0 +1,21 @@
+# Script run by the plugin_example_installed test (cmake -P): installs the
+# build into a temporary prefix, configures and builds the example plugin
+# against it, and runs the example's loader check with THINKLAB_PLUGIN_PATH
+# pointing at the example's build folder.
+file(REMOVE_RECURSE ${TL_WORK_DIR})
+set(prefix ${TL_WORK_DIR}/prefix)
+set(build ${TL_WORK_DIR}/build)
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+
+run(${CMAKE_COMMAND} --install ${TL_BUILD_DIR} --prefix ${prefix})
+run(${CMAKE_COMMAND} -S ${TL_EXAMPLE_SOURCE} -B ${build} -DCMAKE_PREFIX_PATH=${prefix}
+    -DCMAKE_BUILD_TYPE=Release)
+run(${CMAKE_COMMAND} --build ${build})
+run(${CMAKE_COMMAND} -E env THINKLAB_PLUGIN_PATH=${build} ${build}/example_check)
+message(STATUS "example plugin built against ${prefix} and loaded from ${build}")

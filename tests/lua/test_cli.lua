@@ -1,0 +1,94 @@
+-- The thinklab command: version, help, threads, plugins, script errors and
+-- command-line overrides, each run as a child process.
+local p = thinklab.params{thinklab = "", text = "", fixtures = "", scratch = ""}
+local H = dofile(arg[0]:match("^(.*)/") .. "/helpers.lua")
+local tl, fx = p.thinklab, p.fixtures
+
+local out, code = H.run(tl .. " --version")
+H.check(code == 0 and H.contains(out, "thinklab " .. thinklab.version), "--version prints the version")
+
+out, code = H.run(tl .. " --help")
+H.check(code == 0 and H.contains(out, "run SCRIPT") and H.contains(out, "plugins"), "--help lists the commands")
+
+out, code = H.run(tl)
+H.check(code == 2 and H.contains(out, "usage:"), "no command prints usage and exits 2")
+
+out, code = H.run(tl .. " frobnicate")
+H.check(code == 2 and H.contains(out, "unknown command 'frobnicate'"), "unknown command exits 2")
+
+out, code = H.run(tl .. " threads")
+H.check(code == 0 and H.contains(out, "cores"), "threads describes the thread setting")
+
+out, code = H.run(tl .. " plugins")
+H.check(code == 0, "plugins exits 0")
+for _, want in ipairs{"transformer", "itt", "loop", "mod", "steps", "ratios", "capacity",
+                      "default 4", "range [1, 16]", "one of topk, topk_aux, causal"} do
+  H.check(H.contains(out, want), "plugins listing contains '" .. want .. "'")
+end
+
+-- A syntax error: file:line, non-zero exit, no traceback of the loader.
+out, code = H.run(tl .. " run " .. fx .. "/syntax_error.lua")
+H.check(code ~= 0, "syntax error exits non-zero")
+H.check(H.contains(out, "syntax_error.lua:3:"), "syntax error names file:line (" .. out:gsub("\n.*", "") .. ")")
+
+-- A runtime error: file:line and a traceback through the script's functions.
+out, code = H.run(tl .. " run " .. fx .. "/runtime_error.lua")
+H.check(code ~= 0, "runtime error exits non-zero")
+H.check(H.contains(out, "runtime_error.lua:2: attempt to index a nil value"), "runtime error names file:line")
+H.check(H.contains(out, "stack traceback:"), "runtime error prints a traceback")
+H.check(H.contains(out, "in upvalue 'inner'") or H.contains(out, "in local 'inner'") or
+        H.contains(out, "in function 'inner'"), "traceback names the failing function")
+H.check(H.contains(out, "runtime_error.lua:10: in main chunk"), "traceback reaches the main chunk")
+
+out, code = H.run(tl .. " run " .. fx .. "/does_not_exist.lua")
+H.check(code ~= 0 and H.contains(out, "does_not_exist.lua"), "missing script exits non-zero naming it")
+
+-- Overrides take the type of the declared default.
+out, code = H.run(tl .. " run " .. fx .. "/params.lua")
+H.check(code == 0, "params script runs without overrides")
+H.check(H.contains(out, "steps\tinteger\t100") and H.contains(out, "lr\tfloat\t0.0003") and
+        H.contains(out, "name\tstring\trun") and H.contains(out, "flags\tboolean\tfalse") and
+        H.contains(out, "list\tlist\tfloat:0.5,float:0.5"), "defaults pass through unchanged")
+
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=7 lr=1e-2 name=42 flags=true list=1,0.25,3 words=x,y")
+H.check(code == 0, "params script runs with overrides")
+H.check(H.contains(out, "steps\tinteger\t7"), "integer override")
+H.check(H.contains(out, "lr\tfloat\t0.01"), "float override")
+H.check(H.contains(out, "name\tstring\t42"), "string default keeps '42' a string")
+H.check(H.contains(out, "flags\tboolean\ttrue"), "boolean override")
+H.check(H.contains(out, "list\tlist\tfloat:1.0,float:0.25,float:3.0"), "number list override takes the element type")
+H.check(H.contains(out, "words\tlist\tstring:x,string:y"), "string list override")
+
+out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=1")
+H.check(code == 0 and H.contains(out, "lr\tfloat\t1.0"), "integer text for a float default gives a float")
+
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=1e3")
+H.check(code == 0 and H.contains(out, "steps\tinteger\t1000"), "integral float accepted for an integer")
+
+out, code = H.run(tl .. " run " .. fx .. "/params.lua stepz=3")
+H.check(code ~= 0, "unknown override exits non-zero")
+H.check(H.contains(out, "unknown override 'stepz'") and
+        H.contains(out, "flags, list, lr, name, steps, words"), "unknown override lists the declared keys")
+
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=2.5")
+H.check(code ~= 0 and H.contains(out, "steps must be an integer"), "fractional value for an integer names the key")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=fast")
+H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a number"), "text for a number names the key")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua flags=yes")
+H.check(code ~= 0 and H.contains(out, "flags must be true or false"), "bad boolean names the key")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua list=0.5,x")
+H.check(code ~= 0 and H.contains(out, "list[2]"), "bad list element names the key and index")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps")
+H.check(code ~= 0 and H.contains(out, "argument 'steps' is not KEY=VALUE"), "argument without '=' is rejected")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=1 steps=2")
+H.check(code ~= 0 and H.contains(out, "override 'steps' given twice"), "repeated override is rejected")
+out, code = H.run(tl .. " run " .. fx .. "/no_params.lua steps=1")
+H.check(code ~= 0 and H.contains(out, "never called thinklab.params"), "overrides to a script without params are rejected")
+
+-- An error inside the training callback stops the run with its message.
+out, code = H.run(tl .. " run " .. fx .. "/callback_error.lua text=" .. p.text)
+H.check(code ~= 0, "callback error exits non-zero")
+H.check(H.contains(out, "the callback failed at step 4") and H.contains(out, "callback_error.lua:9: callback gave up"),
+        "callback error names the step and the Lua error")
+
+H.done()

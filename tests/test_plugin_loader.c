@@ -1,0 +1,202 @@
+#define _POSIX_C_SOURCE 200809L /* mkstemp, setenv */
+/* Plugin loader: search, every load error and its message, option
+ * validation, and the listing of all plugins. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "plugin_util.h"
+#include "thinklab/model.h"
+
+#define HAS(msg, part) CHECK_MSG(strstr((msg), (part)) != NULL, "message \"%s\" lacks \"%s\"", (msg), (part))
+
+static void check_open_errors(void)
+{
+    /* A name found nowhere: the message lists the folders tried. */
+    CHECK(tl_plugin_open("no_such_layer") == NULL);
+    CHECK(tl_lasterr() == TL_ENOTFOUND);
+    HAS(tl_errmsg(), "plugin 'no_such_layer' not found");
+    HAS(tl_errmsg(), "THINKLAB_PLUGIN_PATH");
+    HAS(tl_errmsg(), TL_TEST_PLUGIN_DIR "/no_such_layer.so");
+
+    CHECK(tl_plugin_open("/nonexistent/dir/itt.so") == NULL);
+    CHECK(tl_lasterr() == TL_ENOTFOUND);
+    HAS(tl_errmsg(), "/nonexistent/dir/itt.so not found");
+
+    /* A file that is not a shared object. */
+    char fake[] = "/tmp/tl_fake_pluginXXXXXX";
+    int fd = mkstemp(fake);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        CHECK(write(fd, "not an ELF file\n", 16) == 16);
+        close(fd);
+        CHECK(tl_plugin_open(fake) == NULL);
+        CHECK(tl_lasterr() == TL_EFORMAT);
+        HAS(tl_errmsg(), "is not a shared object");
+        HAS(tl_errmsg(), fake);
+        unlink(fake);
+    }
+
+    CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/no_entry.so") == NULL);
+    CHECK(tl_lasterr() == TL_ENOTFOUND);
+    HAS(tl_errmsg(), "exports no symbol 'tl_plugin_entry'");
+
+    char expect[128];
+    CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/abi_mismatch.so") == NULL);
+    CHECK(tl_lasterr() == TL_EABI);
+    snprintf(expect, sizeof expect, "built for ABI %d, this thinklab is ABI %d: rebuild the plugin",
+             TL_PLUGIN_ABI_VERSION + 1, TL_PLUGIN_ABI_VERSION);
+    HAS(tl_errmsg(), "plugin 'abi_mismatch'");
+    HAS(tl_errmsg(), expect);
+
+    CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/size_mismatch.so") == NULL);
+    CHECK(tl_lasterr() == TL_EABI);
+    snprintf(expect, sizeof expect, "sizeof(tl_tensor) = %zu, this thinklab has %zu",
+             sizeof(tl_tensor) + 8, sizeof(tl_tensor));
+    HAS(tl_errmsg(), expect);
+}
+
+static void check_search_path(void)
+{
+    /* By name through THINKLAB_PLUGIN_PATH, after the build folder. */
+    setenv("THINKLAB_PLUGIN_PATH", "/nonexistent:" TL_TEST_BAD_PLUGIN_DIR, 1);
+    char path[4096];
+    tl_plugin_search_path(path, sizeof path);
+    HAS(path, TL_TEST_PLUGIN_DIR);
+    HAS(path, ":/nonexistent:" TL_TEST_BAD_PLUGIN_DIR);
+    CHECK(strstr(path, TL_TEST_PLUGIN_DIR) < strstr(path, TL_TEST_BAD_PLUGIN_DIR));
+    CHECK(tl_plugin_open("abi_mismatch") == NULL);
+    CHECK(tl_lasterr() == TL_EABI);
+
+    tl_plugin_lib *lib = tl_plugin_open("itt");
+    CHECK(lib != NULL);
+    if (lib) {
+        CHECK(strcmp(tl_plugin_desc(lib)->header.name, "itt") == 0);
+        HAS(tl_plugin_file(lib), TL_TEST_PLUGIN_DIR "/itt.so");
+        tl_plugin_close(lib);
+    }
+    unsetenv("THINKLAB_PLUGIN_PATH");
+}
+
+static void check_options(void)
+{
+    tl_plugin_lib *lib = tl_plugin_open(TL_TEST_PLUGIN_DIR "/itt.so");
+    CHECK(lib != NULL);
+    if (!lib)
+        return;
+    const tl_plugin *p = tl_plugin_desc(lib);
+    tl_opt_table t;
+
+    /* Defaults. */
+    CHECK(tl_plugin_options(p, NULL, 0, &t) == TL_OK);
+    const double *v;
+    CHECK(tl_opt_int(&t, "steps") == 4);
+    CHECK(tl_opt_list(&t, "ratios", &v) == 3 && v[0] == 0.5 && v[1] == 0.5 && v[2] == 0.5);
+    CHECK(strcmp(tl_opt_string(&t, "routing"), "topk") == 0);
+    CHECK(tl_opt_choice(&t, "context") == 0);
+    CHECK(!tl_opt_is_set(&t, "steps"));
+
+    /* Accepted conversions: an int where a float is expected, one float for a list. */
+    tl_opt_setting ok[] = {{"phi_step_init", tl_optv_int(2)}, {"alpha", tl_optv_float(0.5)},
+                           {"routing", tl_optv_string("causal")}};
+    CHECK(tl_plugin_options(p, ok, 3, &t) == TL_OK);
+    CHECK(tl_opt_float(&t, "phi_step_init") == 2.0);
+    CHECK(tl_opt_list(&t, "alpha", &v) == 1 && v[0] == 0.5);
+    CHECK(tl_opt_choice(&t, "routing") == 2);
+    CHECK(tl_opt_is_set(&t, "routing"));
+
+    tl_opt_setting unknown[] = {{"ratio", tl_optv_float(0.5)}};
+    CHECK(tl_plugin_options(p, unknown, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "plugin 'itt' has no option 'ratio'; valid options: steps, ratios, alpha");
+
+    tl_opt_setting wrong_type[] = {{"steps", tl_optv_string("four")}};
+    CHECK(tl_plugin_options(p, wrong_type, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'steps' expects type int, got string \"four\"");
+
+    tl_opt_setting float_for_int[] = {{"steps", tl_optv_float(2.5)}};
+    CHECK(tl_plugin_options(p, float_for_int, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "expects type int, got float 2.5");
+
+    tl_opt_setting range[] = {{"steps", tl_optv_int(0)}};
+    CHECK(tl_plugin_options(p, range, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'steps' = 0 is outside [1, 16]");
+
+    double bad_list[] = {0.5, 1.5, 0.5};
+    tl_opt_setting list_range[] = {{"ratios", tl_optv_list(3, bad_list)}};
+    CHECK(tl_plugin_options(p, list_range, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'ratios' entry 2 = 1.5 is outside [0, 1]");
+
+    tl_opt_setting choice[] = {{"routing", tl_optv_string("threshold")}};
+    CHECK(tl_plugin_options(p, choice, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'routing' = \"threshold\" is not one of \"topk\", \"topk_aux\", \"causal\"");
+
+    tl_opt_setting twice[] = {{"steps", tl_optv_int(2)}, {"steps", tl_optv_int(3)}};
+    CHECK(tl_plugin_options(p, twice, 2, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'steps' is set twice");
+
+    /* A ratio list whose length fits neither N-1 nor 1 fails in create. */
+    double two[] = {0.5, 0.5};
+    tl_opt_setting mismatch[] = {{"ratios", tl_optv_list(2, two)}};
+    CHECK(tl_plugin_options(p, mismatch, 1, &t) == TL_OK);
+    tl_layer_dims dims = {.block = tl_block_config_default(8, 2), .context = 8};
+    tl_block_config_resolve(&dims.block);
+    tl_params *params = tl_params_new();
+    CHECK(p->create(&t, &dims, params, "layers.0") == NULL);
+    HAS(tl_errmsg(), "option 'ratios' has 2 values but steps = 4 needs 3");
+    tl_params_free(params);
+    tl_plugin_close(lib);
+}
+
+static void check_model_errors(void)
+{
+    tl_opt_setting bad[] = {{"capacity", tl_optv_float(2.0)}};
+    tl_layer_spec layers[] = {{"transformer", NULL, 0}, {"mod", bad, 1}};
+    tl_model_config cfg = tl_model_config_default(TL_BLOCK_LLAMA, 16, 8, 2, 8, 2);
+    cfg.layers = layers;
+    tl_rng rng;
+    tl_rng_seed(&rng, 1);
+    CHECK(tl_model_new(&cfg, &rng) == NULL);
+    HAS(tl_errmsg(), "layer 1: plugin 'mod' option 'capacity' = 2 is outside [0, 1]");
+
+    tl_layer_spec missing[] = {{"transformer", NULL, 0}, {"itt_v2", NULL, 0}};
+    cfg.layers = missing;
+    CHECK(tl_model_new(&cfg, &rng) == NULL);
+    HAS(tl_errmsg(), "layer 1: plugin 'itt_v2' not found");
+}
+
+static void check_listing(void)
+{
+    FILE *f = tmpfile();
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    int n = tl_plugins_print(f);
+    CHECK(n >= 4);
+    long size = ftell(f);
+    rewind(f);
+    char *text = calloc(1, (size_t)size + 1);
+    CHECK(fread(text, 1, (size_t)size, f) == (size_t)size);
+    fclose(f);
+    HAS(text, "plugin search path, in order:");
+    HAS(text, "transformer 1.0");
+    HAS(text, "loop 1.0");
+    HAS(text, "mod 1.0");
+    HAS(text, "itt 1.0");
+    HAS(text, "ratios");
+    HAS(text, "float list default {0.5, 0.5, 0.5}, range [0, 1]");
+    HAS(text, "routing          enum       default \"topk\", one of topk, topk_aux, causal");
+    HAS(text, "capacity");
+    free(text);
+}
+
+int main(void)
+{
+    unsetenv("THINKLAB_PLUGIN_PATH");
+    check_open_errors();
+    check_search_path();
+    check_options();
+    check_model_errors();
+    check_listing();
+    return gc_finish("plugin loader");
+}

@@ -1,0 +1,283 @@
+/* Checkpoints: bit-exact resume, rejected files, failed saves and diverged
+ * runs that must leave the previous checkpoint intact. */
+#define _POSIX_C_SOURCE 200809L /* truncate() */
+#include <hdf5.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "train_util.h"
+
+static tu_data D;
+
+static tl_model *model(uint64_t seed)
+{
+    return tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "causal", seed);
+}
+
+/* Heap copy of [data | m | v]. */
+static float *block_copy(tl_model *m, int64_t *n_out)
+{
+    tl_params *p = tl_model_params(m);
+    int64_t n = tl_params_numel(p);
+    float *c = malloc(3 * (size_t)n * sizeof *c);
+    memcpy(c, tl_params_data(p), (size_t)n * sizeof *c);
+    memcpy(c + n, tl_params_m(p), (size_t)n * sizeof *c);
+    memcpy(c + 2 * n, tl_params_v(p), (size_t)n * sizeof *c);
+    *n_out = n;
+    return c;
+}
+
+static bool files_equal(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    int ch;
+    while (in && out && (ch = fgetc(in)) != EOF)
+        fputc(ch, out);
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+}
+
+/* N steps straight versus N/2, save, load into a fresh trainer and model
+ * (other initial weights), N/2 more: every parameter and moment must have
+ * the same bits, and so must the next batch drawn. */
+static void test_resume_bit_exact(void)
+{
+    enum { N = 12 };
+    char path[512];
+    tu_path(path, sizeof path, "train_resume.h5");
+    remove(path);
+
+    tl_model *ma = model(3);
+    tl_train_config c = tu_config(N);
+    c.eval_every = 5; /* evaluation in between must not disturb the state */
+    c.eval_batches = 2;
+    tl_trainer *a = tl_trainer_new(ma, &D.data, &c);
+    CHECK(a && tl_trainer_run(a) == TL_OK);
+
+    tl_model *mb = model(3);
+    c.checkpoint_path = path;
+    tl_trainer *b = tl_trainer_new(mb, &D.data, &c);
+    for (int s = 0; b && s < N / 2; s++)
+        CHECK(tl_trainer_step(b) == TL_OK);
+    CHECK_MSG(b && tl_trainer_save(b, path) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(b);
+    tl_model_free(mb);
+
+    tl_model *mc = model(99); /* other initial weights: all must come from the file */
+    tl_trainer *r = tl_trainer_new(mc, &D.data, &c);
+    CHECK_MSG(r && tl_trainer_load(r, path) == TL_OK, "%s", tl_errmsg());
+    CHECK(r && tl_trainer_step_index(r) == N / 2);
+    CHECK(r && tl_trainer_run(r) == TL_OK);
+    CHECK(r && tl_trainer_step_index(r) == N);
+
+    int64_t n1 = 0, n2 = 0;
+    float *x = block_copy(ma, &n1), *y = block_copy(mc, &n2);
+    CHECK(n1 == n2);
+    CHECK_MSG(n1 == n2 && memcmp(x, y, 3 * (size_t)n1 * sizeof *x) == 0,
+              "resumed parameters or moments differ from the straight run");
+    CHECK(memcmp(tl_trainer_rng(a)->s, tl_trainer_rng(r)->s, sizeof(tl_rng)) == 0);
+    free(x);
+    free(y);
+    tl_trainer_free(a);
+    tl_trainer_free(r);
+    tl_model_free(ma);
+    tl_model_free(mc);
+}
+
+/* Sets the root attribute thinklab_checkpoint_version of path to version. */
+static void set_version(const char *path, int32_t version)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(f, "thinklab_checkpoint_version", H5P_DEFAULT);
+    CHECK(f >= 0 && a >= 0 && H5Awrite(a, H5T_NATIVE_INT32, &version) >= 0);
+    H5Aclose(a);
+    H5Fclose(f);
+}
+
+static void test_rejections(void)
+{
+    char path[512], other[512];
+    tu_path(path, sizeof path, "train_reject.h5");
+    tu_path(other, sizeof other, "train_reject_other.h5");
+    tl_model *m = model(5);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK && tl_trainer_save(tr, path) == TL_OK);
+    int64_t n = 0;
+    float *before = block_copy(m, &n);
+
+    /* Another architecture: three layers instead of two. */
+    tl_model *deep = tu_model(tl_tokenizer_vocab_size(D.tok), 3, true, "causal", 5);
+    tl_trainer *td = tl_trainer_new(deep, &D.data, &c);
+    CHECK(td && tl_trainer_step(td) == TL_OK && tl_trainer_save(td, other) == TL_OK);
+    CHECK(tl_trainer_load(tr, other) == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "another architecture") && strstr(tl_errmsg(), "layers.2"),
+              "%s", tl_errmsg());
+    tl_trainer_free(td);
+    tl_model_free(deep);
+
+    /* Another width: the first parameter, tok_emb, differs in shape. */
+    tl_model_config wc = tl_model_config_default(TL_BLOCK_LLAMA, tl_tokenizer_vocab_size(D.tok),
+                                                 16, 2, 32, 2);
+    tl_rng rng;
+    tl_rng_seed(&rng, 1);
+    tl_model *narrow = tl_model_new(&wc, &rng);
+    tl_trainer *tn = tl_trainer_new(narrow, &D.data, &c);
+    CHECK(tn && tl_trainer_save(tn, other) == TL_OK);
+    CHECK(tl_trainer_load(tr, other) == TL_EINVAL);
+    char expect[128];
+    snprintf(expect, sizeof expect, "'tok_emb' has shape (%d, 16) in the file but (%d, 32)",
+             tl_tokenizer_vocab_size(D.tok), tl_tokenizer_vocab_size(D.tok));
+    CHECK_MSG(strstr(tl_errmsg(), expect), "%s", tl_errmsg());
+    tl_trainer_free(tn);
+    tl_model_free(narrow);
+
+    /* Another format version. */
+    copy_file(path, other);
+    set_version(other, TL_CHECKPOINT_FORMAT_VERSION + 1);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "format version 2") != NULL, "%s", tl_errmsg());
+
+    /* Truncated: half of the file. */
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0);
+    copy_file(path, other);
+    CHECK(truncate(other, sb.st_size / 2) == 0);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "truncated") != NULL, "%s", tl_errmsg());
+
+    /* Damaged: one byte of the parameter block flipped near the end, where
+     * the float data lies, is caught by the checksum or by HDF5. */
+    copy_file(path, other);
+    FILE *f = fopen(other, "r+b");
+    CHECK(f && fseek(f, sb.st_size - 64, SEEK_SET) == 0);
+    int byte = f ? fgetc(f) : 0;
+    if (f) {
+        fseek(f, sb.st_size - 64, SEEK_SET);
+        fputc(byte ^ 0x5a, f);
+        fclose(f);
+    }
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "damaged") != NULL, "%s", tl_errmsg());
+
+    /* Not a checkpoint at all, and a missing file. */
+    f = fopen(other, "wb");
+    fputs("not hdf5\n", f);
+    fclose(f);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    remove(other);
+    CHECK(tl_trainer_load(tr, other) == TL_ENOTFOUND);
+    CHECK(strstr(tl_errmsg(), "not found") != NULL);
+
+    /* Every rejection left the trainer's state alone. */
+    int64_t n2 = 0;
+    float *after = block_copy(m, &n2);
+    CHECK(memcmp(before, after, 3 * (size_t)n * sizeof *before) == 0);
+    CHECK(tl_trainer_step_index(tr) == 1);
+    free(before);
+    free(after);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+}
+
+/* A save that cannot create path.tmp fails and keeps the old checkpoint. */
+static void test_failed_save_keeps_previous(void)
+{
+    char path[512], tmp[600], keep[512];
+    tu_path(path, sizeof path, "train_failsave.h5");
+    tu_path(keep, sizeof keep, "train_failsave_keep.h5");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    rmdir(tmp);
+    tl_model *m = model(7);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK && tl_trainer_save(tr, path) == TL_OK);
+    copy_file(path, keep);
+    CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(mkdir(tmp, 0700) == 0); /* a folder where the temporary file should go */
+    CHECK(tl_trainer_save(tr, path) == TL_EIO);
+    CHECK_MSG(strstr(tl_errmsg(), path) != NULL, "%s", tl_errmsg());
+    CHECK(files_equal(path, keep));
+    rmdir(tmp);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+    remove(keep);
+}
+
+/* A learning rate of 1e6 makes the loss or gradient non-finite within a few
+ * steps: the run stops with a message naming the step and suggesting a lower
+ * learning rate, and the checkpoint of the last good interval stays. */
+static void test_divergence(void)
+{
+    char path[512], keep[512];
+    tu_path(path, sizeof path, "train_nan.h5");
+    tu_path(keep, sizeof keep, "train_nan_keep.h5");
+    remove(path);
+    tl_model *m = tu_model(tl_tokenizer_vocab_size(D.tok), 2, false, NULL, 9);
+    tl_train_config c = tu_config(200);
+    c.schedule.kind = TL_SCHEDULE_CONSTANT;
+    c.schedule.lr = 3e-3f;
+    c.schedule.min_lr = 0.0f;
+    c.checkpoint_path = path;
+    c.checkpoint_every = 2;
+    c.clip_norm = 0.0;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    for (int s = 0; tr && s < 2; s++)
+        CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(tr && tl_trainer_save(tr, path) == TL_OK);
+    copy_file(path, keep);
+    tl_trainer_free(tr);
+
+    c.schedule.lr = 1e6f;
+    c.schedule.min_lr = 1e6f;
+    c.checkpoint_every = 0; /* only the final checkpoint, which a failed run skips */
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_load(tr, path) == TL_OK);
+    tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ENUMERIC, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    const char *msg = tl_errmsg();
+    fprintf(stderr, "divergence message: %s\n", msg);
+    CHECK(strstr(msg, "diverged at step") != NULL);
+    CHECK(strstr(msg, "Lower the learning rate") != NULL);
+    CHECK(strstr(msg, "nan") != NULL || strstr(msg, "inf") != NULL);
+    CHECK(tr && tl_trainer_step_index(tr) < 200);
+    CHECK_MSG(files_equal(path, keep), "the diverged run changed the checkpoint");
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+    remove(keep);
+}
+
+int main(void)
+{
+    tu_data_load(&D);
+    tu_run("test_resume_bit_exact", test_resume_bit_exact);
+    tu_run("test_rejections", test_rejections);
+    tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
+    tu_run("test_divergence", test_divergence);
+    tu_data_free(&D);
+    return gc_finish("train_checkpoint");
+}
