@@ -241,6 +241,10 @@ static void check_params_and_init(void)
     CHECK(tl_block_forward(ctx, &blk, narrow, NULL) == NULL);
     CHECK(tl_lasterr() == TL_ESHAPE);
     CHECK(tl_block_forward(ctx, &blk, NULL, NULL) == NULL);
+    tl_tensor *other_batch = tl_new3(ctx, 3, 9, WIDTH);
+    CHECK(tl_block_delta_cross(ctx, &blk, x, other_batch, NULL) == NULL);
+    CHECK(tl_lasterr() == TL_ESHAPE);
+    CHECK(strstr(tl_errmsg(), "batch") != NULL);
     tl_ctx_free(ctx);
 
     tl_block_config bad = tl_block_config_default(WIDTH, 3);

@@ -11,7 +11,8 @@ static void test_arena(void)
     tl_ctx *ctx = tl_ctx_new(4096);
     void *a = tl_ctx_alloc(ctx, 10);
     void *b = tl_ctx_alloc(ctx, 100);
-    CHECK(((uintptr_t)a % 64) == 0 && ((uintptr_t)b % 64) == 0);
+    CHECK(((uintptr_t)a % 64) == 0);
+    CHECK(((uintptr_t)b % 64) == 0);
     CHECK(tl_ctx_arena_used(ctx) == 64 + 128);
     /* A request larger than a block gets a block of its own. */
     void *big = tl_ctx_alloc(ctx, 10000);
@@ -37,7 +38,9 @@ static void test_tensors_and_views(void)
 {
     tl_ctx *ctx = tl_ctx_new(0);
     tl_tensor *x = tl_zeros(ctx, TL_F32, 3, (int64_t[]){2, 3, 4});
-    CHECK(tl_numel(x) == 24 && tl_cols(x) == 4 && tl_rows_of(x) == 6);
+    CHECK(tl_numel(x) == 24);
+    CHECK(tl_cols(x) == 4);
+    CHECK(tl_rows_of(x) == 6);
     char buf[64];
     CHECK(strcmp(tl_shape_str(x, buf, sizeof buf), "(2, 3, 4) f32") == 0);
     CHECK(tl_new(ctx, TL_F32, 5, (int64_t[]){1, 1, 1, 1, 1}) == NULL);
@@ -48,11 +51,14 @@ static void test_tensors_and_views(void)
         tl_f32(x)[i] = (float)i;
     tl_set_requires_grad(x, true);
     tl_tensor *r = tl_reshape(ctx, x, 2, (int64_t[]){6, 4});
-    CHECK(r && r->data == x->data);
+    CHECK(r != NULL);
+    CHECK(r->data == x->data);
     CHECK(tl_reshape(ctx, x, 2, (int64_t[]){5, 4}) == NULL);
     CHECK(strstr(tl_errmsg(), "24 elements") != NULL);
     tl_tensor *rows = tl_narrow_rows(ctx, r, 2, 3);
-    CHECK(rows && tl_f32(rows)[0] == 8.0f && rows->shape[0] == 3);
+    CHECK(rows != NULL);
+    CHECK(tl_f32(rows)[0] == 8.0f);
+    CHECK(rows->shape[0] == 3);
     CHECK(tl_narrow_rows(ctx, r, 5, 2) == NULL);
 
     /* Gradient through a view lands in the source at the view's offset. */
@@ -60,9 +66,10 @@ static void test_tensors_and_views(void)
     CHECK(tl_backward(ctx, loss) == TL_OK);
     CHECK(x->grad != NULL);
     for (int i = 0; i < 24; i++)
-        CHECK(x->grad[i] == (i >= 8 && i < 20 ? 2.0f : 0.0f));
+        CHECK_MSG(x->grad[i] == (i >= 8 && i < 20 ? 2.0f : 0.0f), "grad[%d] = %g", i, (double)x->grad[i]);
     /* Intermediate gradients stay readable after backward. */
-    CHECK(rows->grad != NULL && rows->grad[0] == 2.0f);
+    CHECK(rows->grad != NULL);
+    CHECK(rows->grad[0] == 2.0f);
     /* A second backward on the same step is rejected. */
     CHECK(tl_backward(ctx, loss) == TL_ESTATE);
     tl_ctx_free(ctx);
@@ -73,9 +80,10 @@ static void test_autograd_rules(void)
     tl_ctx *ctx = tl_ctx_new(0);
     float data[4] = {1, 2, 3, 4};
     tl_tensor *x = tl_wrap(ctx, TL_F32, data, 1, (int64_t[]){4});
-    /* Nothing requires a gradient: no node, and backward says why. */
+    /* Nothing requires a gradient: no node, and backward reports why. */
     tl_tensor *s = tl_sum(ctx, x);
-    CHECK(s->node == NULL && !tl_requires_grad(s));
+    CHECK(s->node == NULL);
+    CHECK(!tl_requires_grad(s));
     CHECK(tl_backward(ctx, s) == TL_ESTATE);
 
     tl_set_requires_grad(x, true);
@@ -94,7 +102,8 @@ static void test_autograd_rules(void)
     tl_set_requires_grad(x, true);
     tl_ctx_set_grad_enabled(ctx, false);
     tl_tensor *y = tl_scale(ctx, x, 3.0f);
-    CHECK(y->node == NULL && !tl_requires_grad(y));
+    CHECK(y->node == NULL);
+    CHECK(!tl_requires_grad(y));
     tl_ctx_set_grad_enabled(ctx, true);
 
     /* A non-scalar or non-finite loss is rejected with the value named. */
@@ -115,7 +124,8 @@ static void test_params(void)
     tl_tensor *w = tl_params_add(p, "layers.0.attn.wq", 2, (int64_t[]){64, 32}, TL_INIT_NORMAL, 0.02f,
                                  TL_PARAM_DECAY);
     tl_tensor *g = tl_params_add(p, "layers.0.attn_norm", 1, (int64_t[]){32}, TL_INIT_CONST, 1.0f, 0);
-    CHECK(w && g);
+    CHECK(w != NULL);
+    CHECK(g != NULL);
     CHECK(tl_params_add(p, "layers.0.attn.wq", 1, (int64_t[]){3}, TL_INIT_ZEROS, 0, 0) == NULL);
     CHECK(strstr(tl_errmsg(), "twice") != NULL);
     CHECK(tl_params_add(p, "zero", 1, (int64_t[]){0}, TL_INIT_ZEROS, 0, 0) == NULL);
@@ -169,7 +179,8 @@ static void test_rng(void)
     }
     CHECK(fabs(s / 1e5) < 0.02);
     CHECK(fabs(s2 / 1e5 - 1.0) < 0.03);
-    CHECK(umin >= 0.0f && umax < 1.0f);
+    CHECK(umin >= 0.0f);
+    CHECK(umax < 1.0f);
     int counts[3] = {0};
     for (int i = 0; i < 30000; i++)
         counts[tl_rng_below(&a, 3)]++;
@@ -199,7 +210,8 @@ static void test_status(void)
     CHECK(tl_seterr(TL_EIO, "file '%s' missing", "x.txt") == TL_EIO);
     CHECK(strcmp(tl_errmsg(), "file 'x.txt' missing") == 0);
     tl_clearerr();
-    CHECK(tl_lasterr() == TL_OK && tl_errmsg()[0] == '\0');
+    CHECK(tl_lasterr() == TL_OK);
+    CHECK(tl_errmsg()[0] == '\0');
     for (int op = 0; op < TL_OP_COUNT; op++)
         CHECK(strcmp(tl_op_name((tl_op)op), "unknown op") != 0);
 }

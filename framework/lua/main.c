@@ -16,6 +16,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "thinklab/dist.h"
 #include "thinklab/thinklab.h"
 #include "tl_lua.h"
 
@@ -34,9 +35,12 @@ static const char usage[] =
     "\n"
     "environment:\n"
     "  THINKLAB_PLUGIN_PATH        extra colon-separated folders searched for plugins\n"
+    "  THINKLAB_MPI_DETERMINISTIC  1: under mpirun, reduce gradients in rank order\n"
+    "                              (also THINKLAB_MPI_BUCKET_BYTES, _TIMEOUT, _CHECK_EVERY)\n"
     "\n"
     "Scripts run with every available core unless they call thinklab.threads(n) or\n"
-    "pass threads = n to the trainer.\n";
+    "pass threads = n to the trainer. 'mpirun -np N thinklab run SCRIPT' trains one\n"
+    "model data-parallel on N ranks, each with its share of this machine's cores.\n";
 
 /* Registry key set before raising an error whose message is complete
  * (a syntax error, a bad command line), so that no traceback is appended. */
@@ -191,6 +195,16 @@ int main(int argc, char **argv)
             lua_close(L);
             return 2;
         }
+        /* Under mpirun every rank runs the script, and its trainers average
+         * their gradients over all ranks. */
+        if (tl_dist_init(&argc, &argv) != TL_OK) {
+            fprintf(stderr, "thinklab: %s\n", tl_errmsg());
+            lua_close(L);
+            tl_dist_finalize(true);
+            return 1;
+        }
+        if (tl_dist_local_world() > 1)
+            tl_threads_set(tl_dist_threads(0));
         struct run_args a = {argv[2], argc - 3, argv + 3};
         rc = protected_call(L, run_script, &a);
     } else if (strcmp(argv[1], "plugins") == 0) {
@@ -201,5 +215,6 @@ int main(int argc, char **argv)
         return 2;
     }
     lua_close(L);
+    tl_dist_finalize(rc != LUA_OK); /* a failed rank ends the others too */
     return rc == LUA_OK ? 0 : 1;
 }

@@ -1,6 +1,9 @@
 /* luaopen_thinklab and the module-wide functions: version, threads, rank. */
+#define _GNU_SOURCE /* dladdr */
+#include <dlfcn.h>
 #include <stdio.h>
 
+#include "thinklab/dist.h"
 #include "thinklab/thinklab.h"
 #include "tl_lua.h"
 
@@ -14,7 +17,8 @@ static int l_threads(lua_State *L)
             return luaL_error(L, "thinklab.threads: n must be an integer in [0, 4096] "
                                  "(0 = every available core), got %s",
                               tl_lua_describe(L, 1));
-        lua_pushinteger(L, tl_threads_set((int)n));
+        /* Ranks on one machine share its cores. */
+        lua_pushinteger(L, tl_threads_set(tl_dist_threads((int)n)));
         return 1;
     }
     lua_pushinteger(L, tl_threads_get());
@@ -29,16 +33,17 @@ static int l_threads_info(lua_State *L)
     return 1;
 }
 
-/* Distributed training is not implemented: one process, rank 0 of 1. */
+/* thinklab.rank() and thinklab.world_size(): this process's MPI rank and the
+ * rank count under `mpirun thinklab run`, 0 and 1 otherwise. */
 static int l_rank(lua_State *L)
 {
-    lua_pushinteger(L, 0);
+    lua_pushinteger(L, tl_dist_rank());
     return 1;
 }
 
 static int l_world_size(lua_State *L)
 {
-    lua_pushinteger(L, 1);
+    lua_pushinteger(L, tl_dist_world());
     return 1;
 }
 
@@ -59,6 +64,15 @@ void tl_lua_open_core(lua_State *L)
 int luaopen_thinklab(lua_State *L)
 {
     luaL_checkversion(L);
+
+    /* lua_close() unloads C modules, and with this one the OpenMP runtime,
+     * whose worker threads stay parked between parallel regions: unloading
+     * it under them crashes the interpreter at exit. Pin the module. */
+    static const char anchor; /* any object inside this module */
+    Dl_info self;
+    if (dladdr(&anchor, &self) && self.dli_fname)
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+
     lua_newtable(L);
     tl_lua_open_core(L);
     tl_lua_open_params(L);

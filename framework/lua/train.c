@@ -9,6 +9,7 @@
  *                         threads = 0, callback = fn, callback_every = 10, log = path,
  *                         checkpoint = path, checkpoint_every = 0, progress_every = 10}
  *   stats = tr:run();  tr:save(path);  tr:load(path);  tr:evaluate{routing = "causal"}
+ *   r = tr:gradient_spikes{sequences = 64, seq_len = 64, answer_tokens = 8}
  *   stats, tr = thinklab.train{... same keys ..., resume = path} */
 #include <float.h>
 #include <math.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "thinklab/dist.h"
 #include "thinklab/model.h"
 #include "thinklab/threads.h"
 #include "thinklab/train.h"
@@ -38,7 +40,8 @@ static const char *const trainer_keys[] = {
     "tokens",       "optimizer",      "schedule",      "clip",          "eval_every",
     "eval_batches", "seed",           "threads",       "callback",      "callback_every",
     "log",          "log_overwrite",  "log_flush_every", "log_grads_every", "log_token_seqs",
-    "checkpoint",   "checkpoint_every", "progress_every", "resume",      NULL,
+    "checkpoint",   "checkpoint_every", "progress_every", "resume",      "name",
+    NULL,
 };
 
 /* Removes u from a model's list (by_model) or a dataset's list. */
@@ -183,9 +186,9 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     read_optimizer(L, t, cfg);
     /* Without an explicit warm-up, short runs warm up over a tenth of their
      * steps instead of the library's 100. */
+    int64_t per_step = cfg->batch_size * cfg->context * tl_dist_world(); /* all ranks */
     int64_t steps = cfg->steps ? cfg->steps
-                               : (cfg->token_budget + cfg->batch_size * cfg->context - 1) /
-                                     (cfg->batch_size * cfg->context);
+                               : (cfg->token_budget + per_step - 1) / per_step;
     if (cfg->schedule.warmup >= steps)
         cfg->schedule.warmup = steps / 10;
     read_schedule(L, t, cfg);
@@ -199,8 +202,10 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     cfg->eval_every = tl_lua_opt_int(L, t, w, "eval_every", cfg->eval_every, 0, INT64_MAX);
     cfg->eval_batches = tl_lua_opt_int(L, t, w, "eval_batches", cfg->eval_batches, 0, INT64_MAX);
     cfg->seed = (uint64_t)tl_lua_opt_int(L, t, w, "seed", (int64_t)cfg->seed, 0, INT64_MAX);
-    /* The default keeps the count in force, e.g. from thinklab.threads(n). */
-    cfg->threads = (int)tl_lua_opt_int(L, t, w, "threads", tl_threads_get(), 0, 4096);
+    /* The default keeps the count in force, e.g. from thinklab.threads(n).
+     * Ranks on one machine are held to their share of its cores. */
+    cfg->threads = tl_dist_threads(
+        (int)tl_lua_opt_int(L, t, w, "threads", tl_threads_get(), 0, 4096));
     cfg->callback_every = tl_lua_opt_int(L, t, w, "callback_every", 10, 1, INT64_MAX);
     cfg->log_path = tl_lua_opt_str(L, t, w, "log", NULL);
     cfg->log_overwrite = tl_lua_opt_bool(L, t, w, "log_overwrite", false);
@@ -212,9 +217,38 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     cfg->checkpoint_every = tl_lua_opt_int(L, t, w, "checkpoint_every", 0, 0, INT64_MAX);
     cfg->progress_every =
         tl_lua_opt_int(L, t, w, "progress_every", cfg->progress_every, 0, INT64_MAX);
-    /* One process until data parallelism reaches the Lua layer. */
-    cfg->rank = 0;
-    cfg->world = 1;
+    /* name = "run" becomes {"name": "run"} under "experiment" in the log's
+     * configuration, where analysis/tllog.py run_name() looks. The text
+     * lives on the Lua stack until the trainer has copied it. */
+    const char *name = tl_lua_opt_str(L, t, w, "name", NULL);
+    if (name) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        luaL_addstring(&b, "{\"name\": \"");
+        for (const unsigned char *c = (const unsigned char *)name; *c; c++) {
+            if (*c == '"' || *c == '\\') {
+                luaL_addchar(&b, '\\');
+                luaL_addchar(&b, (char)*c);
+            } else if (*c < 0x20) {
+                char esc[8];
+                snprintf(esc, sizeof esc, "\\u%04x", *c);
+                luaL_addstring(&b, esc);
+            } else {
+                luaL_addchar(&b, (char)*c);
+            }
+        }
+        luaL_addstring(&b, "\"}");
+        luaL_pushresult(&b);
+        cfg->experiment_json = lua_tostring(L, -1);
+    }
+    /* Under `mpirun thinklab run` each rank trains on its rows of the global
+     * batch and the gradients are averaged over all ranks. */
+    cfg->rank = tl_dist_rank();
+    cfg->world = tl_dist_world();
+    if (cfg->world > 1) {
+        cfg->reduce_grads = tl_dist_reduce_grads;
+        cfg->reduce_user = tl_dist_default_reducer();
+    }
 }
 
 /* ---- the callback --------------------------------------------------------- */
@@ -431,6 +465,47 @@ static int trainer_step_index(lua_State *L)
     return 1;
 }
 
+/* trainer:config() -> the resolved configuration (steps derived from a
+ * token budget, the warm-up actually used, ...). */
+static int trainer_config(lua_State *L)
+{
+    tl_lua_trainer *u = check_trainer(L, 1, "trainer:config");
+    const tl_train_config *c = tl_trainer_config(u->tr);
+    static const char *const optim_names[] = {"adamw", "sgd"};
+    static const char *const schedule_names[] = {"constant", "cosine"};
+    lua_createtable(L, 0, 16);
+    set_int(L, "batch_size", c->batch_size);
+    set_int(L, "context", c->context);
+    set_int(L, "steps", c->steps);
+    if (c->token_budget > 0)
+        set_int(L, "tokens", c->token_budget);
+    set_num(L, "clip", c->clip_norm);
+    set_int(L, "eval_every", c->eval_every);
+    set_int(L, "eval_batches", c->eval_batches);
+    set_int(L, "seed", (int64_t)c->seed);
+    set_int(L, "threads", c->threads);
+    set_int(L, "callback_every", c->callback_every);
+    set_int(L, "progress_every", c->progress_every);
+    set_int(L, "checkpoint_every", c->checkpoint_every);
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, optim_names[c->optim.kind]);
+    lua_setfield(L, -2, "kind");
+    set_num(L, "lr", c->schedule.lr);
+    set_num(L, "beta1", c->optim.beta1);
+    set_num(L, "beta2", c->optim.beta2);
+    set_num(L, "eps", c->optim.eps);
+    set_num(L, "weight_decay", c->optim.weight_decay);
+    set_num(L, "momentum", c->optim.momentum);
+    lua_setfield(L, -2, "optimizer");
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, schedule_names[c->schedule.kind]);
+    lua_setfield(L, -2, "kind");
+    set_int(L, "warmup", c->schedule.warmup);
+    set_num(L, "min_lr", c->schedule.min_lr);
+    lua_setfield(L, -2, "schedule");
+    return 1;
+}
+
 static int trainer_save(lua_State *L)
 {
     tl_lua_trainer *u = check_trainer(L, 1, "trainer:save");
@@ -450,24 +525,142 @@ static int trainer_load(lua_State *L)
     return 1;
 }
 
-/* trainer:evaluate{routing = "topk"} -> result table; logs an /eval row. */
+static tl_train_data trainer_data(const tl_lua_trainer *u)
+{
+    return (tl_train_data){.train = &u->data->train, .val = &u->data->val,
+                           .tokenizer = u->data->tok};
+}
+
+/* Sets the calibrated thresholds from n_batches training batches of the
+ * trainer's shape, drawn from an RNG of their own (seed and step, as the
+ * trainer's own evaluations do), so the training batches do not change.
+ * Reads calibration_batches from the options table at t (0: none). */
+static void trainer_calibrate(lua_State *L, tl_lua_trainer *u, int t, const char *where)
+{
+    const tl_train_config *c = tl_trainer_config(u->tr);
+    int64_t def = c->eval_calibration_batches > 0 ? c->eval_calibration_batches : 4;
+    int64_t n = t ? tl_lua_opt_int(L, t, where, "calibration_batches", def, 1, 1 << 20) : def;
+    tl_rng rng;
+    tl_rng_seed(&rng, c->seed ^ ((uint64_t)tl_trainer_step_index(u->tr) * 0x9E3779B97F4A7C15ull));
+    tl_train_data td = trainer_data(u);
+    if (tl_calibrate_thresholds(tl_trainer_ctx(u->tr), u->model->m, &td, c->batch_size,
+                                c->context, n, &rng) != TL_OK)
+        tl_lua_fail(L, where);
+}
+
+/* trainer:evaluate{routing = "topk" | "causal" | "calibrated",
+ * calibration_batches = n} -> result table; logs an /eval row. Calibrated
+ * routing first calibrates the thresholds on n training batches (default:
+ * the trainer's eval_calibration_batches, or 4). */
 static int trainer_evaluate(lua_State *L)
 {
-    static const char *const keys[] = {"routing", NULL};
-    tl_lua_trainer *u = check_trainer(L, 1, "trainer:evaluate");
+    static const char *const keys[] = {"routing", "calibration_batches", NULL};
+    const char *where = "trainer:evaluate";
+    tl_lua_trainer *u = check_trainer(L, 1, where);
     int routing = TL_EVAL_TOPK;
     if (!lua_isnoneornil(L, 2)) {
-        tl_lua_check_table(L, 2, "trainer:evaluate");
-        tl_lua_check_keys(L, 2, "trainer:evaluate", keys);
-        routing = tl_lua_opt_routing(L, 2, "trainer:evaluate", TL_EVAL_TOPK);
+        tl_lua_check_table(L, 2, where);
+        tl_lua_check_keys(L, 2, where, keys);
+        routing = tl_lua_opt_routing(L, 2, where, TL_EVAL_TOPK);
     }
     if (routing == TL_EVAL_CALIBRATED)
-        return luaL_error(L, "trainer:evaluate: routing \"calibrated\" needs thresholds; use "
-                             "model:evaluate{routing = \"calibrated\", data = ...}");
+        trainer_calibrate(L, u, lua_istable(L, 2) ? 2 : 0, where);
     tl_eval_result r;
     if (tl_trainer_evaluate(u->tr, (tl_eval_routing)routing, &r) != TL_OK)
         return tl_lua_fail(L, "trainer:evaluate");
     tl_lua_push_eval_result(L, &r, u->data->tok);
+    return 1;
+}
+
+/* trainer:gradient_spikes{sequences = M, seq_len = T, answer_tokens = k,
+ *     hard_quantile = 0.8, easy_quantile = q, routing = "topk", norms = false,
+ *     calibration_batches = n}
+ *   -> {sequences = {{loss =, correct =, hard =, easy =}, ...}, n_layers = L,
+ *       and with norms = true nuclear, frobenius, max_sv: [sequence][layer][matrix],
+ *       matrices in the order wq, wk, wv, wo}
+ * Runs tl_spike_analysis with the trainer's weights on the first M
+ * validation sequences and writes /analysis/gradient_spikes into the
+ * trainer's log (one analysis per log: a second call fails there, so run
+ * it from a trainer without a log). Hard = loss at or above the hard_quantile (0.8: the highest
+ * 20%); easy = loss at most easy_quantile, which defaults to hard_quantile so
+ * that every sequence not hard is easy, as the method labels them. */
+static int trainer_gradient_spikes(lua_State *L)
+{
+    static const char *const keys[] = {"sequences", "seq_len",  "answer_tokens",
+                                       "hard_quantile", "easy_quantile", "routing",
+                                       "norms", "calibration_batches", NULL};
+    const char *where = "trainer:gradient_spikes";
+    tl_lua_trainer *u = check_trainer(L, 1, where);
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_newtable(L);
+    }
+    tl_lua_check_table(L, 2, where);
+    tl_lua_check_keys(L, 2, where, keys);
+    const tl_train_config *c = tl_trainer_config(u->tr);
+    tl_spike_config cfg = {0};
+    cfg.n_sequences = tl_lua_opt_int(L, 2, where, "sequences", 32, 1, 1 << 24);
+    cfg.seq_len = tl_lua_opt_int(L, 2, where, "seq_len", c->context, 1,
+                                 tl_model_config_of(u->model->m)->context);
+    cfg.answer_tokens = tl_lua_opt_int(L, 2, where, "answer_tokens", 0, 0, cfg.seq_len);
+    cfg.hard_quantile = tl_lua_opt_num(L, 2, where, "hard_quantile", 0.8, 0.0, 1.0);
+    cfg.easy_quantile =
+        tl_lua_opt_num(L, 2, where, "easy_quantile", cfg.hard_quantile, 0.0, cfg.hard_quantile);
+    /* 0 would mean "take hard_quantile" in C; a Lua 0 asks for the minimum
+     * alone, which the smallest positive quantile gives. */
+    if (cfg.easy_quantile == 0.0)
+        cfg.easy_quantile = DBL_MIN;
+    cfg.routing = (tl_eval_routing)tl_lua_opt_routing(L, 2, where, TL_EVAL_TOPK);
+    cfg.step = tl_trainer_step_index(u->tr);
+    bool norms = tl_lua_opt_bool(L, 2, where, "norms", false);
+    if (cfg.routing == TL_EVAL_CALIBRATED)
+        trainer_calibrate(L, u, 2, where);
+
+    int n_layers = tl_model_n_layers(u->model->m);
+    size_t cells = (size_t)cfg.n_sequences * (size_t)n_layers * TL_LOG_SPIKE_MATRICES;
+    /* Lua-owned scratch, freed by the collector even when an error unwinds. */
+    double *buf = lua_newuserdatauv(L, (3 * cells + 1) * sizeof *buf, 0);
+    tl_spike_sequence *seqs =
+        lua_newuserdatauv(L, (size_t)cfg.n_sequences * sizeof *seqs, 0);
+    tl_train_data td = trainer_data(u);
+    if (tl_spike_analysis(tl_trainer_ctx(u->tr), u->model->m, &td, &cfg, tl_trainer_log(u->tr),
+                          buf, buf + cells, buf + 2 * cells, seqs) != TL_OK)
+        return tl_lua_fail(L, where);
+
+    lua_createtable(L, 0, 6);
+    lua_createtable(L, (int)cfg.n_sequences, 0);
+    for (int64_t s = 0; s < cfg.n_sequences; s++) {
+        lua_createtable(L, 0, 4);
+        lua_pushnumber(L, seqs[s].loss);
+        lua_setfield(L, -2, "loss");
+        lua_pushinteger(L, seqs[s].correct);
+        lua_setfield(L, -2, "correct");
+        lua_pushboolean(L, seqs[s].hard);
+        lua_setfield(L, -2, "hard");
+        lua_pushboolean(L, seqs[s].easy);
+        lua_setfield(L, -2, "easy");
+        lua_rawseti(L, -2, s + 1);
+    }
+    lua_setfield(L, -2, "sequences");
+    set_int(L, "n_layers", n_layers);
+    static const char *const kinds[] = {"nuclear", "frobenius", "max_sv"};
+    for (int k = 0; norms && k < 3; k++) {
+        const double *v = buf + (size_t)k * cells;
+        lua_createtable(L, (int)cfg.n_sequences, 0);
+        for (int64_t s = 0; s < cfg.n_sequences; s++) {
+            lua_createtable(L, n_layers, 0);
+            for (int l = 0; l < n_layers; l++) {
+                lua_createtable(L, TL_LOG_SPIKE_MATRICES, 0);
+                for (int j = 0; j < TL_LOG_SPIKE_MATRICES; j++) {
+                    lua_pushnumber(L, *v++);
+                    lua_rawseti(L, -2, j + 1);
+                }
+                lua_rawseti(L, -2, l + 1);
+            }
+            lua_rawseti(L, -2, s + 1);
+        }
+        lua_setfield(L, -2, kinds[k]);
+    }
     return 1;
 }
 
@@ -506,9 +699,11 @@ void tl_lua_open_train(lua_State *L)
         {"step", trainer_step},
         {"stats", trainer_stats},
         {"step_index", trainer_step_index},
+        {"config", trainer_config},
         {"save", trainer_save},
         {"load", trainer_load},
         {"evaluate", trainer_evaluate},
+        {"gradient_spikes", trainer_gradient_spikes},
         {NULL, NULL},
     };
     tl_lua_new_class(L, TL_LUA_TRAINER, methods, trainer_gc, trainer_close, trainer_tostring);

@@ -80,6 +80,7 @@ double tl_grad_norm(const tl_params *p)
         return 0.0;
     double s = 0.0;
     int64_t n = tl_params_numel(p);
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < n; j++)
         s += (double)g[j] * g[j];
     return sqrt(s);

@@ -91,7 +91,7 @@ typedef struct tl_train_config {
     int64_t batch_size;       /* B sequences per step */
     int64_t context;          /* T tokens per sequence (inputs; targets are shifted by one) */
     int64_t steps;            /* total optimizer steps; 0 derives them from token_budget */
-    int64_t token_budget;     /* when steps is 0: steps = ceil(token_budget / (B*T)) */
+    int64_t token_budget;     /* when steps is 0: steps = ceil(token_budget / (B*T*world)) */
     tl_optim_config optim;
     /* lr, min_lr, warmup and kind are used; total is overwritten with steps. */
     tl_schedule schedule;
@@ -192,9 +192,11 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path);
 /* Restores a checkpoint written by tl_trainer_save into a trainer built with
  * the same architecture. Rejects, with a message naming the file and the
  * difference: another format version, another parameter count, name or shape
- * (the first difference is named), another batch size or context, and a file
- * that is missing, truncated or not a checkpoint. On failure the trainer's
- * state is unchanged. */
+ * (the first difference is named), another global batch (batch_size x
+ * world) or context, and a file that is missing, truncated or not a
+ * checkpoint. The rank count may differ: a file written by 2 ranks of
+ * batch_size 4 continues under 1 rank of 8. On failure the trainer's state
+ * is unchanged. */
 tl_status tl_trainer_load(tl_trainer *tr, const char *path);
 
 /* ---- evaluation ----------------------------------------------------------- */
@@ -269,6 +271,10 @@ typedef struct tl_spike_config {
     int64_t seq_len;        /* tokens per sequence (inputs) */
     int64_t answer_tokens;  /* loss on the last k tokens only; 0 = the whole sequence */
     double hard_quantile;   /* sequences with loss above this quantile are hard (0.8: top 20%) */
+    /* Sequences with loss at most this quantile are easy, in [0, hard_quantile].
+     * 0 takes hard_quantile, so that every sequence that is not hard is easy,
+     * as the method labels them; e.g. 0.5 leaves the middle unlabelled. */
+    double easy_quantile;
     tl_eval_routing routing;
     int64_t step;           /* training step of the weights, stored with each record */
 } tl_spike_config;
@@ -278,7 +284,11 @@ typedef struct tl_spike_config {
 typedef struct tl_spike_sequence {
     double loss;
     int correct;  /* 1 when the argmax prediction of every answer token is right */
-    bool hard;    /* loss above the hard_quantile of all sequences' losses, as the log labels it */
+    /* Labels as the log's label_by_loss gives them: hard when the loss is at
+     * least the hard_quantile of all sequences' losses and the sequence is
+     * not easy. */
+    bool hard;
+    bool easy;    /* loss at most the easy quantile (never both easy and hard) */
 } tl_spike_sequence;
 
 /* For each of cfg->n_sequences sequences, batch size 1: forward, loss on the

@@ -50,18 +50,34 @@ static tl_tensor *tl_binary(tl_ctx *ctx, tl_op op, tl_tensor *a, tl_tensor *b)
     float *z = tl_f32(out);
     int64_t N = tl_rows_of(a), C = tl_cols(a);
     bool add = op == TL_OP_ADD;
+    /* The broadcast kind and the op are tested once per row, outside the
+     * element loops, so that each of those is a plain vector loop. */
 #pragma omp parallel for if (N * C > 32768) schedule(static)
     for (int64_t i = 0; i < N; i++) {
         const float *xi = x + i * C;
         float *zi = z + i * C;
         if (kind == TL_BCAST_COL) {
             float s = y[i];
-            for (int64_t j = 0; j < C; j++)
-                zi[j] = add ? xi[j] + s : xi[j] * s;
+            if (add) {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    zi[j] = xi[j] + s;
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    zi[j] = xi[j] * s;
+            }
         } else {
             const float *yi = kind == TL_BCAST_SAME ? y + i * C : y;
-            for (int64_t j = 0; j < C; j++)
-                zi[j] = add ? xi[j] + yi[j] : xi[j] * yi[j];
+            if (add) {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    zi[j] = xi[j] + yi[j];
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    zi[j] = xi[j] * yi[j];
+            }
         }
     }
     tl_count_flops(ctx, op, (double)N * C);
@@ -87,22 +103,50 @@ static void tl_binary_backward(tl_ctx *ctx, tl_node *node, bool add)
     if (da) {
 #pragma omp parallel for if (N * C > 32768) schedule(static)
         for (int64_t i = 0; i < N; i++) {
-            for (int64_t j = 0; j < C; j++) {
-                float yv = kind == TL_BCAST_SAME ? y[i * C + j] : kind == TL_BCAST_ROW ? y[j] : y[i];
-                da[i * C + j] += add ? dz[i * C + j] : dz[i * C + j] * yv;
+            const float *dzi = dz + i * C;
+            float *dai = da + i * C;
+            if (add) {
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    dai[j] += dzi[j];
+            } else if (kind == TL_BCAST_COL) {
+                float s = y[i];
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    dai[j] += dzi[j] * s;
+            } else {
+                const float *yi = kind == TL_BCAST_SAME ? y + i * C : y;
+#pragma omp simd
+                for (int64_t j = 0; j < C; j++)
+                    dai[j] += dzi[j] * yi[j];
             }
         }
     }
     if (db) {
         if (kind == TL_BCAST_SAME) {
-#pragma omp parallel for if (N * C > 32768) schedule(static)
-            for (int64_t k = 0; k < N * C; k++)
-                db[k] += add ? dz[k] : dz[k] * x[k];
+            if (add) {
+#pragma omp parallel for simd if (N * C > 32768) schedule(static)
+                for (int64_t k = 0; k < N * C; k++)
+                    db[k] += dz[k];
+            } else {
+#pragma omp parallel for simd if (N * C > 32768) schedule(static)
+                for (int64_t k = 0; k < N * C; k++)
+                    db[k] += dz[k] * x[k];
+            }
         } else if (kind == TL_BCAST_ROW) {
             /* Sum over rows; serial over rows keeps the order fixed. */
-            for (int64_t i = 0; i < N; i++)
-                for (int64_t j = 0; j < C; j++)
-                    db[j] += add ? dz[i * C + j] : dz[i * C + j] * x[i * C + j];
+            for (int64_t i = 0; i < N; i++) {
+                const float *dzi = dz + i * C, *xi = x + i * C;
+                if (add) {
+#pragma omp simd
+                    for (int64_t j = 0; j < C; j++)
+                        db[j] += dzi[j];
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < C; j++)
+                        db[j] += dzi[j] * xi[j];
+                }
+            }
         } else {
             for (int64_t i = 0; i < N; i++) {
                 float s = 0.0f;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../internal.h"
+#include "vmath.h"
 
 /* Below this many multiply-adds (B*H*Tq*Tk*D) the op runs on one thread. */
 enum { TL_ATTN_PARALLEL_WORK = 1 << 16 };
@@ -311,11 +312,20 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
         if (e == 0)
             continue; /* padded query, or no visible key: the output stays zero */
 
-        /* Scores accumulate over d in order, vectorised over keys. */
+        /* Scores accumulate over d, four terms at a time (one load and
+         * store of pi[j] per four products), vectorised over keys. */
         const float *qi = qr + (b * Tq + i) * C + h * D;
         for (int64_t j = 0; j < e; j++)
             pi[j] = 0.0f;
-        for (int64_t d = 0; d < D; d++) {
+        int64_t d = 0;
+        for (; d + 4 <= D; d += 4) {
+            float q0 = qi[d], q1 = qi[d + 1], q2 = qi[d + 2], q3 = qi[d + 3];
+            const float *k0 = kt + d * Tk, *k1 = k0 + Tk, *k2 = k1 + Tk, *k3 = k2 + Tk;
+#pragma omp simd
+            for (int64_t j = 0; j < e; j++)
+                pi[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
+        }
+        for (; d < D; d++) {
             float qd = qi[d];
             const float *ktd = kt + d * Tk;
 #pragma omp simd
@@ -324,24 +334,41 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
         }
         const uint8_t *m = mask + (b * Tq + i) * Tk;
         float max = -INFINITY;
+#pragma omp simd reduction(max : max)
         for (int64_t j = 0; j < e; j++) {
-            pi[j] = m[j] ? pi[j] * scale : -INFINITY;
-            max = pi[j] > max ? pi[j] : max; /* not fmaxf, a library call on x86-64 */
+            float sj = m[j] ? pi[j] * scale : -INFINITY;
+            pi[j] = sj;
+            max = sj > max ? sj : max; /* not fmaxf, a library call on x86-64 */
         }
+        /* Key e - 1 is visible, so max is finite and masked keys give
+         * exp(-inf) = 0. */
         float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < e; j++) {
-            pi[j] = m[j] ? expf(pi[j] - max) : 0.0f;
-            sum += pi[j];
+            float ej = tl_vexpf(pi[j] - max);
+            pi[j] = ej;
+            sum += ej;
         }
         float inv = 1.0f / sum; /* sum >= 1: the maximum contributes exp(0) */
+#pragma omp simd
         for (int64_t j = 0; j < e; j++)
             pi[j] *= inv;
-        for (int64_t j = 0; j < e; j++) {
+        /* o = sum_j p_j v_j, four keys per pass over o. */
+        int64_t j = 0;
+        for (; j + 4 <= e; j += 4) {
+            float p0 = pi[j], p1 = pi[j + 1], p2 = pi[j + 2], p3 = pi[j + 3];
+            const float *v0 = v + (b * Tk + j) * C + h * D, *v1 = v0 + C, *v2 = v1 + C,
+                        *v3 = v2 + C;
+#pragma omp simd
+            for (int64_t dd = 0; dd < D; dd++)
+                o[dd] += p0 * v0[dd] + p1 * v1[dd] + p2 * v2[dd] + p3 * v3[dd];
+        }
+        for (; j < e; j++) {
             float pij = pi[j];
             const float *vj = v + (b * Tk + j) * C + h * D;
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++)
-                o[d] += pij * vj[d];
+            for (int64_t dd = 0; dd < D; dd++)
+                o[dd] += pij * vj[dd];
         }
     }
 }
@@ -414,20 +441,26 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 
 /* ---- backward --------------------------------------------------------------- */
 
+/* Queries per block of the backward: dv and dk rows are updated once per
+ * block with four products each, instead of once per query. */
+enum { TL_ATTN_QBLOCK = 4 };
+
 /* Per-pair scratch of the backward, each an arena slice owned by one (b,h). */
 typedef struct tl_attn_scratch {
     float *vt;   /* (D,Tk) transposed v */
-    float *ds;   /* (Tk) dP, then dS scaled by 1/sqrt(D) */
+    float *ds;   /* (TL_ATTN_QBLOCK,Tk) dP, then dS scaled by 1/sqrt(D), of one block */
     float *dqr;  /* (D) gradient of one rotated query row */
     float *dkr;  /* (Tk,D) gradient of the rotated keys */
+    float *zero; /* (max(Tk,D)) zeros, standing in for the rows past Tq in the last block */
 } tl_attn_scratch;
 
 /* Computes one (b,h) pair of the backward. With S = Qr Kr^T / sqrt(D), P = softmax(S),
  * O = P V:  dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
  * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D); dQr and dKr are then
- * rotated back into dq and dk. Masked and padded entries have P = 0, so they
- * contribute nothing. dq, dk or dv may be NULL when that input needs no
- * gradient. */
+ * rotated back into dq and dk. Masked and padded entries have P = 0 (the
+ * forward saves zeros past each query's extent), so they contribute nothing
+ * and a block of queries can run to its largest extent. dq, dk or dv may be
+ * NULL when that input needs no gradient. */
 static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
                                   const tl_attn_saved *s, const float *v, const float *dout,
                                   float *dq, float *dk, float *dv, tl_attn_scratch w)
@@ -448,63 +481,106 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
     if (dk)
         memset(w.dkr, 0, (size_t)(Tk * D) * sizeof(float));
 
-    for (int64_t i = 0; i < Tq; i++) {
-        int64_t e = s->extent[b * Tq + i];
-        if (e == 0)
+    enum { QB = TL_ATTN_QBLOCK };
+    for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
+        /* Rows past Tq read zeros: their P, dO, dS and q are all 0. */
+        const float *pr[QB], *dor[QB], *qr[QB];
+        float *dsr[QB];
+        int64_t er[QB], eb = 0;
+        for (int64_t r = 0; r < QB; r++) {
+            int64_t i = i0 + r;
+            bool in = i < Tq;
+            er[r] = in ? s->extent[b * Tq + i] : 0;
+            eb = er[r] > eb ? er[r] : eb;
+            pr[r] = in ? p + i * Tk : w.zero;
+            dor[r] = in ? dout + (b * Tq + i) * C + h * D : w.zero;
+            qr[r] = in ? s->qr + (b * Tq + i) * C + h * D : w.zero;
+            dsr[r] = w.ds + r * Tk;
+        }
+        if (eb == 0)
             continue;
-        const float *pi = p + i * Tk;
-        const float *doi = dout + (b * Tq + i) * C + h * D;
 
         if (dv) {
-            for (int64_t j = 0; j < e; j++) {
-                float pij = pi[j];
+            for (int64_t j = 0; j < eb; j++) {
+                float p0 = pr[0][j], p1 = pr[1][j], p2 = pr[2][j], p3 = pr[3][j];
+                const float *g0 = dor[0], *g1 = dor[1], *g2 = dor[2], *g3 = dor[3];
                 float *dvj = dv + (b * Tk + j) * C + h * D;
 #pragma omp simd
                 for (int64_t d = 0; d < D; d++)
-                    dvj[d] += pij * doi[d];
+                    dvj[d] += p0 * g0[d] + p1 * g1[d] + p2 * g2[d] + p3 * g3[d];
             }
         }
         if (!need_ds)
             continue;
 
-        float *ds = w.ds;
-        for (int64_t j = 0; j < e; j++)
-            ds[j] = 0.0f;
-        for (int64_t d = 0; d < D; d++) {
-            float g = doi[d];
-            const float *vtd = w.vt + d * Tk;
+        for (int64_t r = 0; r < QB; r++) {
+            float *ds = dsr[r];
+            const float *pi = pr[r], *doi = dor[r];
+            for (int64_t j = 0; j < eb; j++)
+                ds[j] = 0.0f;
+            if (er[r] == 0)
+                continue; /* P is 0, so dS is 0 */
+            int64_t d = 0;
+            for (; d + 4 <= D; d += 4) {
+                float g0 = doi[d], g1 = doi[d + 1], g2 = doi[d + 2], g3 = doi[d + 3];
+                const float *v0 = w.vt + d * Tk, *v1 = v0 + Tk, *v2 = v1 + Tk, *v3 = v2 + Tk;
 #pragma omp simd
-            for (int64_t j = 0; j < e; j++)
-                ds[j] += g * vtd[j];
+                for (int64_t j = 0; j < eb; j++)
+                    ds[j] += g0 * v0[j] + g1 * v1[j] + g2 * v2[j] + g3 * v3[j];
+            }
+            for (; d < D; d++) {
+                float g = doi[d];
+                const float *vtd = w.vt + d * Tk;
+#pragma omp simd
+                for (int64_t j = 0; j < eb; j++)
+                    ds[j] += g * vtd[j];
+            }
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < eb; j++)
+                dot += pi[j] * ds[j];
+#pragma omp simd
+            for (int64_t j = 0; j < eb; j++)
+                ds[j] = pi[j] * (ds[j] - dot) * scale;
         }
-        float dot = 0.0f;
-        for (int64_t j = 0; j < e; j++)
-            dot += pi[j] * ds[j];
-        for (int64_t j = 0; j < e; j++)
-            ds[j] = pi[j] * (ds[j] - dot) * scale;
 
         if (dq) {
-            memset(w.dqr, 0, (size_t)D * sizeof(float));
-            for (int64_t j = 0; j < e; j++) {
-                float g = ds[j];
-                const float *kj = s->kr + (b * Tk + j) * C + h * D;
+            for (int64_t r = 0; r < QB && i0 + r < Tq; r++) {
+                int64_t i = i0 + r, e = er[r];
+                if (e == 0)
+                    continue;
+                const float *ds = dsr[r];
+                memset(w.dqr, 0, (size_t)D * sizeof(float));
+                int64_t j = 0;
+                for (; j + 4 <= e; j += 4) {
+                    float g0 = ds[j], g1 = ds[j + 1], g2 = ds[j + 2], g3 = ds[j + 3];
+                    const float *k0 = s->kr + (b * Tk + j) * C + h * D, *k1 = k0 + C,
+                                *k2 = k1 + C, *k3 = k2 + C;
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++)
-                    w.dqr[d] += g * kj[d];
+                    for (int64_t d = 0; d < D; d++)
+                        w.dqr[d] += g0 * k0[d] + g1 * k1[d] + g2 * k2[d] + g3 * k3[d];
+                }
+                for (; j < e; j++) {
+                    float g = ds[j];
+                    const float *kj = s->kr + (b * Tk + j) * C + h * D;
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++)
+                        w.dqr[d] += g * kj[d];
+                }
+                int64_t rr = dm->pairing != TL_ROPE_NONE ? rope->q_row[b * Tq + i] : 0;
+                tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr,
+                                     rope->cos ? rope->cos + rr * half : NULL,
+                                     rope->sin ? rope->sin + rr * half : NULL, D, dm->pairing);
             }
-            int64_t r = dm->pairing != TL_ROPE_NONE ? rope->q_row[b * Tq + i] : 0;
-            tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr,
-                                 rope->cos ? rope->cos + r * half : NULL,
-                                 rope->sin ? rope->sin + r * half : NULL, D, dm->pairing);
         }
         if (dk) {
-            const float *qi = s->qr + (b * Tq + i) * C + h * D;
-            for (int64_t j = 0; j < e; j++) {
-                float g = ds[j];
+            const float *q0 = qr[0], *q1 = qr[1], *q2 = qr[2], *q3 = qr[3];
+            for (int64_t j = 0; j < eb; j++) {
+                float g0 = dsr[0][j], g1 = dsr[1][j], g2 = dsr[2][j], g3 = dsr[3][j];
                 float *dkj = w.dkr + j * D;
 #pragma omp simd
                 for (int64_t d = 0; d < D; d++)
-                    dkj[d] += g * qi[d];
+                    dkj[d] += g0 * q0[d] + g1 * q1[d] + g2 * q2[d] + g3 * q3[d];
             }
         }
     }
@@ -530,16 +606,20 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
 
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
     float *vt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float));
-    float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * Tk) * sizeof(float));
+    float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * TL_ATTN_QBLOCK * Tk) * sizeof(float));
     float *dqr = tl_ctx_alloc(ctx, (size_t)(B * H * D) * sizeof(float));
     float *dkr = tl_ctx_alloc(ctx, (size_t)(B * H * Tk * D) * sizeof(float));
-    if (!vt || !ds || !dqr || !dkr)
+    int64_t n_zero = Tk > D ? Tk : D;
+    float *zero = tl_ctx_alloc(ctx, (size_t)n_zero * sizeof(float));
+    if (!vt || !ds || !dqr || !dkr || !zero)
         return; /* tl_backward detects the failed allocation and stops */
+    memset(zero, 0, (size_t)n_zero * sizeof(float));
 
     const float *vd = tl_f32(v), *dout = node->out->grad;
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        tl_attn_scratch w = {vt + bh * D * Tk, ds + bh * Tk, dqr + bh * D, dkr + bh * Tk * D};
+        tl_attn_scratch w = {vt + bh * D * Tk, ds + bh * TL_ATTN_QBLOCK * Tk, dqr + bh * D,
+                             dkr + bh * Tk * D, zero};
         tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
     }
 

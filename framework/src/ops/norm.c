@@ -48,10 +48,15 @@ static void tl_norm_param_grads(float *dg, float *db, const float *dy, const flo
         for (int64_t i = 0; i < N; i++) {
             const float *dyi = dy + i * C, *xi = x + i * C;
             float mu = mean ? mean[i] : 0.0f, r = rstd[i];
-            for (int64_t j = j0; j < j1; j++) {
-                if (dg)
+            /* Tests outside the element loops, so both vectorise. */
+            if (dg) {
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
                     dg[j] += dyi[j] * (xi[j] - mu) * r;
-                if (db)
+            }
+            if (db) {
+#pragma omp simd
+                for (int64_t j = j0; j < j1; j++)
                     db[j] += dyi[j];
             }
         }
@@ -82,10 +87,12 @@ tl_tensor *tl_rmsnorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, float eps)
         const float *xi = xs + i * C;
         float *yi = y + i * C;
         double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < C; j++)
             ss += (double)xi[j] * xi[j];
         float r = (float)(1.0 / sqrt(ss / (double)(C > 0 ? C : 1) + eps));
         rstd[i] = r;
+#pragma omp simd
         for (int64_t j = 0; j < C; j++)
             yi[j] = xi[j] * r * gs[j];
     }
@@ -113,9 +120,11 @@ void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node)
             float *dxi = dx + i * C;
             float r = rstd[i];
             double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
             for (int64_t j = 0; j < C; j++)
                 dot += (double)gs[j] * dyi[j] * xi[j];
             float coef = (float)(dot / (double)C) * r * r;
+#pragma omp simd
             for (int64_t j = 0; j < C; j++)
                 dxi[j] += r * (gs[j] * dyi[j] - xi[j] * coef);
         }
@@ -151,18 +160,28 @@ tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, f
         const float *xi = xs + i * C;
         float *yi = y + i * C;
         double s = 0.0;
+#pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < C; j++)
             s += xi[j];
         double mu = s / (double)(C > 0 ? C : 1);
         double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < C; j++)
             ss += ((double)xi[j] - mu) * ((double)xi[j] - mu);
         float r = (float)(1.0 / sqrt(ss / (double)(C > 0 ? C : 1) + eps));
         float m = (float)mu;
         mean[i] = m;
         rstd[i] = r;
-        for (int64_t j = 0; j < C; j++)
-            yi[j] = (xi[j] - m) * r * gs[j] + (bs ? bs[j] : 0.0f);
+        if (bs) {
+#pragma omp simd
+            for (int64_t j = 0; j < C; j++)
+                yi[j] = (xi[j] - m) * r * gs[j] + bs[j];
+        } else {
+            /* + 0.0f as with a zero bias, so -0 results stay +0 either way. */
+#pragma omp simd
+            for (int64_t j = 0; j < C; j++)
+                yi[j] = (xi[j] - m) * r * gs[j] + 0.0f;
+        }
     }
     /* Per element: sum, subtract-square-add, then subtract, two multiplies and the bias. */
     tl_count_flops(ctx, TL_OP_LAYERNORM, (b ? 8.0 : 7.0) * (double)N * C);
@@ -193,12 +212,14 @@ void tl_layernorm_backward(tl_ctx *ctx, tl_node *node)
             float *dxi = dx + i * C;
             float m = mean[i], r = rstd[i];
             double sum_d = 0.0, sum_dx = 0.0;
+#pragma omp simd reduction(+ : sum_d, sum_dx)
             for (int64_t j = 0; j < C; j++) {
                 double d = (double)dyi[j] * gs[j];
                 sum_d += d;
                 sum_dx += d * ((xi[j] - m) * r);
             }
             float mean_d = (float)(sum_d / (double)C), mean_dx = (float)(sum_dx / (double)C);
+#pragma omp simd
             for (int64_t j = 0; j < C; j++) {
                 float xhat = (xi[j] - m) * r;
                 dxi[j] += r * (dyi[j] * gs[j] - mean_d - xhat * mean_dx);

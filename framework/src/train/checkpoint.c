@@ -4,6 +4,7 @@
  * Layout (all at the root):
  *   attributes  thinklab_checkpoint_version (int32), thinklab_version,
  *               step, batches_drawn, batch_size, context, numel (int64),
+ *               world (int64: ranks that wrote it; batch_size is per rank),
  *               checksum (uint64, FNV-1a over params/data, m and v)
  *   rng         uint64 (4): the batch-sampling xoshiro state
  *   config_json string: trainer and model configuration
@@ -175,6 +176,8 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path)
     CK_H5(path, write_attr(file, "step", H5T_NATIVE_INT64, &tr->step));
     CK_H5(path, write_attr(file, "batches_drawn", H5T_NATIVE_INT64, &tr->sampler.batches_drawn));
     CK_H5(path, write_attr(file, "batch_size", H5T_NATIVE_INT64, &tr->cfg.batch_size));
+    int64_t world = tr->cfg.world;
+    CK_H5(path, write_attr(file, "world", H5T_NATIVE_INT64, &world));
     CK_H5(path, write_attr(file, "context", H5T_NATIVE_INT64, &tr->cfg.context));
     CK_H5(path, write_attr(file, "numel", H5T_NATIVE_INT64, &numel));
     CK_H5(path, write_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
@@ -441,11 +444,23 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     CK_H5(path, read_attr(file, "numel", H5T_NATIVE_INT64, &file_numel));
     CK_H5(path, read_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
     CK_H5(path, read_vector(file, "rng", H5T_NATIVE_UINT64, 4, rng));
-    if (batch != tr->cfg.batch_size || context != tr->cfg.context) {
-        st = tl_seterr(TL_EINVAL, "checkpoint '%s' was trained with batch_size %lld and context "
-                                  "%lld, this trainer uses %lld and %lld: set them to match",
-                       path, (long long)batch, (long long)context,
-                       (long long)tr->cfg.batch_size, (long long)tr->cfg.context);
+    /* Files from before data parallelism have no "world": one process. */
+    int64_t file_world = 1;
+    if (H5Aexists(file, "world") > 0)
+        CK_H5(path, read_attr(file, "world", H5T_NATIVE_INT64, &file_world));
+    /* Every rank draws the same global batch of world * batch_size windows
+     * from one RNG, so the file continues under any rank count with the same
+     * global batch: 2 ranks x 4 resume as 1 x 8 or 4 x 2. */
+    int64_t global = batch * file_world, this_global = tr->cfg.batch_size * tr->cfg.world;
+    if (file_world < 1 || global != this_global || context != tr->cfg.context) {
+        st = tl_seterr(TL_EINVAL, "checkpoint '%s' was trained with a global batch of %lld "
+                                  "(%lld ranks x batch_size %lld) and context %lld, this trainer "
+                                  "uses %lld (%d x %lld) and %lld: choose batch_size = %lld / "
+                                  "ranks and context %lld",
+                       path, (long long)global, (long long)file_world, (long long)batch,
+                       (long long)context, (long long)this_global, tr->cfg.world,
+                       (long long)tr->cfg.batch_size, (long long)tr->cfg.context,
+                       (long long)global, (long long)context);
         goto out;
     }
     if (file_numel != numel || step < 0 || step > tr->cfg.steps || drawn < 0) {
@@ -484,7 +499,7 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tr->sampler.batches_drawn = drawn;
     tr->step = step;
     tr->stats.step = step;
-    tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context;
+    tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
     st = TL_OK;
     goto out;
 

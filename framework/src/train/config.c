@@ -43,7 +43,8 @@ tl_status tl_train_config_resolve(tl_train_config *c)
     if (c->steps == 0) {
         if (c->token_budget == 0)
             return tl_seterr(TL_EINVAL, "set steps or token_budget: both are 0");
-        int64_t per_step = c->batch_size * c->context;
+        /* Tokens of one step over all ranks (world 0 counts as 1). */
+        int64_t per_step = c->batch_size * c->context * (c->world > 1 ? c->world : 1);
         c->steps = (c->token_budget + per_step - 1) / per_step;
     }
     c->schedule.total = c->steps;
@@ -259,6 +260,8 @@ void tl_train_config_json_into(tl_json *j, const char *key, const tl_train_confi
     tl_json_begin(j, key);
     tl_json_key_int(j, "batch_size", c->batch_size);
     tl_json_key_int(j, "context", c->context);
+    /* Ranks of a data-parallel run: the global batch is batch_size x world. */
+    tl_json_key_int(j, "world", c->world > 1 ? c->world : 1);
     tl_json_key_int(j, "steps", c->steps);
     tl_json_key_int(j, "token_budget", c->token_budget);
 

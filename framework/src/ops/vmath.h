@@ -1,0 +1,88 @@
+/* Branch-free float exponential and the functions built on it, written so that
+ * GCC can vectorise loops that call them (no libm calls, no branches, only
+ * selects). Internal to the framework; every function is static inline.
+ *
+ * Accuracy: tl_vexpf is within 2 ulp of exp over the whole float range
+ * (tests/test_vmath.c measures it on a dense sweep and states the bound); it
+ * returns +inf above ln(FLT_MAX), 0 below ln(2^-150), subnormals in between,
+ * and NaN for NaN. */
+#ifndef THINKLAB_OPS_VMATH_H
+#define THINKLAB_OPS_VMATH_H
+
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t tl_vmath_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float tl_vmath_float(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* exp(x). Range reduction x = n ln2 + r with |r| <= ln2/2, where ln2 is split
+ * into a 9-bit high part (n * hi is exact for |n| < 2^15) and a low part
+ * (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r). The
+ * result is p * 2^n1 * 2^n2 with n1 + n2 = n, both halves normal powers of two,
+ * so results down to the subnormal range and up to overflow come out right
+ * without a branch. */
+static inline float tl_vexpf(float x)
+{
+    /* Outside [-104, 89] the result is 0 or inf anyway; clamping keeps n in
+     * [-150, 128]. NaN fails both comparisons and passes through. */
+    x = x < -104.0f ? -104.0f : x;
+    x = x > 89.0f ? 89.0f : x;
+    /* Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n, which then
+     * sits in the low mantissa bits of t. */
+    const float shifter = 0x1.8p23f;
+    float t = x * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    /* Unsigned arithmetic: a NaN input gives meaningless bits, not undefined
+     * behaviour, and p is NaN anyway. */
+    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(shifter);
+    uint32_t n1 = (uint32_t)((int32_t)ni >> 1); /* floor(n / 2), in [-75, 64] */
+    uint32_t n2 = ni - n1;                      /* in [-75, 64] */
+    float s1 = tl_vmath_float((n1 + 127u) << 23);
+    float s2 = tl_vmath_float((n2 + 127u) << 23);
+    return p * s1 * s2;
+}
+
+/* 1 / (1 + exp(-x)): 0 for x below about -88 (exp overflows to inf), 1 for
+ * large x, relative error a few ulp everywhere else. */
+static inline float tl_vsigmoidf(float x) { return 1.0f / (1.0f + tl_vexpf(-x)); }
+
+/* tanh(x). For |x| < 0.625 Cephes' odd polynomial, which keeps the relative
+ * accuracy near 0 that (1 - e) / (1 + e) loses to cancellation; beyond it
+ * sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), which is 1 once e underflows. */
+static inline float tl_vtanhf(float x)
+{
+    float z = x * x;
+    float small = -5.70498872745e-3f;
+    small = small * z + 2.06390887954e-2f;
+    small = small * z - 5.37397155531e-2f;
+    small = small * z + 1.33314422036e-1f;
+    small = small * z - 3.33332819422e-1f;
+    small = small * z * x + x;
+    float ax = x < 0.0f ? -x : x;
+    float e = tl_vexpf(-2.0f * ax);
+    float large = (1.0f - e) / (1.0f + e);
+    large = x < 0.0f ? -large : large;
+    return ax < 0.625f ? small : large;
+}
+
+#endif
