@@ -39,4 +39,5 @@ add_test(NAME plugin_example_installed
     -DTL_BUILD_DIR=${CMAKE_BINARY_DIR}
     -DTL_EXAMPLE_SOURCE=${CMAKE_SOURCE_DIR}/plugins/example
     -DTL_WORK_DIR=${CMAKE_CURRENT_BINARY_DIR}/example_installed
+    -DTL_SANITIZE=${TL_SANITIZE}
     -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/plugin_example.cmake)

@@ -14,8 +14,14 @@ function(run)
 endfunction()
 
 run(${CMAKE_COMMAND} --install ${TL_BUILD_DIR} --prefix ${prefix})
+# A sanitized libthinklab needs its consumers built with the same runtime,
+# which must come first in the executable's library list.
+set(flags "")
+if(TL_SANITIZE)
+  set(flags "-fsanitize=address,undefined")
+endif()
 run(${CMAKE_COMMAND} -S ${TL_EXAMPLE_SOURCE} -B ${build} -DCMAKE_PREFIX_PATH=${prefix}
-    -DCMAKE_BUILD_TYPE=Release)
+    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=${flags}")
 run(${CMAKE_COMMAND} --build ${build})
 run(${CMAKE_COMMAND} -E env THINKLAB_PLUGIN_PATH=${build} ${build}/example_check)
 message(STATUS "example plugin built against ${prefix} and loaded from ${build}")
