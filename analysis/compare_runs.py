@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Write a comparison table (Markdown and CSV) of several thinklab runs.
 
-One row per log: parameters, FLOPs per token, final training loss (mean of the
-last --tail steps), and the last validation loss and perplexity under top-k
-and under causal routing (with the realised selected fraction).
+One row per log: parameters, training FLOPs per token (forward plus backward,
+as counted by the ops) and the final training loss (mean of the last --tail
+steps). Then the last validation loss and perplexity under top-k routing,
+under the causal threshold (with the realised selected fraction) and under
+calibrated thresholds. A model without routed layers routes nothing, so its one
+evaluation fills the top-k, causal and calibrated columns alike.
 """
 
 import argparse
@@ -17,13 +20,24 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
 
-COLUMNS = ["run", "params", "flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
-           "val_loss_causal", "ppl_causal", "causal_fraction", "steps"]
+COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
+           "val_loss_causal", "ppl_causal", "causal_fraction", "val_loss_calibrated",
+           "ppl_calibrated", "steps"]
+MODES = ("topk", "causal", "calibrated")
+
+
+def routed(row):
+    """Return whether an evaluation row comes from a model with routed layers."""
+    frac = row.get("selected_fraction")
+    return frac is not None and not math.isnan(frac)
 
 
 def last_eval(rows, mode):
-    """The last validation row evaluated under mode ('none' counts as both)."""
-    hits = [r for r in rows if r.get("split") == "val" and r.get("routing_mode") in (mode, "none")]
+    """Return the last validation row evaluated under mode. Rows of a model
+    without routing (mode 'none', or NaN selected fraction) count for every
+    mode."""
+    hits = [r for r in rows if r.get("split") == "val" and
+            (r.get("routing_mode") == mode or r.get("routing_mode") == "none" or not routed(r))]
     return hits[-1] if hits else None
 
 
@@ -32,13 +46,17 @@ def summarize(path, tail):
     f = tllog.open_log(path)
     with f:
         row = {"run": tllog.run_name(f, path)}
-        row["params"] = tllog.meta_number(f, "param_count")
-        row["flops_per_token"] = tllog.meta_number(f, "flops_per_token")
+        row["params"] = tllog.param_count(f)
+        # Nominal forward FLOPs per token, as the trainer wrote them into
+        # the config's model section (routed steps at their ratios).
+        nominal = tllog.config(f).get("model", {}).get("flops_per_token")
+        row["flops_per_token"] = float(nominal) if isinstance(nominal, (int, float)) else math.nan
+        row["train_flops_per_token"] = tllog.train_flops_per_token(f)
         loss = f["train/loss"][:] if "train/loss" in f else np.array([])
         row["train_loss"] = float(np.mean(loss[-tail:])) if len(loss) else math.nan
         row["steps"] = int(f["train/step"][-1]) + 1 if len(loss) else 0
         rows = tllog.eval_rows(f)
-    for mode in ("topk", "causal"):
+    for mode in MODES:
         r = last_eval(rows, mode)
         row[f"val_loss_{mode}"] = r["loss"] if r else math.nan
         row[f"ppl_{mode}"] = r["perplexity"] if r else math.nan
@@ -67,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--tail", type=int, default=50,
                     help="training steps averaged for the final training loss (default 50)")
     args = ap.parse_args(argv)
+    if args.tail < 1:
+        tllog.fail(f"--tail {args.tail} must be at least 1")
 
     rows = []
     for path in args.logs:

@@ -47,7 +47,8 @@ def main(argv=None):
                         color=line.get_color(), ms=4, lw=0.8, label=f"{name} val")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title("training curves")
+    ax.set_title(f"training loss (trailing mean over {args.smooth} steps), "
+                 f"validation loss under {args.routing} routing")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

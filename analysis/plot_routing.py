@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("-o", "--out-dir", default=".", help="folder for the PNG files (default .)")
     args = ap.parse_args(argv)
 
+    written, skipped = 0, []
     for path in args.logs:
         try:
             f = tllog.open_log(path)
@@ -33,45 +34,64 @@ def main(argv=None):
             tllog.fail(str(e))
         with f:
             if "routing" not in f or len(f["routing"]) == 0:
-                tllog.fail(f"{path}: no routed layers in this run (routing statistics exist "
-                           "for ITT and MoD layers only)")
-            layers = []
+                skipped.append(f"{path}: no routed layers in this run (routing statistics "
+                               "exist for ITT and MoD layers only)")
+                continue
+            layers, layers_agreement = [], []
             for name, g in f["routing"].items():
                 if g["step"].shape[0] == 0:
                     continue
                 layers.append((name, g.attrs.get("kind", ""), g["step"][:], g["fraction"][:],
                                g["score_mean"][:], g["score_std"][:], g["histogram"][-1],
                                g["bin_edges"][:]))
+                layers_agreement.append(g["topk_agreement"][:])
             title = tllog.run_name(f, path)
         if not layers:
-            tllog.fail(f"{path}: routed layers are registered but no routing row was flushed yet")
+            skipped.append(f"{path}: routed layers are registered but no routing row was "
+                           "flushed yet")
+            continue
 
         fig, axes = plt.subplots(len(layers), 3, figsize=(13, 3.2 * len(layers)), squeeze=False)
         for row, (name, kind, steps, frac, mean, std, hist, edges) in enumerate(layers):
             a_frac, a_score, a_hist = axes[row]
-            centers = 0.5 * (edges[:-1] + edges[1:])
+            agree = layers_agreement[row]
             for t in range(frac.shape[1]):
-                label = f"step {t + 1}" if kind == "itt" else "routed"
-                a_frac.plot(steps, frac[:, t], lw=1, label=label)
+                label = f"routed step {t + 1}" if kind == "itt" else "routed"
+                line, = a_frac.plot(steps, frac[:, t], lw=1, label=label)
+                if np.isfinite(agree[:, t]).any():
+                    a_frac.plot(steps, agree[:, t], lw=1, ls="--", color=line.get_color())
                 a_score.plot(steps, mean[:, t], lw=1, label=label)
                 a_score.fill_between(steps, mean[:, t] - std[:, t], mean[:, t] + std[:, t],
                                      alpha=0.15)
-                a_hist.step(centers, hist[t], where="mid", label=label)
-            a_frac.set_title(f"{name} ({kind}): fraction selected")
+                a_hist.stairs(hist[t], edges, label=label)
+            a_frac.set_title(f"{name} ({kind}): fraction selected" +
+                             ("\n(dashed: agreement with top-k)" if np.isfinite(agree).any()
+                              else ""))
+            a_frac.set_ylabel("fraction of tokens")
             a_frac.set_ylim(0, 1.05)
             a_score.set_title("router score mean ± std")
+            a_score.set_ylabel("router score")
             a_hist.set_title(f"score histogram at step {int(steps[-1])}")
+            a_hist.set_ylabel("tokens")
             for a in (a_frac, a_score):
                 a.set_xlabel("training step")
                 a.grid(alpha=0.3)
             a_hist.set_xlabel("router score")
-            a_frac.legend(fontsize=7)
+            # Zoom on the occupied bins (one empty bin either side): early in
+            # training the scores fill a few of the bins.
+            used = np.nonzero(hist.sum(axis=0) > 0)[0]
+            if len(used):
+                lo, hi = max(used[0] - 1, 0), min(used[-1] + 2, len(edges) - 1)
+                a_hist.set_xlim(edges[lo], edges[hi])
+            a_frac.legend(fontsize=7, framealpha=0.8)
         fig.suptitle(f"{title}: routing statistics")
         fig.tight_layout()
         out = tllog.output_path(args.out_dir, path, "_routing.png")
         fig.savefig(out, dpi=110)
         plt.close(fig)
         print(out)
+        written += 1
+    tllog.report_skipped(skipped, written)
 
 
 if __name__ == "__main__":

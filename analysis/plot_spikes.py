@@ -20,6 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
 
 GROUP = "analysis/gradient_spikes"
+LABEL_TEXT = {"loss": "hard = loss above the hard quantile",
+              "answer": "hard = answer tokens predicted wrongly"}
+
+
+def nan_mean(rows):
+    """Return the mean over sequences per layer, ignoring NaN (a layer without
+    that matrix). The mean is NaN where no sequence has a value."""
+    rows = np.asarray(rows, dtype=float)
+    count = np.sum(np.isfinite(rows), axis=0)
+    total = np.nansum(rows, axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def spike_groups(f, metric, label):
@@ -42,6 +53,7 @@ def main(argv=None):
                          "(default loss)")
     args = ap.parse_args(argv)
 
+    written, skipped = 0, []
     for path in args.logs:
         try:
             f = tllog.open_log(path)
@@ -49,8 +61,9 @@ def main(argv=None):
             tllog.fail(str(e))
         with f:
             if GROUP not in f or f[GROUP + "/step"].shape[0] == 0:
-                tllog.fail(f"{path}: no gradient analysis recorded; run the analysis "
-                           "(experiments/gradient_spikes.lua) first")
+                skipped.append(f"{path}: no gradient analysis recorded; run the analysis "
+                               "(experiments/gradient_spikes.lua) first")
+                continue
             names, norms, labels = spike_groups(f, args.metric, args.label)
             title = tllog.run_name(f, path)
         n_seq, n_layers, n_mat = norms.shape
@@ -60,9 +73,9 @@ def main(argv=None):
             for lab, color, text in ((0, "tab:blue", "easy"), (1, "tab:red", "hard")):
                 rows = norms[labels == lab, :, m]
                 for r in rows:
-                    ax.plot(layers, r, color=color, alpha=0.08, lw=0.8)
+                    ax.plot(layers, r, color=color, alpha=0.2, lw=0.7)
                 if len(rows):
-                    ax.plot(layers, rows.mean(axis=0), color=color, lw=2.2, marker="o", ms=3,
+                    ax.plot(layers, nan_mean(rows), color=color, lw=2.2, marker="o", ms=3,
                             label=f"{text} (n={len(rows)})")
             ax.set_title(f"d loss / d {names[m]}")
             ax.set_xlabel("layer")
@@ -70,12 +83,15 @@ def main(argv=None):
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel(f"{args.metric} norm of the gradient")
         np.atleast_1d(axes)[0].legend(fontsize=8)
-        fig.suptitle(f"{title}: gradient norms per layer, easy vs hard (labels by {args.label})")
+        fig.suptitle(f"{title}: gradient norms per layer, easy vs hard "
+                     f"({LABEL_TEXT[args.label]}; faint lines: single sequences)")
         fig.tight_layout()
         out = tllog.output_path(args.out_dir, path, f"_spikes_{args.metric}.png")
         fig.savefig(out, dpi=120)
         plt.close(fig)
         print(out)
+        written += 1
+    tllog.report_skipped(skipped, written)
 
 
 if __name__ == "__main__":

@@ -52,21 +52,38 @@ def config(f):
 
 
 def run_name(f, path):
-    """A short label for plots: the config's name, else the file's stem."""
-    name = config(f).get("name")
-    if isinstance(name, str) and name:
-        return name
+    """A short label for plots: the config's name (top level, or "name" in
+    the experiment object that trainer{name = ...} writes), else the file's
+    stem."""
+    cfg = config(f)
+    experiment = cfg.get("experiment")
+    for name in (cfg.get("name"), experiment.get("name") if isinstance(experiment, dict) else None):
+        if isinstance(name, str) and name:
+            return name
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def meta_number(f, key):
-    """A number stored as a /meta attribute or as a top-level config key, or None."""
-    if "meta" in f and key in f["meta"].attrs:
-        return float(f["meta"].attrs[key])
-    value = config(f).get(key)
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
+def param_count(f):
+    """The model's parameter count as the trainer recorded it, or None.
+
+    The trainer writes it into the configuration JSON as model.parameters.
+    """
+    value = config(f).get("model", {}).get("parameters")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def train_flops_per_token(f):
+    """Training FLOPs per token (forward plus backward, as counted by the ops),
+    averaged over the logged steps, or None.
+
+    /train/flops holds each step's FLOPs; a step trains batch_size x context
+    tokens (train.batch_size and train.context of the configuration JSON).
+    """
+    train = config(f).get("train", {})
+    tokens = train.get("batch_size", 0) * train.get("context", 0)
+    if "train/flops" not in f or f["train/flops"].shape[0] == 0 or tokens <= 0:
+        return None
+    return float(np.mean(f["train/flops"][:])) / tokens
 
 
 def strings(ds):
@@ -112,6 +129,15 @@ def fail(message):
     """Print an error for the command line and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def report_skipped(messages, written):
+    """After a loop over logs: fail with every message when no figure was
+    written, else name the skipped logs on stderr."""
+    if messages and written == 0:
+        fail("; ".join(messages))
+    for m in messages:
+        print(f"skipped {m}", file=sys.stderr)
 
 
 def output_path(out_dir, path, suffix):

@@ -215,6 +215,40 @@ static void check_causal(const char *label, const char *plugin, const tl_opt_set
     pl_layer_free(&L);
 }
 
+/* Under top-k with the auxiliary loss the mask is top-k membership, and
+ * topk_agreement compares it with the threshold rule the aux loss trains
+ * (score > rule). The count is recomputed here from the logged scores and
+ * masks; it must match exactly (same integer count over the same floats),
+ * and a random router must disagree with top-k on some token, which the
+ * earlier comparison of top-k with itself (always 1) could not show. */
+static void check_aux_agreement(const char *plugin, const tl_opt_setting *s, int n, float rule)
+{
+    pl_layer L;
+    if (make(&L, plugin, s, n, TL_BLOCK_LLAMA) != 0)
+        return;
+    float y[N];
+    pl_run(&L, x, B, T, C, (tl_layer_args){.routing = TL_ROUTING_TOPK_AUX, .collect_stats = true},
+           y, NULL, 0);
+    tl_routing_stats st;
+    CHECK(L.plugin->stats(L.state, &st) == TL_OK);
+    CHECK(st.n_steps >= 1 && st.masks && st.scores);
+    for (int t = 0; t < st.n_steps; t++) {
+        const uint8_t *mask = st.masks + (size_t)t * B * T;
+        const float *score = st.scores + (size_t)t * B * T;
+        int64_t agree = 0;
+        for (int i = 0; i < B * T; i++)
+            agree += (uint8_t)(score[i] > rule) == mask[i];
+        double expect = (double)agree / (double)(B * T);
+        CHECK_MSG(st.steps[t].topk_agreement == expect,
+                  "%s step %d: topk_agreement %.6f, recomputed %.6f", plugin, t + 1,
+                  st.steps[t].topk_agreement, expect);
+        CHECK_MSG(expect < 1.0, "%s step %d: a random router agrees with top-k on every token; "
+                  "the check cannot tell a self-comparison apart", plugin, t + 1);
+    }
+    printf("%-32s topk_aux agreement %.3f\n", plugin, st.steps[0].topk_agreement);
+    pl_layer_free(&L);
+}
+
 int main(void)
 {
     tl_rng rng;
@@ -253,5 +287,9 @@ int main(void)
                st.steps[0].topk_agreement, st.steps[1].topk_agreement, st.steps[2].topk_agreement);
         pl_layer_free(&L);
     }
+    check_aux_agreement("itt", NULL, 0, 0.5f);
+    tl_opt_setting tanh_gate[] = {{"router", tl_optv_string("tanh")}};
+    check_aux_agreement("itt", tanh_gate, 1, 0.0f);
+    check_aux_agreement("mod", half, 1, 0.0f);
     return gc_finish("plugin routing");
 }

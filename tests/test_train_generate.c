@@ -179,9 +179,11 @@ static void test_spike_analysis(void)
     CHECK_MSG(tl_spike_analysis(ctx, m, &D.data, &sc, log, nuc, fro, msv, seqs) == TL_OK, "%s",
               tl_errmsg());
 
-    int hard = 0, correct_known = 0;
+    int hard = 0, easy = 0, correct_known = 0;
     for (int s = 0; s < M; s++) {
         hard += seqs[s].hard;
+        easy += seqs[s].easy;
+        CHECK(!(seqs[s].hard && seqs[s].easy));
         correct_known += seqs[s].correct == 0 || seqs[s].correct == 1;
         CHECK(isfinite(seqs[s].loss) && seqs[s].loss > 0);
         for (int k = 0; k < L * 4; k++) {
@@ -195,6 +197,8 @@ static void test_spike_analysis(void)
     }
     /* Quantile 0.8 of 10 losses lies between the 8th and 9th: 2 are above. */
     CHECK_MSG(hard == 2, "%d hard sequences", hard);
+    /* easy_quantile 0 takes hard_quantile: every sequence that is not hard is easy. */
+    CHECK_MSG(easy == M - 2, "%d easy sequences", easy);
     CHECK(correct_known == M);
     fprintf(stderr, "spikes: seq 0 loss %.3f, wq nuclear %.4g (layer 0) %.4g (layer 1)\n",
             seqs[0].loss, nuc[0], nuc[4]);

@@ -532,7 +532,8 @@ static int model_summary(lua_State *L)
 }
 
 /* model:set_ratios{ratios = {...}, layer = l} sets the routing ratios of
- * layer l, or of every routed layer when layer is omitted. */
+ * layer l, or of every routed layer when layer is omitted. One ratio, as
+ * {0.7} or a plain 0.7, sets every routed step of every layer it reaches. */
 static int model_set_ratios(lua_State *L)
 {
     static const char *const keys[] = {"ratios", "layer", NULL};
@@ -542,9 +543,14 @@ static int model_set_ratios(lua_State *L)
     tl_lua_check_keys(L, 2, where, keys);
     int n_layers = tl_model_n_layers(u->m);
     int64_t layer = tl_lua_opt_int(L, 2, where, "layer", -1, 0, n_layers - 1);
-    if (lua_getfield(L, 2, "ratios") != LUA_TTABLE)
-        return luaL_error(L, "%s.ratios must be a list of numbers in [0, 1], got %s", where,
-                          tl_lua_describe(L, -1));
+    if (lua_getfield(L, 2, "ratios") == LUA_TNUMBER) {
+        lua_createtable(L, 1, 0); /* a plain number is a list of one */
+        lua_rotate(L, -2, 1);
+        lua_rawseti(L, -2, 1);
+    }
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return luaL_error(L, "%s.ratios must be a number or a list of numbers in [0, 1], got %s",
+                          where, tl_lua_describe(L, -1));
     double ratios[TL_OPT_LIST_MAX];
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     if (n < 1 || n > TL_OPT_LIST_MAX)

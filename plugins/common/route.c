@@ -46,6 +46,16 @@ tl_status tl_route_select(tl_ctx *ctx, tl_tensor *scores, bool causal, float thr
     } else {
         memcpy(out->mask, topk, (size_t)(B * T));
     }
+    /* Agreement of the threshold rule with top-k membership. Under top-k
+     * with the auxiliary loss the mask is top-k itself, so the rule is
+     * evaluated here rather than compared with the mask: it tells whether
+     * the router would already pick the same tokens causally. */
+    out->rule_agree = -1;
+    if (with_topk) {
+        out->rule_agree = 0;
+        for (int64_t i = 0; i < B * T; i++)
+            out->rule_agree += (uint8_t)(s[i] > threshold) == topk[i];
+    }
 
     out->len = tl_new(ctx, TL_I32, 1, (int64_t[]){B});
     if (!out->len)
@@ -179,12 +189,8 @@ void tl_route_step_stats(tl_step_stats *s, const tl_route *r, const float *score
     }
 
     s->topk_agreement = -1.0;
-    if (r->topk) {
-        int64_t agree = 0;
-        for (int64_t i = 0; i < n; i++)
-            agree += r->mask[i] == r->topk[i];
-        s->topk_agreement = n ? (double)agree / (double)n : 1.0;
-    }
+    if (r->rule_agree >= 0)
+        s->topk_agreement = n ? (double)r->rule_agree / (double)n : 1.0;
 }
 
 tl_status tl_route_buffers_reserve(tl_route_buffers *buf, int n_steps, int64_t tokens)

@@ -18,13 +18,17 @@ typedef struct tl_route {
     tl_tensor *len;     /* int32 (B) */
     uint8_t *mask;      /* (B*T), 1 where chosen; arena memory */
     uint8_t *topk;      /* (B*T), top-k membership at the configured ratio, or NULL */
+    /* Tokens whose threshold decision (score > threshold) equals their top-k
+     * membership; -1 when top-k membership was not recorded. */
+    int64_t rule_agree;
 } tl_route;
 
 /* Chooses tokens from gate scores (B, T). Top-k routing takes the k
  * highest per sequence; causal routing (also used for calibrated routing)
  * takes each token whose gate exceeds threshold, a decision that depends on
  * that token alone. with_topk also records top-k membership at k (for the
- * auxiliary labels and agreement). */
+ * auxiliary labels) and how many tokens the threshold rule, applied to the
+ * scores, puts on the same side as top-k, under either mode. */
 tl_status tl_route_select(tl_ctx *ctx, tl_tensor *scores, bool causal, float threshold, int64_t k,
                           bool with_topk, tl_route *out);
 

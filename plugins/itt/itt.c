@@ -367,9 +367,18 @@ static tl_status itt_stats(const void *state, tl_routing_stats *out)
 static tl_status itt_set_ratios(void *state, const double *ratios, int n)
 {
     itt_layer *st = state;
-    if (n != st->steps - 1)
-        return tl_seterr(TL_EINVAL, "itt: %d ratios given, the layer has %d routed steps", n,
-                         st->steps - 1);
+    int routed = st->steps - 1;
+    if (n != routed && n != 1)
+        return tl_seterr(TL_EINVAL, "itt: %d ratios given, the layer has %d routed steps; give "
+                                    "%d or one for every step", n, routed, routed);
+    /* One ratio applies to every routed step, as the "ratios" option does. */
+    double all[ITT_MAX_STEPS];
+    if (n == 1 && routed > 1) {
+        for (int i = 0; i < routed; i++)
+            all[i] = ratios[0];
+        ratios = all;
+        n = routed;
+    }
     for (int i = 0; i < n; i++)
         if (!(ratios[i] >= 0.0 && ratios[i] <= 1.0))
             return tl_seterr(TL_EINVAL, "itt: ratio %d = %g is outside [0, 1]", i + 1, ratios[i]);

@@ -122,8 +122,9 @@ typedef struct tl_log_routing_record {
     int64_t n_scores;         /* tokens scored, at least n_mask_tokens */
     const float *scores;      /* n_scores router scores */
     const uint8_t *selected;  /* n_scores flags, 1 = the token went through the block */
-    double topk_agreement;    /* causal mode: fraction of tokens whose decision equals
-                                 top-k's; NaN otherwise */
+    double topk_agreement;    /* causal, calibrated or topk_aux routing: fraction of
+                                 tokens whose threshold decision equals their top-k
+                                 membership; NaN under plain top-k */
 } tl_log_routing_record;
 
 /* Buffers one routed step. Records of one training step fill one row; a

@@ -87,7 +87,8 @@ tl_tensor *tl_model_hidden(const tl_model *m, int l);
 tl_status tl_model_layer_stats(const tl_model *m, int l, tl_routing_stats *out);
 
 /* Elastic inference: replaces the ratios of layer l (TL_EINVAL for layers
- * without ratios, or a wrong count). */
+ * without ratios, or a wrong count). One ratio (n = 1) sets every routed
+ * step of an ITT layer. */
 tl_status tl_model_set_ratios(tl_model *m, int l, const double *ratios, int n);
 
 /* ---- calibrated routing ---------------------------------------------------- */

@@ -167,9 +167,12 @@ typedef struct tl_step_stats {
     double score_mean, score_std;
     double hist_lo, hist_hi;
     int64_t hist[TL_STATS_BINS];
-    /* Causal or calibrated routing: fraction of tokens whose threshold
-     * decision equals their top-k membership at the configured ratio. -1
-     * under top-k routing. */
+    /* Causal, calibrated or top-k-with-aux routing: fraction of tokens
+     * whose threshold decision (gate > 0.5 for a sigmoid, > 0 for tanh and
+     * for MoD's logit, the calibrated threshold under calibrated routing)
+     * equals their top-k membership at the configured ratio. Under top-k
+     * with the aux loss it tells how well the router has learnt the causal
+     * rule. -1 under plain top-k routing. */
     double topk_agreement;
 } tl_step_stats;
 

@@ -113,6 +113,11 @@ tl_status tl_spike_analysis(tl_ctx *ctx, tl_model *model, const tl_train_data *d
     if (!(cfg->hard_quantile >= 0 && cfg->hard_quantile <= 1))
         return tl_seterr(TL_EINVAL, "tl_spike_analysis: hard_quantile %g must lie in [0, 1]",
                          cfg->hard_quantile);
+    double easy_q = cfg->easy_quantile == 0 ? cfg->hard_quantile : cfg->easy_quantile;
+    if (!(easy_q >= 0 && easy_q <= cfg->hard_quantile))
+        return tl_seterr(TL_EINVAL, "tl_spike_analysis: easy_quantile %g must lie in [0, "
+                                    "hard_quantile %g]; 0 takes hard_quantile",
+                         cfg->easy_quantile, cfg->hard_quantile);
     if ((unsigned)cfg->routing >= TL_EVAL_ROUTING_COUNT)
         return tl_seterr(TL_EINVAL, "tl_spike_analysis: routing mode %d is unknown",
                          (int)cfg->routing);
@@ -170,9 +175,10 @@ tl_status tl_spike_analysis(tl_ctx *ctx, tl_model *model, const tl_train_data *d
     memcpy(sorted, losses, (size_t)M * sizeof *sorted);
     qsort(sorted, (size_t)M, sizeof *sorted, compare_double);
     double hard_from = quantile_sorted(sorted, M, cfg->hard_quantile);
+    double easy_to = quantile_sorted(sorted, M, easy_q);
 
     if (log) {
-        st = tl_log_spikes_init(log, L, cfg->hard_quantile, cfg->hard_quantile);
+        st = tl_log_spikes_init(log, L, easy_q, cfg->hard_quantile);
         for (int64_t s = 0; s < M && st == TL_OK; s++) {
             size_t at = (size_t)s * (size_t)L * TL_LOG_SPIKE_MATRICES;
             tl_log_spike_record rec = {
@@ -194,7 +200,10 @@ tl_status tl_spike_analysis(tl_ctx *ctx, tl_model *model, const tl_train_data *d
         memcpy(max_sv, msv, cells * sizeof *msv);
     for (int64_t s = 0; seqs && s < M; s++)
         seqs[s] = (tl_spike_sequence){
-            .loss = losses[s], .correct = correct[s], .hard = losses[s] > hard_from,
+            /* As label_by_loss: easy at or below easy_to, hard at or above
+             * hard_from unless easy. */
+            .loss = losses[s], .correct = correct[s],
+            .hard = losses[s] > easy_to && losses[s] >= hard_from, .easy = losses[s] <= easy_to,
         };
 
 out:

@@ -49,7 +49,7 @@ static const char *rope_name(tl_rope_pairing r)
     }
 }
 
-static void model_json(tl_json *j, const tl_model *model)
+static void model_json(tl_json *j, const tl_model *model, int64_t T)
 {
     const tl_model_config *mc = tl_model_config_of(model);
     tl_json_begin(j, "model");
@@ -68,6 +68,9 @@ static void model_json(tl_json *j, const tl_model *model)
     tl_json_key_float(j, "aux_weight", mc->aux_weight);
     tl_json_key_int(j, "n_layers", mc->n_layers);
     tl_json_key_int(j, "parameters", tl_model_param_count(model));
+    /* Nominal forward FLOPs per token at the trainer's context T (routed
+     * steps at their configured ratios). */
+    tl_json_key_double(j, "flops_per_token", tl_model_flops_per_token(model, T));
 
     /* NOTE: the model does not keep its layers' resolved option tables, so
      * only each layer's plugin is recorded here. A caller with the full layer
@@ -90,7 +93,7 @@ static size_t run_json(const tl_trainer *tr, const plugin_list *plugins, char *b
     tl_json_init(&j, buf, size);
     tl_json_begin(&j, NULL);
     tl_train_config_json_into(&j, "train", &tr->cfg);
-    model_json(&j, tr->model);
+    model_json(&j, tr->model, tr->cfg.context);
     tl_json_begin(&j, "plugins");
     for (int i = 0; i < plugins->n; i++)
         tl_json_key_string(&j, plugins->names[i], plugins->versions[i]);

@@ -1,0 +1,422 @@
+"""The analysis scripts on real run logs.
+
+A short real training run (tests/lua/make_logs.lua through the thinklab
+command) writes the log of a tiny dense model and of a tiny ITT model, plus
+expected.json with what the Lua side saw. Every script in analysis/ then runs
+on them from the command line. The comparison table is checked against values
+read from the logs with h5py and against what the model reported, and the
+figures must be valid, non-blank PNG files. Each
+script must reject files that are not thinklab logs with exit status 2 and a
+message naming the file, and one plot must read a log while its run is still
+training.
+
+Paths come from the environment (tests/analysis.cmake sets them):
+  TL_THINKLAB  the thinklab command
+  TL_TEXT      Tiny Shakespeare
+  TL_SCRATCH   a folder for logs and figures (default: pytest's tmp_path)
+"""
+
+import csv
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+ANALYSIS = os.path.join(TOP, "analysis")
+MAKE_LOGS = os.path.join(HERE, "lua", "make_logs.lua")
+PYTHON = sys.executable
+SCRIPTS = ["compare_runs.py", "plot_curves.py", "plot_routing.py", "plot_spikes.py",
+           "plot_token_grads.py"]
+STEPS, GRADS_EVERY, TAIL = 40, 10, 10
+KINDS = ("dense", "itt", "itt_causal")
+
+sys.path.insert(0, ANALYSIS)
+import tllog  # noqa: E402
+
+
+def env_path(name, default=None):
+    value = os.environ.get(name, default)
+    if not value or not os.path.exists(value):
+        pytest.fail(f"{name}={value!r} does not exist; run through ctest (tests/analysis.cmake "
+                    f"sets it) or export it")
+    return value
+
+
+def run_script(script, *args, cwd=None):
+    return subprocess.run([PYTHON, os.path.join(ANALYSIS, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory):
+    root = os.environ.get("TL_SCRATCH")
+    if root:
+        os.makedirs(root, exist_ok=True)
+        return root
+    return str(tmp_path_factory.mktemp("analysis"))
+
+
+@pytest.fixture(scope="session")
+def logs(scratch):
+    """Train both tiny models once and return (folder, expected.json as a dict)."""
+    thinklab = env_path("TL_THINKLAB", os.path.join(TOP, "build", "bin", "thinklab"))
+    text = env_path("TL_TEXT", os.path.join(TOP, "experiments", "data", "tinyshakespeare.txt"))
+    out = os.path.join(scratch, "logs")
+    os.makedirs(out, exist_ok=True)
+    r = subprocess.run([thinklab, "run", MAKE_LOGS, f"text={text}", f"out={out}",
+                        f"steps={STEPS}", f"grads_every={GRADS_EVERY}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"make_logs.lua failed:\n{r.stdout}\n{r.stderr}"
+    with open(os.path.join(out, "expected.json")) as fh:
+        expected = json.load(fh)
+    return out, expected
+
+
+def png_size(path):
+    """Return (width, height) of a PNG after checking its signature and IHDR."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR", f"{path}: first chunk is not IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def check_png(path, min_w=500, min_h=300):
+    """A valid PNG of plausible size with something drawn on it."""
+    assert os.path.exists(path), f"{path} was not written"
+    w, h = png_size(path)
+    assert min_w <= w <= 6000 and min_h <= h <= 6000, f"{path}: implausible size {w}x{h}"
+    # Measured: the figures of this test are 44 to 166 kB, an 8 x 5 inch
+    # figure with one empty axes 10.5 kB and a blank one 3.7 kB.
+    assert os.path.getsize(path) > 15000, f"{path}: only {os.path.getsize(path)} bytes"
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)[..., :3]
+    ink = np.mean(np.any(img < 0.9, axis=-1))
+    # Measured: 3.2% (one training curve) to 64% (heat maps) of the pixels
+    # are not near-white, 1.6% for one empty axes with its ticks.
+    assert ink > 0.02, f"{path}: only {ink:.1%} of pixels are drawn"
+
+
+# ---- the logs hold what the scripts read -----------------------------------
+
+READ_BY_SCRIPTS = {
+    "dense": ["meta/config_json", "train/step", "train/loss", "train/flops", "eval/step",
+              "eval/split", "eval/loss", "eval/perplexity", "eval/routing_mode",
+              "eval/selected_fraction", "token_grads/step", "token_grads/norms",
+              "token_grads/losses", "token_grads/tokens"],
+    "itt": ["routing/layers.1/step", "routing/layers.1/fraction", "routing/layers.1/score_mean",
+            "routing/layers.1/score_std", "routing/layers.1/histogram",
+            "routing/layers.1/bin_edges", "routing/layers.1/mask",
+            "routing/layers.1/topk_agreement"],
+}
+
+
+def test_logs_hold_every_dataset_the_scripts_read(logs):
+    folder, expected = logs
+    for kind in KINDS:
+        with h5py.File(os.path.join(folder, f"{kind}.h5"), "r") as f:
+            assert f.attrs["thinklab_log_version"] == 1
+            for name in READ_BY_SCRIPTS["dense"] + (READ_BY_SCRIPTS["itt"] if kind != "dense"
+                                                    else []):
+                assert name in f, f"{kind}.h5 lacks {name}"
+            # Records every K steps, counted from step 0: 0, 10, 20, 30.
+            assert list(f["token_grads/step"][:]) == list(range(0, STEPS, GRADS_EVERY))
+            assert f["token_grads"].attrs["n_layers"] == expected[kind]["n_layers"]
+            config = json.loads(f["meta/config_json"].asstr()[()])
+        assert config["model"]["parameters"] == expected[kind]["params"]
+
+
+# ---- compare_runs.py ---------------------------------------------------------
+
+def test_compare_runs_values(logs, scratch):
+    folder, expected = logs
+    out = os.path.join(scratch, "figures", "comparison")
+    paths = [os.path.join(folder, f"{k}.h5") for k in KINDS]
+    r = run_script("compare_runs.py", *paths, "-o", out, "--tail", str(TAIL))
+    assert r.returncode == 0, r.stderr
+    with open(out + ".csv") as fh:
+        rows = {row["run"]: row for row in csv.DictReader(fh)}
+    assert set(rows) == set(KINDS)
+    for kind in KINDS:
+        row, exp = rows[kind], expected[kind]
+        with h5py.File(os.path.join(folder, f"{kind}.h5"), "r") as f:
+            loss = f["train/loss"][:]
+            flops = f["train/flops"][:]
+            modes = list(f["eval/routing_mode"].asstr()[:])
+            ev_loss, ev_ppl = f["eval/loss"][:], f["eval/perplexity"][:]
+            ev_frac = f["eval/selected_fraction"][:]
+        # The CSV writes repr() of each double, which reads back exactly:
+        # equality, no tolerance.
+        assert int(row["params"]) == exp["params"], "params = what model:param_count() returned"
+        assert int(row["steps"]) == STEPS
+        assert float(row["train_loss"]) == float(np.mean(loss[-TAIL:]))
+        # The same mean from the losses the Lua callback saw (doubles in
+        # both, summed in a different order by numpy: 1e-12 relative).
+        lua_tail = exp["losses"][-TAIL:]
+        assert math.isclose(float(row["train_loss"]), sum(lua_tail) / TAIL, rel_tol=1e-12)
+        tokens = exp["batch_size"] * exp["context"]
+        assert float(row["train_flops_per_token"]) == float(np.mean(flops)) / tokens
+        # Forward plus backward per token against the model's nominal forward
+        # FLOPs per token: measured 3.14 for both models (backward costs about
+        # twice the forward, plus the loss); [2.5, 4] rejects a per-step or
+        # forward-only number.
+        # The config's nominal forward FLOPs per token is the number the
+        # model summary printed to Lua (the same double through JSON %.17g):
+        # 1e-12 relative covers the summary's own arithmetic at another T.
+        assert math.isclose(float(row["flops_per_token"]), exp["flops_per_token"], rel_tol=1e-12), \
+            (row["flops_per_token"], exp["flops_per_token"])
+        ratio = float(row["train_flops_per_token"]) / exp["flops_per_token"]
+        assert 2.5 < ratio < 4.0, f"{kind}: training/forward FLOPs ratio {ratio}"
+        # The last top-k row is the trainer:evaluate Lua called after the run.
+        last_topk = max(i for i, m in enumerate(modes) if m == "topk")
+        assert float(row["val_loss_topk"]) == ev_loss[last_topk] == exp["eval"]["topk"]["loss"]
+        assert float(row["ppl_topk"]) == ev_ppl[last_topk] == exp["eval"]["topk"]["perplexity"]
+        if kind != "dense":
+            last_causal = max(i for i, m in enumerate(modes) if m == "causal")
+            last_cal = max(i for i, m in enumerate(modes) if m == "calibrated")
+            assert float(row["val_loss_causal"]) == ev_loss[last_causal]
+            assert float(row["val_loss_causal"]) == exp["eval"]["causal"]["loss"]
+            assert float(row["ppl_causal"]) == exp["eval"]["causal"]["perplexity"]
+            assert float(row["causal_fraction"]) == ev_frac[last_causal]
+            assert float(row["causal_fraction"]) == exp["eval"]["causal"]["selected_fraction"]
+            assert float(row["val_loss_calibrated"]) == ev_loss[last_cal]
+            assert float(row["ppl_calibrated"]) == ev_ppl[last_cal]
+            # Routed and not routed differ, so the columns are not copies.
+            assert row["val_loss_causal"] != row["val_loss_topk"]
+        else:
+            # A dense model routes nothing: one evaluation fills every mode.
+            assert set(modes) == {"topk"}
+            assert row["val_loss_causal"] == row["val_loss_topk"] == row["val_loss_calibrated"]
+            assert math.isnan(float(row["causal_fraction"]))
+    with open(out + ".md") as fh:
+        md = fh.read().splitlines()
+    assert md[0].startswith("| run | params |")
+    assert len(md) == 2 + len(KINDS)
+    assert f"| {expected['dense']['params']} |" in md[2]
+
+
+# ---- the figures -------------------------------------------------------------
+
+def test_plot_curves(logs, scratch):
+    folder, _ = logs
+    out = os.path.join(scratch, "figures", "curves.png")
+    r = run_script("plot_curves.py", os.path.join(folder, "dense.h5"),
+                   os.path.join(folder, "itt.h5"), "-o", out, "--smooth", "5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == out
+    check_png(out)
+
+
+def test_plot_routing(logs, scratch):
+    folder, _ = logs
+    out_dir = os.path.join(scratch, "figures")
+    r = run_script("plot_routing.py", os.path.join(folder, "dense.h5"),
+                   os.path.join(folder, "itt.h5"), "-o", out_dir)
+    # The dense log has no routed layer: skipped with a note, the ITT log
+    # drawn.
+    assert r.returncode == 0, r.stderr
+    assert "skipped" in r.stderr and "dense.h5: no routed layers" in r.stderr
+    check_png(os.path.join(out_dir, "itt_routing.png"))
+    assert not os.path.exists(os.path.join(out_dir, "dense_routing.png"))
+    # Causal routing: the fraction drifts and the agreement with top-k is
+    # drawn (it is NaN under top-k).
+    r = run_script("plot_routing.py", os.path.join(folder, "itt_causal.h5"), "-o", out_dir)
+    assert r.returncode == 0, r.stderr
+    check_png(os.path.join(out_dir, "itt_causal_routing.png"))
+    with h5py.File(os.path.join(folder, "itt_causal.h5"), "r") as f:
+        assert np.isfinite(f["routing/layers.1/topk_agreement"][:]).all()
+    with h5py.File(os.path.join(folder, "itt.h5"), "r") as f:
+        assert np.isnan(f["routing/layers.1/topk_agreement"][:]).all()
+    # Alone, the dense log is an error.
+    r = run_script("plot_routing.py", os.path.join(folder, "dense.h5"), "-o", out_dir)
+    assert r.returncode == 2
+    assert "no routed layers" in r.stderr
+
+
+def test_plot_token_grads(logs, scratch):
+    folder, _ = logs
+    out_dir = os.path.join(scratch, "figures")
+    for kind, row in (("dense", "-1"), ("itt", "0")):
+        r = run_script("plot_token_grads.py", os.path.join(folder, f"{kind}.h5"),
+                       "-o", out_dir, "--row", row)
+        assert r.returncode == 0, r.stderr
+        check_png(os.path.join(out_dir, f"{kind}_token_grads.png"))
+        check_png(os.path.join(out_dir, f"{kind}_token_grads_summary.png"))
+    r = run_script("plot_token_grads.py", os.path.join(folder, "itt.h5"), "-o", out_dir,
+                   "--row", "4")
+    assert r.returncode == 2
+    assert "--row 4 is outside the 4 logged rows" in r.stderr
+
+
+def test_token_grads_router_marks_match_the_log(logs):
+    """The marks drawn on the heat map are the logged masks of that step."""
+    folder, _ = logs
+    import plot_token_grads
+    with tllog.open_log(os.path.join(folder, "itt.h5")) as f:
+        step = int(f["token_grads/step"][-1])
+        marks = plot_token_grads.routing_marks(f, step)
+        mask = f["routing/layers.1/mask"][-1]
+        n_steps = int(f["routing/layers.1"].attrs["n_steps"])
+    assert [(m[0], m[1], m[2]) for m in marks] == [("layers.1", 1, t) for t in range(n_steps)]
+    for name, layer, t, m in marks:
+        assert np.array_equal(m, mask[t])
+    # Top-k at ratio 0.5 chooses half of the 32 positions of the sequence.
+    assert all(int(m.sum()) == 16 for _, _, _, m in marks)
+    # The summary's "chosen by any routed step" is the union of those masks,
+    # row by row.
+    with tllog.open_log(os.path.join(folder, "itt.h5")) as f:
+        steps = f["token_grads/step"][:]
+        chosen = plot_token_grads.chosen_by_router(f, steps, f["token_grads/losses"].shape[1])
+        masks = f["routing/layers.1/mask"][:]
+        assert list(f["routing/layers.1/step"][:]) == list(steps)
+    assert np.array_equal(chosen, masks.max(axis=1).astype(float))
+    with tllog.open_log(os.path.join(folder, "dense.h5")) as f:
+        assert plot_token_grads.chosen_by_router(f, f["token_grads/step"][:], 32) is None
+
+
+def test_plot_spikes_without_analysis(logs, scratch):
+    """A real log without /analysis/gradient_spikes (the dense run has none):
+    the script must say so and exit 2."""
+    folder, _ = logs
+    r = run_script("plot_spikes.py", os.path.join(folder, "dense.h5"), "-o",
+                   os.path.join(scratch, "figures"))
+    assert r.returncode == 2
+    assert "no gradient analysis recorded" in r.stderr
+    assert "dense.h5" in r.stderr
+
+
+def test_plot_spikes_on_a_real_analysis(logs, scratch):
+    """plot_spikes.py on the ITT log, whose /analysis/gradient_spikes
+    trainer:gradient_spikes wrote (make_logs.lua). The norms and labels the
+    figure draws, read through spike_groups(), are those Lua received."""
+    folder, expected = logs
+    import plot_spikes
+    path = os.path.join(folder, "itt.h5")
+    exp = expected["itt"]["spikes"]
+    out_dir = os.path.join(scratch, "figures")
+    for label in ("loss", "answer"):
+        for metric in ("nuclear", "frobenius"):
+            r = run_script("plot_spikes.py", path, "-o", out_dir, "--label", label,
+                           "--metric", metric)
+            assert r.returncode == 0, r.stderr
+            check_png(os.path.join(out_dir, f"itt_spikes_{metric}.png"), min_h=250)
+    with tllog.open_log(path) as f:
+        names, norms, labels = plot_spikes.spike_groups(f, "nuclear", "loss")
+        loss = f["analysis/gradient_spikes/loss"][:]
+    assert names == ["wq", "wk", "wv", "wo"]
+    n = len(exp["sequences"])
+    assert norms.shape == (n, expected["itt"]["n_layers"], 4)
+    # Lua received the same doubles the log holds, written as %.17g JSON by
+    # make_logs.lua: equal to 1e-15 relative.
+    assert np.allclose(norms, np.array(exp["nuclear"]), rtol=1e-15, atol=0)
+    assert np.allclose(loss, [s["loss"] for s in exp["sequences"]], rtol=1e-15, atol=0)
+    # Default labels: hard = at or above the 0.8 quantile and not easy, easy
+    # = the rest; the log's labels and Lua's agree sequence by sequence.
+    assert [int(x) for x in labels] == [1 if s["hard"] else 0 for s in exp["sequences"]]
+    assert int((labels == 1).sum()) == 2  # 0.8 quantile of 8 losses: position 5.6
+
+
+# ---- rejecting files that are not logs; --help --------------------------------
+
+@pytest.fixture(scope="session")
+def not_logs(scratch):
+    text = os.path.join(scratch, "notes.txt")
+    with open(text, "w") as fh:
+        fh.write("step,loss\n0,4.1\n")
+    bare = os.path.join(scratch, "bare.h5")
+    with h5py.File(bare, "w") as f:
+        f["train/loss"] = np.zeros(3)
+    future = os.path.join(scratch, "future.h5")
+    with h5py.File(future, "w") as f:
+        f.attrs["thinklab_log_version"] = np.int64(99)
+    return {"text": (text, "not an HDF5 file"),
+            "bare": (bare, "without the 'thinklab_log_version' attribute"),
+            "future": (future, "thinklab log version 99"),
+            "missing": (os.path.join(scratch, "absent.h5"), "file not found")}
+
+
+# Every script with the two cases the task names; the version and missing-file
+# cases, which the shared reader handles the same way for all, on one script.
+REJECT_CASES = ([(s, c) for s in SCRIPTS for c in ("text", "bare")] +
+                [("plot_curves.py", "future"), ("plot_curves.py", "missing")])
+
+
+@pytest.mark.parametrize("script,case", REJECT_CASES)
+def test_rejects_files_that_are_not_logs(script, case, not_logs, scratch):
+    path, fragment = not_logs[case]
+    out = os.path.join(scratch, "rejected", case)
+    r = run_script(script, path, "-o", out)
+    assert r.returncode == 2, f"{script} on {case}: exit {r.returncode}\n{r.stderr}"
+    assert r.stderr.startswith("error: "), r.stderr
+    assert path in r.stderr, r.stderr
+    assert fragment in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(out) or not os.listdir(out), "no output for a rejected file"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    r = run_script(script, "--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: ")
+    assert "-o" in r.stdout
+    assert "logs" in r.stdout
+
+
+# ---- reading a log while its run trains ----------------------------------------
+
+def flushed_rows(path):
+    """Rows of /train after the last finished flush, or 0 when the file
+    cannot be opened yet (created but not flushed, or mid-flush)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["train/step"].shape[0] if "train/step" in f else 0
+    except (OSError, KeyError):
+        return 0
+
+
+def test_plot_curves_reads_a_run_that_is_training(scratch):
+    thinklab = env_path("TL_THINKLAB", os.path.join(TOP, "build", "bin", "thinklab"))
+    text = env_path("TL_TEXT", os.path.join(TOP, "experiments", "data", "tinyshakespeare.txt"))
+    out = os.path.join(scratch, "live")
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, "dense.h5")
+    if os.path.exists(log):
+        os.remove(log)
+    # live=true trains 100000 steps, flushing every 2: it runs until killed.
+    proc = subprocess.Popen([thinklab, "run", MAKE_LOGS, f"text={text}", f"out={out}",
+                             "live=true"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while flushed_rows(log) < 6:
+            assert proc.poll() is None, f"the run ended early: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no 6 flushed rows within 120 s"
+            time.sleep(0.2)
+        png = os.path.join(out, "live_curves.png")
+        r = run_script("plot_curves.py", log, "-o", png, "--smooth", "1")
+        assert r.returncode == 0, r.stderr
+        check_png(png)
+        assert proc.poll() is None, "the run must still be training after the plot"
+        # The writer kept going: later rows appear to a reader that reopens.
+        seen = flushed_rows(log)
+        deadline = time.monotonic() + 60
+        while flushed_rows(log) <= seen:
+            assert time.monotonic() < deadline, "no new rows after the plot"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
