@@ -34,8 +34,11 @@ def main(argv=None):
             tllog.fail(str(e))
         with f:
             if "routing" not in f or len(f["routing"]) == 0:
-                skipped.append(f"{path}: no routed layers in this run (routing statistics "
-                               "exist for ITT and MoD layers only)")
+                skipped.append(f"{path}: no routed layers in this run, or none recorded "
+                               "(routing statistics exist for ITT and MoD layers only and are "
+                               "written every `log_routing_every` steps and with every "
+                               "`log_grads_every` gradient record; set one of these trainer "
+                               "keys above 0)")
                 continue
             layers, layers_agreement = [], []
             for name, g in f["routing"].items():

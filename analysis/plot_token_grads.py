@@ -152,8 +152,8 @@ def main(argv=None):
             tllog.fail(str(e))
         with f:
             if "token_grads" not in f or f["token_grads/step"].shape[0] == 0:
-                tllog.fail(f"{path}: no token gradients recorded; train with token-gradient "
-                           "logging every K steps")
+                tllog.fail(f"{path}: no token gradients recorded; set the trainer key "
+                           "`log_grads_every` to K > 0 to record them every K steps")
             g = f["token_grads"]
             n_rows = g["step"].shape[0]
             row = args.row if args.row >= 0 else n_rows + args.row

@@ -28,6 +28,10 @@ def open_log(path):
     except OSError as e:
         raise LogError(f"{path}: not an HDF5 file ({e}); pass a thinklab run log (.h5)") from None
     version = f.attrs.get("thinklab_log_version")
+    if version is None and "thinklab_checkpoint_version" in f.attrs:
+        f.close()
+        raise LogError(f"{path} is a thinklab checkpoint, not a run log; pass the .h5 file "
+                       "given as `log`")
     if version is None:
         f.close()
         raise LogError(f"{path}: HDF5 file without the 'thinklab_log_version' attribute; "

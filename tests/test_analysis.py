@@ -241,6 +241,7 @@ def test_plot_routing(logs, scratch):
     r = run_script("plot_routing.py", os.path.join(folder, "dense.h5"), "-o", out_dir)
     assert r.returncode == 2
     assert "no routed layers" in r.stderr
+    assert "`log_routing_every`" in r.stderr and "`log_grads_every`" in r.stderr, r.stderr
 
 
 def test_plot_token_grads(logs, scratch):
@@ -339,7 +340,12 @@ def not_logs(scratch):
     future = os.path.join(scratch, "future.h5")
     with h5py.File(future, "w") as f:
         f.attrs["thinklab_log_version"] = np.int64(99)
+    checkpoint = os.path.join(scratch, "checkpoint.h5")
+    with h5py.File(checkpoint, "w") as f:
+        f.attrs["thinklab_checkpoint_version"] = np.int32(1)
     return {"text": (text, "not an HDF5 file"),
+            "checkpoint": (checkpoint, "is a thinklab checkpoint, not a run log; pass the .h5 "
+                           "file given as `log`"),
             "bare": (bare, "without the 'thinklab_log_version' attribute"),
             "future": (future, "thinklab log version 99"),
             "missing": (os.path.join(scratch, "absent.h5"), "file not found")}
@@ -348,7 +354,8 @@ def not_logs(scratch):
 # Every script with the two cases the task names; the version and missing-file
 # cases, which the shared reader handles the same way for all, on one script.
 REJECT_CASES = ([(s, c) for s in SCRIPTS for c in ("text", "bare")] +
-                [("plot_curves.py", "future"), ("plot_curves.py", "missing")])
+                [("plot_curves.py", "future"), ("plot_curves.py", "missing"),
+                 ("plot_curves.py", "checkpoint")])
 
 
 @pytest.mark.parametrize("script,case", REJECT_CASES)

@@ -209,6 +209,10 @@ static void test_status(void)
     CHECK(strcmp(tl_status_name((tl_status)99), "unknown status") == 0);
     CHECK(tl_seterr(TL_EIO, "file '%s' missing", "x.txt") == TL_EIO);
     CHECK(strcmp(tl_errmsg(), "file 'x.txt' missing") == 0);
+    /* The previous message as an argument survives (formatted into a copy). */
+    CHECK(tl_seterr(TL_EFORMAT, "%s; retry", tl_errmsg()) == TL_EFORMAT);
+    CHECK_MSG(strcmp(tl_errmsg(), "file 'x.txt' missing; retry") == 0, "%s", tl_errmsg());
+    CHECK(tl_lasterr() == TL_EFORMAT);
     tl_clearerr();
     CHECK(tl_lasterr() == TL_OK);
     CHECK(tl_errmsg()[0] == '\0');

@@ -724,6 +724,25 @@ static void test_errors(void)
     CHECK(tl_log_create(path, &meta) == NULL);
     CHECK(strstr(tl_errmsg(), "already exists") != NULL && strstr(tl_errmsg(), path) != NULL);
 
+    /* overwrite replaces only a thinklab run log, never another file. */
+    path_in_dir(path, sizeof path, "notes.txt");
+    FILE *notes = fopen(path, "w");
+    CHECK(notes != NULL);
+    if (notes) {
+        fputs("my notes\n", notes);
+        fclose(notes);
+    }
+    meta.overwrite = true;
+    CHECK(tl_log_create(path, &meta) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "not a thinklab run log") && strstr(tl_errmsg(), path),
+              "%s", tl_errmsg());
+    char kept[32] = {0};
+    notes = fopen(path, "r");
+    CHECK(notes && fgets(kept, sizeof kept, notes) && strcmp(kept, "my notes\n") == 0);
+    if (notes)
+        fclose(notes);
+    remove(path);
+
     meta.config_json = NULL;
     path_in_dir(path, sizeof path, "no_config.h5");
     CHECK(tl_log_create(path, &meta) == NULL && tl_lasterr() == TL_EINVAL);

@@ -24,6 +24,11 @@ static void check_open_errors(void)
     CHECK(tl_lasterr() == TL_ENOTFOUND);
     HAS(tl_errmsg(), "/nonexistent/dir/itt.so not found");
 
+    /* A folder given where the .so file belongs. */
+    CHECK(tl_plugin_open(TL_TEST_PLUGIN_DIR) == NULL);
+    CHECK(tl_lasterr() == TL_EINVAL);
+    HAS(tl_errmsg(), "plugin path '" TL_TEST_PLUGIN_DIR "' is a directory; give the .so file");
+
     /* A file that is not a shared object. */
     char fake[] = "/tmp/tl_fake_pluginXXXXXX";
     int fd = mkstemp(fake);

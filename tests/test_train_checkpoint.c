@@ -186,6 +186,22 @@ static void test_rejections(void)
     fputs("not hdf5\n", f);
     fclose(f);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    /* The message names the path and the reason (it came out blank when the
+     * previous message was formatted into itself). */
+    CHECK_MSG(strstr(tl_errmsg(), other) && strstr(tl_errmsg(), "not a checkpoint") &&
+                  strstr(tl_errmsg(), "H5Fopen"),
+              "%s", tl_errmsg());
+
+    /* Saving over a file that is not a checkpoint is refused and keeps it. */
+    CHECK(tl_trainer_save(tr, other) == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), other) && strstr(tl_errmsg(), "not a thinklab checkpoint"),
+              "%s", tl_errmsg());
+    char kept[32] = {0};
+    f = fopen(other, "rb");
+    CHECK(f && fgets(kept, sizeof kept, f) && strcmp(kept, "not hdf5\n") == 0);
+    if (f)
+        fclose(f);
+
     remove(other);
     CHECK(tl_trainer_load(tr, other) == TL_ENOTFOUND);
     CHECK(strstr(tl_errmsg(), "not found") != NULL);
@@ -220,6 +236,9 @@ static void test_failed_save_keeps_previous(void)
     CHECK(tl_trainer_save(tr, path) == TL_EIO);
     CHECK_MSG(strstr(tl_errmsg(), path) != NULL, "%s", tl_errmsg());
     CHECK(files_equal(path, keep));
+    struct stat sb;
+    CHECK_MSG(stat(tmp, &sb) == 0 && S_ISDIR(sb.st_mode), "the failed save removed the "
+                                                           "user's folder '%s'", tmp);
     rmdir(tmp);
     tl_trainer_free(tr);
     tl_model_free(m);
@@ -271,12 +290,46 @@ static void test_divergence(void)
     remove(keep);
 }
 
+/* Steps beyond the run, and a save into a missing folder, get messages that
+ * name the path and the fix. */
+static void test_step_and_folder_messages(void)
+{
+    char path[512], want[1200];
+    tu_path(path, sizeof path, "train_steps.h5");
+    remove(path);
+    tl_model *m = model(9);
+    tl_train_config c = tu_config(5);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    for (int s = 0; s < 3 && tr; s++)
+        CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(tr && tl_trainer_save(tr, path) == TL_OK);
+    tl_train_config short_c = tu_config(2);
+    tl_trainer *ts = tl_trainer_new(m, &D.data, &short_c);
+    CHECK(ts && tl_trainer_load(ts, path) == TL_EINVAL);
+    snprintf(want, sizeof want, "checkpoint '%s' is at step 3, but this run has 2 steps; set "
+                                "steps above 3", path);
+    CHECK_MSG(strstr(tl_errmsg(), want), "%s", tl_errmsg());
+    tl_trainer_free(ts);
+
+    char nodir[600];
+    tu_path(nodir, sizeof nodir, "no_such_folder/ck.h5");
+    CHECK(tl_trainer_save(tr, nodir) == TL_ENOTFOUND);
+    snprintf(want, sizeof want, "cannot create checkpoint '%s': folder '", nodir);
+    CHECK_MSG(strncmp(tl_errmsg(), want, strlen(want)) == 0 &&
+                  strstr(tl_errmsg(), "no_such_folder' does not exist; create it"),
+              "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+}
+
 int main(void)
 {
     tu_data_load(&D);
     tu_run("test_resume_bit_exact", test_resume_bit_exact);
     tu_run("test_rejections", test_rejections);
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
+    tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");

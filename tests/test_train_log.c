@@ -183,10 +183,42 @@ static void test_log_contents(void)
     remove(path);
 }
 
+/* A run with a log and default record settings (no gradient records) still
+ * writes routing rows every log_routing_every = 10 steps: steps 0 and 10 of
+ * 20, and no gradient records. */
+static void test_routing_by_default(void)
+{
+    char path[512];
+    tu_path(path, sizeof path, "train_log_routing.h5");
+    tl_model *m = tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "causal", 33);
+    tl_train_config c = tu_config(20);
+    CHECK(c.log_grads_every == 0 && c.log_routing_every == 10);
+    c.log_path = path;
+    c.log_overwrite = true;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(f >= 0);
+    hsize_t dims[3] = {0, 0, 0};
+    CHECK(f >= 0 && dims_of(f, "routing/layers.1/mask", dims) == 3);
+    CHECK_MSG(dims[0] == 2, "routing rows: %llu, want 2", (unsigned long long)dims[0]);
+    int64_t steps[2] = {-1, -1};
+    CHECK(dims[0] == 2 && read_all(f, "routing/layers.1/step", H5T_NATIVE_INT64, steps));
+    CHECK(steps[0] == 0 && steps[1] == 10);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    CHECK(f >= 0 && H5Lexists(f, "grad_norms", H5P_DEFAULT) <= 0);
+    if (f >= 0)
+        H5Fclose(f);
+    tl_model_free(m);
+    remove(path);
+}
+
 int main(void)
 {
     tu_data_load(&D);
     tu_run("test_log_contents", test_log_contents);
+    tu_run("test_routing_by_default", test_routing_by_default);
     tu_data_free(&D);
     return gc_finish("train_log");
 }

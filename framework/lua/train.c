@@ -40,6 +40,7 @@ static const char *const trainer_keys[] = {
     "tokens",       "optimizer",      "schedule",      "clip",          "eval_every",
     "eval_batches", "seed",           "threads",       "callback",      "callback_every",
     "log",          "log_overwrite",  "log_flush_every", "log_grads_every", "log_token_seqs",
+    "log_routing_every",
     "checkpoint",   "checkpoint_every", "progress_every", "resume",      "name",
     NULL,
 };
@@ -211,6 +212,8 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     cfg->log_overwrite = tl_lua_opt_bool(L, t, w, "log_overwrite", false);
     cfg->log_flush_every = (int)tl_lua_opt_int(L, t, w, "log_flush_every", 0, 0, INT32_MAX);
     cfg->log_grads_every = tl_lua_opt_int(L, t, w, "log_grads_every", 0, 0, INT64_MAX);
+    cfg->log_routing_every = tl_lua_opt_int(L, t, w, "log_routing_every",
+                                            cfg->log_routing_every, 0, INT64_MAX);
     cfg->log_token_seqs =
         tl_lua_opt_int(L, t, w, "log_token_seqs", cfg->log_token_seqs, 0, cfg->batch_size);
     cfg->checkpoint_path = tl_lua_opt_str(L, t, w, "checkpoint", NULL);

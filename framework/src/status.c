@@ -1,5 +1,6 @@
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "thinklab/status.h"
 
@@ -34,10 +35,14 @@ tl_status tl_lasterr(void) { return tl_last; }
 
 tl_status tl_seterr(tl_status status, const char *fmt, ...)
 {
+    /* Format into a copy first: callers may pass tl_errmsg() as an argument,
+     * and vsnprintf into the buffer it reads from is undefined. */
+    char text[sizeof tl_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_message, sizeof tl_message, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(tl_message, text, sizeof text);
     tl_last = status;
     return status;
 }

@@ -109,6 +109,7 @@ E("optimizer lr type", {"trainer.optimizer.lr must be a finite number, got 'fast
 E("optimizer kind", {"trainer.optimizer.kind must be one of \"adamw\", \"sgd\""}, trainer, {optimizer = {kind = "adam"}})
 E("schedule kind", {"trainer.schedule.kind must be one of \"constant\", \"cosine\""}, trainer, {schedule = {kind = "linear"}})
 E("warmup too long", {"trainer.schedule.warmup 10 must be less than the 4 training steps"}, trainer, {schedule = {warmup = 10}})
+E("log_routing_every negative", {"trainer.log_routing_every"}, trainer, {log_routing_every = -1})
 E("min_lr above lr", {"min_lr"}, trainer, {optimizer = {lr = 1e-3}, schedule = {min_lr = 1e-2}})
 E("clip negative", {"trainer.clip must be >= 0, got -1"}, trainer, {clip = -1})
 E("callback type", {"trainer.callback must be a function(stats), got 'f'"}, trainer, {callback = "f"})
@@ -165,6 +166,17 @@ local other = thinklab.trainer{model = model({d_model = 32}), data = ds, steps =
 local ck = p.scratch .. "/small.h5"
 tr:save(ck)
 E("load checkpoint of another architecture", {"trainer:load"}, other.load, other, ck)
+local garbage = p.scratch .. "/garbage_checkpoint.h5"
+local fh = assert(io.open(garbage, "w"))
+fh:write("not hdf5\n")
+fh:close()
+E("load a file that is not a checkpoint", {"trainer:load", garbage, "not a checkpoint"}, tr.load, tr, garbage)
+E("save over a file that is not a checkpoint", {garbage, "not a thinklab checkpoint", "choose another path"},
+  tr.save, tr, garbage)
+fh = assert(io.open(garbage, "r"))
+H.check(fh:read("a") == "not hdf5\n", "the refused save kept the file")
+fh:close()
+os.remove(garbage)
 
 -- closing order: closing a model closes its trainers
 local m2 = model({})

@@ -31,7 +31,8 @@ const char *tl_status_name(tl_status status);
 /* Returns the message of the last failure on this thread, or "" if none. */
 const char *tl_errmsg(void);
 
-/* Stores a printf-formatted message for this thread and returns status. */
+/* Stores a printf-formatted message for this thread and returns status. The
+ * arguments may include tl_errmsg(): the message is formatted into a copy. */
 tl_status tl_seterr(tl_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

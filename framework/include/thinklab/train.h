@@ -112,6 +112,10 @@ typedef struct tl_train_config {
     /* K: steps between gradient records (per-parameter norms, per-token
      * per-layer norms) and routing records; 0 = none. */
     int64_t log_grads_every;
+    /* Steps between routing records (per-token router scores and selection
+     * masks of routed layers) when a log is open, besides those that come
+     * with the gradient records; 0 = only those (10). */
+    int64_t log_routing_every;
     int64_t log_token_seqs;   /* sequences of the batch whose per-token gradients are logged (1) */
 
     const char *checkpoint_path; /* NULL or "" for none */

@@ -134,6 +134,17 @@ static bool tl_log_meta_valid(const char *path, const tl_log_meta *meta)
     return true;
 }
 
+/* True if path is an HDF5 file whose root carries thinklab_log_version. */
+static bool tl_log_is_run_log(const char *path)
+{
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    bool yes = file >= 0 && H5Aexists(file, "thinklab_log_version") > 0;
+    if (file >= 0)
+        H5Fclose(file);
+    H5Eclear2(H5E_DEFAULT);
+    return yes;
+}
+
 tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
 {
     if (!tl_log_meta_valid(path, meta))
@@ -143,6 +154,11 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
     if (!meta->overwrite && access(path, F_OK) == 0) {
         tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path or set overwrite",
                   path);
+        return NULL;
+    }
+    if (meta->overwrite && access(path, F_OK) == 0 && !tl_log_is_run_log(path)) {
+        tl_seterr(TL_EIO, "run log '%s' exists and is not a thinklab run log; overwriting "
+                          "would destroy it: choose another path or delete the file", path);
         return NULL;
     }
 

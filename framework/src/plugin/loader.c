@@ -159,6 +159,12 @@ tl_plugin_lib *tl_plugin_open(const char *name_or_path)
     }
     if (strchr(name_or_path, '/')) {
         snprintf(lib->file, sizeof lib->file, "%s", name_or_path);
+        struct stat st;
+        if (stat(lib->file, &st) == 0 && S_ISDIR(st.st_mode)) {
+            tl_seterr(TL_EINVAL, "plugin path '%s' is a directory; give the %s file", lib->file,
+                      TL_PLUGIN_SUFFIX);
+            goto fail;
+        }
         if (!tl_file_exists(lib->file)) {
             tl_seterr(TL_ENOTFOUND, "plugin file %s not found; check the path", lib->file);
             goto fail;

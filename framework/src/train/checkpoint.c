@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "train/train_internal.h"
 
@@ -154,7 +155,52 @@ static tl_status arch_describe(const tl_params *p, char **names_out, int64_t **s
     return TL_OK;
 }
 
-static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path)
+/* A checkpoint may replace only a thinklab checkpoint: path must be missing or
+ * an HDF5 file with the format attribute, its folder must exist, and path.tmp
+ * must be missing or a regular file (a leftover of an interrupted save). */
+static tl_status check_target(const char *path, const char *tmp)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        char *folder = malloc(n + 1);
+        if (!folder)
+            return tl_seterr(TL_ENOMEM, "no memory for the checkpoint folder");
+        memcpy(folder, path, n);
+        folder[n] = '\0';
+        struct stat sb;
+        bool ok = stat(folder, &sb) == 0 && S_ISDIR(sb.st_mode);
+        if (!ok)
+            tl_seterr(TL_ENOTFOUND, "cannot create checkpoint '%s': folder '%s' does not exist; "
+                                    "create it or choose another path", path, folder);
+        free(folder);
+        if (!ok)
+            return TL_ENOTFOUND;
+    }
+    struct stat sb;
+    if (stat(tmp, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return tl_seterr(TL_EIO, "cannot create checkpoint '%s': '%s' exists and is not a "
+                                 "file; remove it or choose another path", path, tmp);
+    if (stat(path, &sb) != 0)
+        return TL_OK;
+    bool is_checkpoint = false;
+    if (S_ISREG(sb.st_mode)) {
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (file >= 0) {
+            is_checkpoint = H5Aexists(file, "thinklab_checkpoint_version") > 0;
+            H5Fclose(file);
+        }
+        H5Eclear2(H5E_DEFAULT);
+    }
+    if (!is_checkpoint)
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' exists and is not a thinklab checkpoint; "
+                                    "saving would destroy it: choose another path or delete "
+                                    "the file", path);
+    return TL_OK;
+}
+
+static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, bool *created)
 {
     tl_params *p = tr->params;
     int64_t numel = tl_params_numel(p);
@@ -167,6 +213,7 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path)
     hid_t file = -1, group = -1;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     CK_H5(path, file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    *created = true;
 
     int32_t version = TL_CHECKPOINT_FORMAT_VERSION;
     int64_t n_params = (int64_t)tl_params_count(p);
@@ -227,11 +274,15 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
         return tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
     snprintf(tmp, len, "%s.tmp", path);
 
-    tl_status st = write_file(tr, tmp, path);
+    tl_status st = check_target(path, tmp);
+    bool created = false;
+    if (st == TL_OK)
+        st = write_file(tr, tmp, path, &created);
     if (st == TL_OK && rename(tmp, path) != 0)
         st = tl_seterr(TL_EIO, "checkpoint '%s': renaming '%s' over it failed; the previous "
                                "checkpoint is unchanged", path, tmp);
-    if (st != TL_OK)
+    /* Remove only the file this save created, never something the user made. */
+    if (st != TL_OK && created)
         remove(tmp);
     free(tmp);
     return st;
@@ -463,7 +514,13 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
                        (long long)global, (long long)context);
         goto out;
     }
-    if (file_numel != numel || step < 0 || step > tr->cfg.steps || drawn < 0) {
+    if (step > tr->cfg.steps) {
+        st = tl_seterr(TL_EINVAL, "checkpoint '%s' is at step %lld, but this run has %lld steps; "
+                                  "set steps above %lld",
+                       path, (long long)step, (long long)tr->cfg.steps, (long long)step);
+        goto out;
+    }
+    if (file_numel != numel || step < 0 || drawn < 0) {
         st = tl_seterr(TL_EFORMAT, "checkpoint '%s': step %lld, batches_drawn %lld or numel "
                                    "%lld do not fit this run of %lld steps and %lld parameters",
                        path, (long long)step, (long long)drawn, (long long)file_numel,

@@ -23,6 +23,7 @@ tl_train_config tl_train_config_default(void)
         .eval_calibration_batches = 4,
         .seed = 1,
         .log_token_seqs = 1,
+        .log_routing_every = 10,
         .progress_every = 10,
         .callback_every = 1,
     };
@@ -69,6 +70,9 @@ tl_status tl_train_config_resolve(tl_train_config *c)
     if (c->log_grads_every < 0)
         return tl_seterr(TL_EINVAL, "log_grads_every %lld must be >= 0",
                          (long long)c->log_grads_every);
+    if (c->log_routing_every < 0)
+        return tl_seterr(TL_EINVAL, "log_routing_every %lld must be >= 0",
+                         (long long)c->log_routing_every);
     if (c->log_token_seqs < 0 || c->log_token_seqs > c->batch_size)
         return tl_seterr(TL_EINVAL, "log_token_seqs %lld must lie in [0, batch_size = %lld]",
                          (long long)c->log_token_seqs, (long long)c->batch_size);
@@ -291,6 +295,7 @@ void tl_train_config_json_into(tl_json *j, const char *key, const tl_train_confi
     tl_json_key_string(j, "log_path", c->log_path);
     tl_json_key_int(j, "log_flush_every", c->log_flush_every);
     tl_json_key_int(j, "log_grads_every", c->log_grads_every);
+    tl_json_key_int(j, "log_routing_every", c->log_routing_every);
     tl_json_key_int(j, "log_token_seqs", c->log_token_seqs);
     tl_json_key_string(j, "checkpoint_path", c->checkpoint_path);
     tl_json_key_int(j, "checkpoint_every", c->checkpoint_every);

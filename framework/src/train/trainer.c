@@ -197,11 +197,18 @@ tl_ctx *tl_trainer_ctx(tl_trainer *tr) { return tr->ctx; }
 tl_log *tl_trainer_log(tl_trainer *tr) { return tr->log; }
 tl_rng *tl_trainer_rng(tl_trainer *tr) { return &tr->rng; }
 
-/* Gradient and routing records are due every K steps, counted on the step
- * index before the update (step 0 included). */
+/* Gradient records are due every log_grads_every steps. Routing records are
+ * due every log_routing_every steps and with every gradient record. Both count
+ * on the step index before the update, step 0 included. */
 static bool records_due(const tl_trainer *tr)
 {
     return tr->log && tr->cfg.log_grads_every > 0 && tr->step % tr->cfg.log_grads_every == 0;
+}
+
+static bool routing_due(const tl_trainer *tr)
+{
+    return records_due(tr) || (tr->log && tr->cfg.log_routing_every > 0 &&
+                               tr->step % tr->cfg.log_routing_every == 0);
 }
 
 static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
@@ -234,8 +241,8 @@ tl_status tl_trainer_step(tl_trainer *tr)
     if (!ids || !targets)
         return tl_lasterr();
 
-    bool records = records_due(tr);
-    tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT, .collect_stats = records};
+    bool records = records_due(tr), routing = routing_due(tr);
+    tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT, .collect_stats = routing};
     tl_model_output out;
     st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
     if (st != TL_OK)
@@ -258,11 +265,10 @@ tl_status tl_trainer_step(tl_trainer *tr)
         if (st != TL_OK)
             return st;
     }
-    if (records) {
-        if ((st = tl_train_log_gradients(tr, &out)) != TL_OK ||
-            (st = tl_train_log_routing(tr)) != TL_OK)
-            return st;
-    }
+    if (records && (st = tl_train_log_gradients(tr, &out)) != TL_OK)
+        return st;
+    if (routing && (st = tl_train_log_routing(tr)) != TL_OK)
+        return st;
     double norm = tl_clip_grad_norm(tr->params, tr->cfg.clip_norm);
     if (!isfinite(norm))
         return diverged(tr, "gradient norm", norm, lr);
