@@ -1,0 +1,166 @@
+-- The main comparison: dense Transformer, Loop x4, ITT x4 (ratios 0.5),
+-- MoD (capacity 0.125) and a dense model about 3x larger, trained on the
+-- same tokens. Loop, ITT and MoD replace layers 1, 3, ... (from 0), as in
+-- the ITT paper (Chen et al., arXiv 2502.13842). They have the dense model's
+-- parameter count plus their router and step-encoding vectors.
+--
+--   build/bin/thinklab run experiments/compare.lua                 # quick, Tiny Shakespeare
+--   build/bin/thinklab run experiments/compare.lua setting=full seeds=1,2 out=experiments/results/full
+--   build/bin/thinklab run experiments/compare.lua corpus=wikitext models=dense,itt steps=500
+--   build/bin/thinklab run experiments/compare.lua train=false out=...   # tables and plots only
+--
+-- Every run writes <out>/<model>_s<seed>.h5 (HDF5 run log), appends one line
+-- to <out>/summary.tsv, and is evaluated under top-k and causal routing
+-- (and a calibrated threshold for routed models). Then the analysis scripts
+-- write comparison.md/.csv (one row per run), seeds.md/.csv (mean and
+-- spread per model), curves.png and routing plots into <out>.
+--
+-- A run that fails is reported and the others continue (keep_going=false
+-- stops at the first failure). Settings (sizes) are in common.lua.
+--
+-- Under a loaded machine run with OMP_WAIT_POLICY=passive: spinning OpenMP
+-- threads on oversubscribed cores made a 2-thread step 12x slower.
+local p = thinklab.params{
+  setting = "quick",     -- quick | full (common.lua); the fields below override it when nonzero
+  corpus = "shakespeare", -- shakespeare | wikitext | kjv
+  seeds = "1",           -- comma-separated list
+  models = "dense,loop,itt,mod,dense3x",
+  out = "",              -- results folder; empty = results/<setting>_<corpus> beside this script
+  steps = 0,
+  batch_size = 0,
+  context = 0,
+  d_model = 0,
+  n_head = 0,
+  n_layers = 0,
+  lr = 0.0,
+  warmup = 0,            -- 0 = a tenth of the steps
+  eval_every = 0,
+  eval_batches = 0,      -- validation batches of every evaluation (the same batches each time)
+  threads = 2,
+  bpe_vocab = 1024,      -- kjv only
+  data_dir = "",         -- empty = data/ beside this script
+  python = "/usr/bin/python3",
+  train = true,          -- false: only rebuild the tables and plots from <out>
+  analyze = true,
+  keep_going = true,
+  token_grads = true,    -- log per-token gradient norms 4 times per run
+  save_itt = true,       -- keep a checkpoint of each ITT run for elastic.lua
+}
+
+local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
+local E = dofile(here .. "/common.lua")
+local ok_setting, r = pcall(E.resolve, p)
+if not ok_setting then
+  io.stderr:write("compare.lua: " .. r .. "\n")
+  os.exit(2)
+end
+local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
+local out = p.out ~= "" and p.out or string.format("%s/results/%s_%s", here, p.setting, p.corpus)
+local seeds = E.list(p.seeds)
+local requested = {}
+for _, name in ipairs(E.list(p.models)) do requested[name] = true end
+local specs = {}
+for _, m in ipairs(E.models) do
+  if requested[m.name] then specs[#specs + 1] = m; requested[m.name] = nil end
+end
+for name in pairs(requested) do
+  io.stderr:write(string.format("compare.lua: unknown model '%s'; choose from dense, loop, itt, mod, dense3x\n", name))
+  os.exit(2)
+end
+E.mkdir(out)
+local summary_path = out .. "/summary.tsv"
+
+thinklab.threads(p.threads)
+print(thinklab.threads_info())
+local loadavg = "?"
+do
+  local f = io.open("/proc/loadavg")
+  if f then loadavg = f:read("*l") f:close() end
+end
+print(string.format("compare: setting %s, corpus %s, seeds %s, results in %s", p.setting, p.corpus,
+                    table.concat(seeds, ","), out))
+print(string.format("sizes: d_model %d, %d heads, %d layers, context %d, batch %d, %d steps, lr %g; load average %s",
+                    r.d_model, r.n_head, r.n_layers, r.context, r.batch_size, r.steps, r.lr, loadavg))
+
+local function run_one(m, seed, data, tok)
+  return E.train_run(m, seed, data, tok, r, {out = out, threads = p.threads, warmup = p.warmup,
+                                            token_grads = p.token_grads, save_itt = p.save_itt})
+end
+
+local failures = {}
+if p.train then
+  local ok, data, tok, desc = pcall(E.load_corpus, p.corpus, data_dir, p.bpe_vocab)
+  if not ok then
+    io.stderr:write("compare.lua: loading the corpus failed: " .. tostring(data) .. "\n")
+    os.exit(1)
+  end
+  print(desc)
+  local t_all = E.now()
+  for _, seed in ipairs(seeds) do
+    for _, m in ipairs(specs) do
+      local ok_run, row = pcall(run_one, m, seed, data, tok)
+      if ok_run then
+        E.append_summary(summary_path, row)
+      else
+        local msg = string.format("%s seed %d failed: %s", m.label, seed, tostring(row))
+        io.stderr:write("compare.lua: " .. msg .. "\n")
+        failures[#failures + 1] = msg
+        if not p.keep_going then
+          io.stderr:write("compare.lua: stopping (keep_going=false)\n")
+          os.exit(1)
+        end
+      end
+      collectgarbage()
+    end
+  end
+  print(string.format("\ntrained %d runs in %.0f s (%d failed)", #seeds * #specs - #failures, E.now() - t_all,
+                      #failures))
+end
+
+if p.analyze then
+  local rows = E.read_summary(summary_path)
+  if #rows == 0 then
+    io.stderr:write("compare.lua: no finished runs in " .. summary_path .. "\n")
+    os.exit(1)
+  end
+  local order = {}
+  for _, m in ipairs(E.models) do order[#order + 1] = m.name end
+  local md = E.write_seed_table(rows, order, out .. "/seeds.md", out .. "/seeds.csv",
+                                string.format("%s, setting %s, %d steps of %d x %d tokens, d_model %d",
+                                              p.corpus, p.setting, r.steps, r.batch_size, r.context, r.d_model))
+  print("\n" .. md)
+  local logs, routed = {}, {}
+  for _, row in ipairs(rows) do
+    if E.exists(row.log) then
+      logs[#logs + 1] = "'" .. row.log .. "'"
+      if row.model == "itt" or row.model == "mod" then routed[#routed + 1] = "'" .. row.log .. "'" end
+    end
+  end
+  local an = here .. "/../analysis"
+  local py = p.python
+  local steps_ok = {
+    E.sh(string.format("%s %s/compare_runs.py -o '%s/comparison' %s", py, an, out, table.concat(logs, " "))),
+    E.sh(string.format("%s %s/plot_curves.py -o '%s/curves.png' %s", py, an, out, table.concat(logs, " "))),
+  }
+  if #routed > 0 then
+    steps_ok[#steps_ok + 1] = E.sh(string.format("%s %s/plot_routing.py -o '%s' %s", py, an, out,
+                                                 table.concat(routed, " ")))
+  end
+  if p.token_grads and #routed > 0 then
+    steps_ok[#steps_ok + 1] = E.sh(string.format("%s %s/plot_token_grads.py -o '%s' %s", py, an, out,
+                                                 table.concat(routed, " ")))
+  end
+  for i, ok in ipairs(steps_ok) do
+    if not ok then failures[#failures + 1] = "analysis command " .. i .. " failed (see above)" end
+  end
+  print("\nresults in " .. out .. ":")
+  print("  per-seed summary  " .. summary_path)
+  print("  per-model table   " .. out .. "/seeds.md, seeds.csv")
+  print("  per-run table     " .. out .. "/comparison.md, comparison.csv")
+  print("  plots             " .. out .. "/*.png")
+end
+
+if #failures > 0 then
+  io.stderr:write("compare.lua: " .. #failures .. " problem(s):\n  " .. table.concat(failures, "\n  ") .. "\n")
+  os.exit(1)
+end
