@@ -167,6 +167,10 @@ static void test_log_contents(void)
     const char *expect_json[] = {
         "\"train\": {\"batch_size\": 8",
         "\"plugin\": \"itt\"",
+        /* Resolved layer options: the settings given and the defaults. */
+        "\"plugin\": \"itt\", \"options\": {\"steps\": 2, \"ratios\": [0.5",
+        "\"routing\": \"causal\"",
+        "\"rtc_add\": \"block\"",
         "\"experiment\": {\"note\": \"itt routing causal\"}}",
         "\"beta1\": 0.9, \"beta2\": 0.95, \"eps\": 1e-08",
         "\"plugins\": {\"transformer\": \"1.0\", \"itt\": \"1.0\"}",

@@ -60,6 +60,9 @@ tl_params *tl_model_params(tl_model *m);
 int tl_model_n_layers(const tl_model *m);
 /* Name of the plugin that built layer l (its descriptor's name). */
 const char *tl_model_layer_plugin(const tl_model *m, int l);
+/* Resolved options of layer l (defaults overridden by its settings), or NULL
+ * for an invalid l. Valid while the model lives. */
+const tl_opt_table *tl_model_layer_options(const tl_model *m, int l);
 
 typedef struct tl_model_output {
     tl_tensor *logits;     /* (B, T, V) */

@@ -84,16 +84,16 @@ static tl_status tl_model_add_layer(tl_model *m, int l, const tl_layer_spec *spe
         return tl_layer_error(l, NULL);
     layer->plugin = tl_plugin_desc(layer->lib);
 
-    tl_opt_table opts;
+    tl_opt_table *opts = &layer->opts;
     tl_status st = tl_plugin_options(layer->plugin, spec ? spec->options : NULL,
-                                     spec ? spec->n_options : 0, &opts);
+                                     spec ? spec->n_options : 0, opts);
     if (st != TL_OK)
         return tl_layer_error(l, NULL);
 
     tl_layer_dims dims = {.block = m->block, .layer_index = l, .context = m->cfg.context};
     char prefix[32];
     snprintf(prefix, sizeof prefix, "layers.%d", l);
-    layer->state = layer->plugin->create(&opts, &dims, m->params, prefix);
+    layer->state = layer->plugin->create(opts, &dims, m->params, prefix);
     if (!layer->state)
         return tl_layer_error(l, layer->plugin->header.name);
     return TL_OK;
@@ -181,6 +181,11 @@ int tl_model_n_layers(const tl_model *m) { return m->n_layers; }
 const char *tl_model_layer_plugin(const tl_model *m, int l)
 {
     return l >= 0 && l < m->n_layers ? m->layers[l].plugin->header.name : NULL;
+}
+
+const tl_opt_table *tl_model_layer_options(const tl_model *m, int l)
+{
+    return l >= 0 && l < m->n_layers ? &m->layers[l].opts : NULL;
 }
 
 /* Token embeddings, plus learned absolute positions in GPT-2 style. */

@@ -8,6 +8,7 @@ typedef struct tl_model_layer {
     tl_plugin_lib *lib;
     const tl_plugin *plugin;
     void *state;
+    tl_opt_table opts; /* resolved options; specs point into the loaded plugin */
 } tl_model_layer;
 
 /* Router scores one routing decision saw under top-k during calibration. */

@@ -8,6 +8,8 @@
 #include "model/model_internal.h"
 #include "train/train_internal.h"
 
+static void layer_options_json(tl_json *j, const tl_opt_table *t);
+
 /* Distinct plugins of the model's layers, in first-use order. */
 typedef struct plugin_list {
     int n;
@@ -72,16 +74,46 @@ static void model_json(tl_json *j, const tl_model *model, int64_t T)
      * steps at their configured ratios). */
     tl_json_key_double(j, "flops_per_token", tl_model_flops_per_token(model, T));
 
-    /* NOTE: the model does not keep its layers' resolved option tables, so
-     * only each layer's plugin is recorded here. A caller with the full layer
-     * settings passes them in tl_train_config.experiment_json. */
+    /* Every layer's plugin with all of its resolved options, defaults
+     * included, so that the log alone tells what was trained. */
     tl_json_begin_array(j, "layers");
     for (int l = 0; l < mc->n_layers; l++) {
         tl_json_begin(j, NULL);
         tl_json_key_string(j, "plugin", tl_model_layer_plugin(model, l));
+        layer_options_json(j, tl_model_layer_options(model, l));
         tl_json_end(j);
     }
     tl_json_end_array(j);
+    tl_json_end(j);
+}
+
+/* Writes "options": {name: value, ...} for one layer's resolved options. */
+static void layer_options_json(tl_json *j, const tl_opt_table *t)
+{
+    tl_json_begin(j, "options");
+    for (int i = 0; t && i < t->n; i++) {
+        const char *name = t->specs[i].name;
+        const tl_opt_value *v = &t->values[i];
+        switch (v->type) {
+        case TL_OPT_BOOL: tl_json_key_bool(j, name, v->b); break;
+        case TL_OPT_INT: tl_json_key_int(j, name, v->i); break;
+        case TL_OPT_FLOAT: tl_json_key_double(j, name, v->f); break;
+        case TL_OPT_STRING:
+        case TL_OPT_ENUM: tl_json_key_string(j, name, v->s); break;
+        case TL_OPT_FLOAT_LIST: {
+            char list[TL_OPT_LIST_MAX * 32 + 4];
+            size_t n = 0;
+            n += (size_t)snprintf(list + n, sizeof list - n, "[");
+            for (int k = 0; k < v->n && n < sizeof list; k++)
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%.17g", k ? ", " : "", v->list[k]);
+            if (n < sizeof list)
+                snprintf(list + n, sizeof list - n, "]");
+            tl_json_key_raw(j, name, list);
+            break;
+        }
+        case TL_OPT_TYPE_COUNT: break;
+        }
+    }
     tl_json_end(j);
 }
 
