@@ -80,38 +80,14 @@ print(string.format("ablations: setting %s, corpus %s, seeds %s, results in %s",
 
 local failures = {}
 if p.train then
-  local ok, data, tok, desc = pcall(E.load_corpus, p.corpus, data_dir, p.bpe_vocab)
-  if not ok then
-    io.stderr:write("ablations.lua: loading the corpus failed: " .. tostring(data) .. "\n")
-    os.exit(1)
+  local function run(v, seed, data, tok)
+    return E.train_run(v, seed, data, tok, r, {out = out, threads = p.threads, warmup = p.warmup, token_grads = false})
   end
-  print(desc)
-  local t_all = E.now()
-  for _, seed in ipairs(seeds) do
-    for _, v in ipairs(specs) do
-      local ok_run, row = pcall(E.train_run, v, seed, data, tok, r,
-                                {out = out, threads = p.threads, warmup = p.warmup, token_grads = false})
-      if ok_run then
-        E.append_summary(summary_path, row)
-      else
-        local msg = string.format("%s seed %d failed: %s", v.label, seed, tostring(row))
-        io.stderr:write("ablations.lua: " .. msg .. "\n")
-        failures[#failures + 1] = msg
-        if not p.keep_going then os.exit(1) end
-      end
-      collectgarbage()
-    end
-  end
-  print(string.format("\ntrained %d runs in %.0f s (%d failed)", #seeds * #specs - #failures, E.now() - t_all,
-                      #failures))
+  E.train_all("ablations.lua", p, specs, seeds, summary_path, data_dir, run, failures)
 end
 
 if p.analyze then
-  local rows = E.read_summary(summary_path)
-  if #rows == 0 then
-    io.stderr:write("ablations.lua: no finished runs in " .. summary_path .. "\n")
-    os.exit(1)
-  end
+  local rows = E.finished_rows("ablations.lua", summary_path)
   local order = {}
   for _, v in ipairs(variants) do order[#order + 1] = v.name end
   print("\n" .. E.write_seed_table(rows, order, out .. "/seeds.md", out .. "/seeds.csv",
@@ -133,7 +109,4 @@ if p.analyze then
   print("\nresults in " .. out .. " (seeds.md, comparison.md, curves.png)")
 end
 
-if #failures > 0 then
-  io.stderr:write("ablations.lua: " .. #failures .. " problem(s):\n  " .. table.concat(failures, "\n  ") .. "\n")
-  os.exit(1)
-end
+E.exit_on_failures("ablations.lua", failures)

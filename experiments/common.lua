@@ -230,6 +230,58 @@ function E.write_seed_table(rows, order, md_path, csv_path, title)
   return table.concat(md, "\n")
 end
 
+-- Trains every spec for every seed and appends each finished run to
+-- summary_path. run(spec, seed, data, tok) trains one model and returns its
+-- summary row. A failed run is reported on stderr and recorded in failures;
+-- with keep_going false the script exits at the first failure. script names
+-- the caller in messages.
+function E.train_all(script, p, specs, seeds, summary_path, data_dir, run, failures)
+  local ok, data, tok, desc = pcall(E.load_corpus, p.corpus, data_dir, p.bpe_vocab)
+  if not ok then
+    io.stderr:write(script .. ": loading the corpus failed: " .. tostring(data) .. "\n")
+    os.exit(1)
+  end
+  print(desc)
+  local t_all = E.now()
+  for _, seed in ipairs(seeds) do
+    for _, spec in ipairs(specs) do
+      local ok_run, row = pcall(run, spec, seed, data, tok)
+      if ok_run then
+        E.append_summary(summary_path, row)
+      else
+        local msg = string.format("%s seed %d failed: %s", spec.label, seed, tostring(row))
+        io.stderr:write(script .. ": " .. msg .. "\n")
+        failures[#failures + 1] = msg
+        if not p.keep_going then
+          io.stderr:write(script .. ": stopping (keep_going=false)\n")
+          os.exit(1)
+        end
+      end
+      collectgarbage()
+    end
+  end
+  print(string.format("\ntrained %d runs in %.0f s (%d failed)", #seeds * #specs - #failures, E.now() - t_all,
+                      #failures))
+end
+
+-- Returns the finished runs of summary_path, or exits when there are none.
+function E.finished_rows(script, summary_path)
+  local rows = E.read_summary(summary_path)
+  if #rows == 0 then
+    io.stderr:write(script .. ": no finished runs in " .. summary_path .. "\n")
+    os.exit(1)
+  end
+  return rows
+end
+
+-- Exits with status 1 after listing failures, if there are any.
+function E.exit_on_failures(script, failures)
+  if #failures > 0 then
+    io.stderr:write(script .. ": " .. #failures .. " problem(s):\n  " .. table.concat(failures, "\n  ") .. "\n")
+    os.exit(1)
+  end
+end
+
 -- Trains model spec m with seed on data under the resolved sizes r, logs to
 -- <o.out>/<m.name>_s<seed>.h5 and evaluates under top-k, causal and
 -- calibrated routing (the last two for routed models). Returns the summary

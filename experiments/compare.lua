@@ -89,40 +89,11 @@ end
 
 local failures = {}
 if p.train then
-  local ok, data, tok, desc = pcall(E.load_corpus, p.corpus, data_dir, p.bpe_vocab)
-  if not ok then
-    io.stderr:write("compare.lua: loading the corpus failed: " .. tostring(data) .. "\n")
-    os.exit(1)
-  end
-  print(desc)
-  local t_all = E.now()
-  for _, seed in ipairs(seeds) do
-    for _, m in ipairs(specs) do
-      local ok_run, row = pcall(run_one, m, seed, data, tok)
-      if ok_run then
-        E.append_summary(summary_path, row)
-      else
-        local msg = string.format("%s seed %d failed: %s", m.label, seed, tostring(row))
-        io.stderr:write("compare.lua: " .. msg .. "\n")
-        failures[#failures + 1] = msg
-        if not p.keep_going then
-          io.stderr:write("compare.lua: stopping (keep_going=false)\n")
-          os.exit(1)
-        end
-      end
-      collectgarbage()
-    end
-  end
-  print(string.format("\ntrained %d runs in %.0f s (%d failed)", #seeds * #specs - #failures, E.now() - t_all,
-                      #failures))
+  E.train_all("compare.lua", p, specs, seeds, summary_path, data_dir, run_one, failures)
 end
 
 if p.analyze then
-  local rows = E.read_summary(summary_path)
-  if #rows == 0 then
-    io.stderr:write("compare.lua: no finished runs in " .. summary_path .. "\n")
-    os.exit(1)
-  end
+  local rows = E.finished_rows("compare.lua", summary_path)
   local order = {}
   for _, m in ipairs(E.models) do order[#order + 1] = m.name end
   local md = E.write_seed_table(rows, order, out .. "/seeds.md", out .. "/seeds.csv",
@@ -160,7 +131,4 @@ if p.analyze then
   print("  plots             " .. out .. "/*.png")
 end
 
-if #failures > 0 then
-  io.stderr:write("compare.lua: " .. #failures .. " problem(s):\n  " .. table.concat(failures, "\n  ") .. "\n")
-  os.exit(1)
-end
+E.exit_on_failures("compare.lua", failures)
