@@ -45,7 +45,7 @@ def open_log(path):
 
 
 def config(f):
-    """The run's resolved configuration as a dict ({} if absent)."""
+    """Return the run's resolved configuration as a dict ({} if absent)."""
     if "meta/config_json" not in f:
         return {}
     text = f["meta/config_json"].asstr()[()]
@@ -56,7 +56,7 @@ def config(f):
 
 
 def run_name(f, path):
-    """A short label for plots: the config's name (top level, or "name" in
+    """Return a short label for plots: the config's name (top level, or "name" in
     the experiment object that trainer{name = ...} writes), else the file's
     stem."""
     cfg = config(f)
@@ -68,7 +68,7 @@ def run_name(f, path):
 
 
 def param_count(f):
-    """The model's parameter count as the trainer recorded it, or None.
+    """Return the model's parameter count as the trainer recorded it, or None.
 
     The trainer writes it into the configuration JSON as model.parameters.
     """
@@ -77,7 +77,7 @@ def param_count(f):
 
 
 def train_flops_per_token(f):
-    """Training FLOPs per token (forward plus backward, as counted by the ops),
+    """Return training FLOPs per token (forward plus backward, as counted by the ops),
     averaged over the logged steps, or None.
 
     /train/flops holds each step's FLOPs; a step trains batch_size x context
@@ -91,7 +91,7 @@ def train_flops_per_token(f):
 
 
 def strings(ds):
-    """A string dataset as a list of str."""
+    """Return a string dataset as a list of str."""
     return [s for s in ds.asstr()[...]]
 
 

@@ -167,7 +167,7 @@ static void check_itt_off_is_loop(tl_block_style style)
         CHECK(st.token_passes[i] == 4);
     CHECK(tl_params_find(itt.params, "layers.0.router.1") == NULL);
 
-    /* With RTC on (the paper's no-ATR ablation) the result must differ. */
+    /* With RTC on (the no-ATR ablation: every step re-adds the state) the result must differ. */
     tl_opt_setting no_atr[] = {{"no_atr", tl_optv_bool(true)}};
     pl_layer rtc;
     if (make(&rtc, "itt", no_atr, 1, style) == 0) {

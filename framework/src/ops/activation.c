@@ -13,6 +13,9 @@ enum { TL_ACT_PARALLEL_MIN = 32768 };
 /* sqrt(2/pi) and the cubic coefficient of GPT-2's tanh approximation. */
 static const float TL_GELU_K = 0.7978845608028654f;
 static const float TL_GELU_C = 0.044715f;
+
+/* u = sqrt(2/pi) (x + 0.044715 x^3), the argument of tanh in GELU's tanh form. */
+static inline float tl_gelu_tanh_arg(float x) { return TL_GELU_K * (x + TL_GELU_C * x * x * x); }
 /* 1/sqrt(2) and 1/sqrt(2*pi) for the erf form. */
 static const float TL_SQRT1_2 = 0.7071067811865476f;
 static const float TL_INV_SQRT_2PI = 0.3989422804014327f;
@@ -37,7 +40,7 @@ static void tl_act_forward(tl_act kind, const float *restrict x, float *restrict
 #pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float xi = x[i];
-            float u = TL_GELU_K * (xi + TL_GELU_C * xi * xi * xi);
+            float u = tl_gelu_tanh_arg(xi);
             y[i] = xi / (1.0f + tl_vexpf(-2.0f * u));
         }
         break;
@@ -77,7 +80,7 @@ static void tl_act_backward(tl_act kind, const float *restrict x, const float *r
 #pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float xi = x[i];
-            float u = TL_GELU_K * (xi + TL_GELU_C * xi * xi * xi);
+            float u = tl_gelu_tanh_arg(xi);
             float s = tl_vsigmoidf(2.0f * u);
             float du = TL_GELU_K * (1.0f + 3.0f * TL_GELU_C * xi * xi);
             dx[i] += dy[i] * (s + 2.0f * xi * s * (1.0f - s) * du);
