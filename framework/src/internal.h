@@ -42,6 +42,13 @@ void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done);
 bool tl_ctx_backward_done(const tl_ctx *ctx);
 bool tl_ctx_alloc_failed(const tl_ctx *ctx);
 
+/* Sends the parameter gradients this context accumulates to grads, a buffer
+ * laid out like tl_params_grads(p), instead of the store's own; NULL undoes
+ * it. Data-parallel shards use this to backpropagate at the same time. */
+void tl_ctx_redirect_grads(tl_ctx *ctx, const tl_params *p, float *grads);
+/* Gradient buffer of parameter t under the redirection above. */
+float *tl_ctx_param_grad(const tl_ctx *ctx, const tl_tensor *t);
+
 /* Arena tensor with the shape of x (dtype float32). */
 tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
 
@@ -70,6 +77,23 @@ void tl_tanh_backward(tl_ctx *ctx, tl_node *node);
 void tl_swiglu_backward(tl_ctx *ctx, tl_node *node);
 void tl_cross_entropy_backward(tl_ctx *ctx, tl_node *node);
 void tl_bce_logits_backward(tl_ctx *ctx, tl_node *node);
+
+/* Hot loops are compiled three times, for x86-64-v4 (AVX-512), x86-64-v3
+ * (AVX2 and FMA) and baseline x86-64, and the dynamic loader picks the best
+ * version the CPU runs (an ifunc). The default build thus runs on any x86-64
+ * and still gets wide vectors. When the whole build already targets AVX-512
+ * (TL_NATIVE on such a CPU) one version is enough. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    !defined(__AVX512F__)
+#define TL_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TL_MULTIVERSION
+#endif
+
+/* The calling thread's share [*lo, *hi) of n elements inside a parallel
+ * region: contiguous, in thread order, split at multiples of 16 elements so
+ * that every share but the last starts on a 64-byte line of float data. */
+void tl_thread_range(int64_t n, int64_t *lo, int64_t *hi);
 
 #define TL_ANY_NULL2(a, b) ((a) == NULL || (b) == NULL)
 #define TL_ANY_NULL3(a, b, c) ((a) == NULL || (b) == NULL || (c) == NULL)

@@ -3,6 +3,9 @@
 
 #include "internal.h"
 
+/* Parameters below which the update stays on one thread. */
+enum { TL_OPTIM_PARALLEL_MIN = 1 << 16 };
+
 tl_optim_config tl_optim_default(void)
 {
     return (tl_optim_config){
@@ -27,6 +30,40 @@ tl_status tl_optim_validate(const tl_optim_config *c)
     return TL_OK;
 }
 
+/* AdamW on n elements: x = x decay - step_size m_hat / (sqrt(v_hat) + eps),
+ * with the bias corrections folded into step_size and inv_sqrt_bc2. */
+TL_MULTIVERSION
+static void tl_adamw_range(float *restrict x, const float *restrict g, float *restrict m,
+                           float *restrict v, int64_t n, const tl_optim_config *c, float decay,
+                           float step_size, float inv_sqrt_bc2)
+{
+    float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        float denom = sqrtf(v[j]) * inv_sqrt_bc2 + eps;
+        x[j] = x[j] * decay - step_size * m[j] / denom;
+    }
+}
+
+/* SGD on n elements, with heavy-ball momentum when mu > 0. */
+static void tl_sgd_range(float *restrict x, const float *restrict g, float *restrict m, int64_t n,
+                         float mu, float decay, float lr)
+{
+    if (mu > 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            m[j] = mu * m[j] + g[j];
+            x[j] = x[j] * decay - lr * m[j];
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++)
+            x[j] = x[j] * decay - lr * g[j];
+    }
+}
+
 tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_t step)
 {
     if (!tl_params_data(p))
@@ -43,32 +80,24 @@ tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_
     float step_size = (float)(lr / bc1);
     float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
 
-    for (size_t i = 0; i < tl_params_count(p); i++) {
+    size_t count = tl_params_count(p);
+    bool parallel = tl_params_numel(p) > TL_OPTIM_PARALLEL_MIN;
+    /* One parallel region for all parameters; each thread updates its share
+     * of every parameter, and the shares are disjoint, so nothing waits. */
+#pragma omp parallel if (parallel)
+    for (size_t i = 0; i < count; i++) {
         unsigned flags = tl_params_flags_at(p, i);
         if (flags & TL_PARAM_FROZEN)
             continue;
-        int64_t off = tl_params_offset(p, i), n = tl_numel(tl_params_at(p, i));
+        int64_t lo, hi, off = tl_params_offset(p, i);
+        tl_thread_range(tl_numel(tl_params_at(p, i)), &lo, &hi);
+        off += lo;
         float decay = (flags & TL_PARAM_DECAY) ? 1.0f - lr * c->weight_decay : 1.0f;
-        float *x = data + off, *g = grad + off, *mi = m + off, *vi = v + off;
-        if (c->kind == TL_OPTIM_ADAMW) {
-            float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
-            for (int64_t j = 0; j < n; j++) {
-                mi[j] = b1 * mi[j] + (1.0f - b1) * g[j];
-                vi[j] = b2 * vi[j] + (1.0f - b2) * g[j] * g[j];
-                float denom = sqrtf(vi[j]) * inv_sqrt_bc2 + eps;
-                x[j] = x[j] * decay - step_size * mi[j] / denom;
-            }
-        } else {
-            float mu = c->momentum;
-            for (int64_t j = 0; j < n; j++) {
-                float d = g[j];
-                if (mu > 0) {
-                    mi[j] = mu * mi[j] + d;
-                    d = mi[j];
-                }
-                x[j] = x[j] * decay - lr * d;
-            }
-        }
+        if (c->kind == TL_OPTIM_ADAMW)
+            tl_adamw_range(data + off, grad + off, m + off, v + off, hi - lo, c, decay, step_size,
+                           inv_sqrt_bc2);
+        else
+            tl_sgd_range(data + off, grad + off, m + off, hi - lo, c->momentum, decay, lr);
     }
     return TL_OK;
 }
@@ -94,6 +123,7 @@ double tl_clip_grad_norm(tl_params *p, double max_norm)
         float scale = (float)(max_norm / (norm + 1e-6));
         float *g = tl_params_grads(p);
         int64_t n = tl_params_numel(p);
+#pragma omp parallel for simd if (n > TL_OPTIM_PARALLEL_MIN) schedule(static)
         for (int64_t j = 0; j < n; j++)
             g[j] *= scale;
     }

@@ -6,7 +6,7 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include "thinklab/threads.h"
+#include "internal.h"
 
 static int tl_nthreads = 0; /* 0 until tl_threads_set() runs */
 
@@ -28,6 +28,7 @@ int tl_threads_set(int n)
         n = cores;
     tl_nthreads = n;
     omp_set_num_threads(n);
+    omp_set_max_active_levels(1);
     openblas_set_num_threads(n);
     return n;
 }
@@ -55,4 +56,13 @@ char *tl_threads_describe(char *buf, size_t size)
              tl_cores_available(), len, version,
              p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown");
     return buf;
+}
+
+void tl_thread_range(int64_t n, int64_t *lo, int64_t *hi)
+{
+    int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t lines = (n + 15) / 16;
+    int64_t a = lines * t / nt * 16, b = lines * (t + 1) / nt * 16;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
 }

@@ -28,16 +28,18 @@ typedef enum { TL_ACT_SILU, TL_ACT_GELU_TANH, TL_ACT_GELU_ERF, TL_ACT_SIGMOID, T
  * GELU with the tanh approximation uses 0.5 x (1 + tanh u) = x sigmoid(2u),
  * u = sqrt(2/pi) (x + 0.044715 x^3): one exp per element, and for very
  * negative x exp(-2u) overflows to inf and y is -0 instead of NaN. */
-static void tl_act_forward(tl_act kind, const float *restrict x, float *restrict y, int64_t n)
+TL_MULTIVERSION
+static void tl_act_forward_range(tl_act kind, const float *restrict x, float *restrict y,
+                                 int64_t n)
 {
     switch (kind) {
     case TL_ACT_SILU:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++)
             y[i] = x[i] / (1.0f + tl_vexpf(-x[i]));
         break;
     case TL_ACT_GELU_TANH:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             float xi = x[i];
             float u = tl_gelu_tanh_arg(xi);
@@ -46,17 +48,16 @@ static void tl_act_forward(tl_act kind, const float *restrict x, float *restrict
         break;
     case TL_ACT_GELU_ERF:
         /* erff stays a libm call: this loop is not vectorised. */
-#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++)
             y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * TL_SQRT1_2));
         break;
     case TL_ACT_SIGMOID:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++)
             y[i] = tl_vsigmoidf(x[i]);
         break;
     case TL_ACT_TANH:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++)
             y[i] = tl_vtanhf(x[i]);
         break;
@@ -64,12 +65,13 @@ static void tl_act_forward(tl_act kind, const float *restrict x, float *restrict
 }
 
 /* dx += dy * f'(x), given the forward output y. */
-static void tl_act_backward(tl_act kind, const float *restrict x, const float *restrict y,
-                            const float *restrict dy, float *restrict dx, int64_t n)
+TL_MULTIVERSION
+static void tl_act_backward_range(tl_act kind, const float *restrict x, const float *restrict y,
+                                  const float *restrict dy, float *restrict dx, int64_t n)
 {
     switch (kind) {
     case TL_ACT_SILU:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             float s = tl_vsigmoidf(x[i]);
             dx[i] += dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
@@ -77,7 +79,7 @@ static void tl_act_backward(tl_act kind, const float *restrict x, const float *r
         break;
     case TL_ACT_GELU_TANH:
         /* With s = sigmoid(2u): d/dx x s = s + 2 x s (1 - s) du/dx. */
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             float xi = x[i];
             float u = tl_gelu_tanh_arg(xi);
@@ -87,7 +89,6 @@ static void tl_act_backward(tl_act kind, const float *restrict x, const float *r
         }
         break;
     case TL_ACT_GELU_ERF:
-#pragma omp parallel for if (n > TL_ACT_PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float xi = x[i];
             float d = 0.5f * (1.0f + erff(xi * TL_SQRT1_2)) +
@@ -96,15 +97,37 @@ static void tl_act_backward(tl_act kind, const float *restrict x, const float *r
         }
         break;
     case TL_ACT_SIGMOID:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++)
             dx[i] += dy[i] * (y[i] * (1.0f - y[i]));
         break;
     case TL_ACT_TANH:
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
+#pragma omp simd
         for (int64_t i = 0; i < n; i++)
             dx[i] += dy[i] * (1.0f - y[i] * y[i]);
         break;
+    }
+}
+
+/* The range kernels above run on each thread's share of the elements. */
+static void tl_act_forward(tl_act kind, const float *x, float *y, int64_t n)
+{
+#pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
+    {
+        int64_t lo, hi;
+        tl_thread_range(n, &lo, &hi);
+        tl_act_forward_range(kind, x + lo, y + lo, hi - lo);
+    }
+}
+
+static void tl_act_backward(tl_act kind, const float *x, const float *y, const float *dy, float *dx,
+                            int64_t n)
+{
+#pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
+    {
+        int64_t lo, hi;
+        tl_thread_range(n, &lo, &hi);
+        tl_act_backward_range(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo);
     }
 }
 
@@ -163,6 +186,37 @@ void tl_tanh_backward(tl_ctx *ctx, tl_node *node) { tl_unary_backward(ctx, node)
 
 /* ---- swiglu ------------------------------------------------------------------ */
 
+/* y = silu(a) * b on n elements. */
+TL_MULTIVERSION
+static void tl_swiglu_range(const float *restrict a, const float *restrict b, float *restrict y,
+                            int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a[i] * tl_vsigmoidf(a[i]) * b[i];
+}
+
+/* da += dy * b * silu'(a) and db += dy * silu(a) on n elements; da or db may
+ * be NULL. Two loops rather than tests inside one, so each vectorises. */
+TL_MULTIVERSION
+static void tl_swiglu_backward_range(const float *restrict a, const float *restrict b,
+                                     const float *restrict dy, float *restrict da,
+                                     float *restrict db, int64_t n)
+{
+    if (da) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            float s = tl_vsigmoidf(a[i]);
+            da[i] += dy[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
+        }
+    }
+    if (db) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++)
+            db[i] += dy[i] * a[i] * tl_vsigmoidf(a[i]);
+    }
+}
+
 tl_tensor *tl_swiglu(tl_ctx *ctx, tl_tensor *a, tl_tensor *b)
 {
     if (TL_ANY_NULL2(a, b))
@@ -181,9 +235,12 @@ tl_tensor *tl_swiglu(tl_ctx *ctx, tl_tensor *a, tl_tensor *b)
     const float *as = tl_f32(a), *bs = tl_f32(b);
     float *y = tl_f32(out);
     int64_t n = tl_numel(a);
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        y[i] = as[i] * tl_vsigmoidf(as[i]) * bs[i];
+#pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
+    {
+        int64_t lo, hi;
+        tl_thread_range(n, &lo, &hi);
+        tl_swiglu_range(as + lo, bs + lo, y + lo, hi - lo);
+    }
     tl_count_flops(ctx, TL_OP_SWIGLU, 5.0 * (double)n);
     tl_record(ctx, TL_OP_SWIGLU, out, 2, (tl_tensor *[]){a, b});
     return out;
@@ -196,18 +253,12 @@ void tl_swiglu_backward(tl_ctx *ctx, tl_node *node)
     float *da = tl_grad(ctx, a), *db = tl_grad(ctx, b);
     const float *as = tl_f32(a), *bs = tl_f32(b), *dy = node->out->grad;
     int64_t n = tl_numel(a);
-    /* Two loops rather than tests on da and db inside one, so each vectorises. */
-    if (da) {
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            float s = tl_vsigmoidf(as[i]);
-            da[i] += dy[i] * bs[i] * s * (1.0f + as[i] * (1.0f - s));
-        }
-    }
-    if (db) {
-#pragma omp parallel for simd if (n > TL_ACT_PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            db[i] += dy[i] * as[i] * tl_vsigmoidf(as[i]);
+#pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
+    {
+        int64_t lo, hi;
+        tl_thread_range(n, &lo, &hi);
+        tl_swiglu_backward_range(as + lo, bs + lo, dy + lo, da ? da + lo : NULL,
+                                 db ? db + lo : NULL, hi - lo);
     }
     tl_count_flops(ctx, TL_OP_SWIGLU, (da ? 9.0 : 0.0) * n + (db ? 3.0 : 0.0) * n);
 }

@@ -2,9 +2,12 @@
  *
  * q (B,Tq,C), k and v (B,Tk,C) with C = H*D; head h occupies columns
  * [h*D, (h+1)*D) of every row. The whole op is one graph node: the (Tq,Tk)
- * scores never become tensors. Work is split over (b,h) pairs, and each pair
- * writes only its own columns of the outputs and gradients, so the parallel
- * loops need no reductions and give the same bits for any thread count. */
+ * scores live in arena scratch and never become tensors. Work is split over
+ * (b,h) pairs; each pair's products are sgemm calls on strided views of its
+ * columns, and each pair writes only its own columns of the outputs and
+ * gradients, so the parallel loops need no reductions and give the same bits
+ * for any thread count. */
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -29,6 +32,7 @@ typedef struct tl_attn_saved {
     const int32_t *extent;  /* (B,Tq) 1 + last visible key of each query, 0 when none */
     tl_rope_table rope;
     double visible;         /* visible (b, query, key) triples, for FLOP counts */
+    double computed;        /* (b, query, key) scores the products compute, sum of Tq e_max */
 } tl_attn_saved;
 
 /* The attention problem after validation. */
@@ -66,16 +70,12 @@ static void tl_rope_rotate(float *dst, const float *src, const float *cs, const 
 }
 
 /* Adds the gradient g of a rotated row, rotated back by the transposed
- * rotation, into dst. Without RoPE it adds g unchanged. */
+ * rotation, into dst. */
 static void tl_rope_unrotate_add(float *dst, const float *g, const float *cs, const float *sn,
                                  int64_t D, tl_rope_pairing pairing)
 {
     int64_t half = D / 2;
-    if (pairing == TL_ROPE_NONE) {
-#pragma omp simd
-        for (int64_t d = 0; d < D; d++)
-            dst[d] += g[d];
-    } else if (pairing == TL_ROPE_INTERLEAVED) {
+    if (pairing == TL_ROPE_INTERLEAVED) {
         for (int64_t i = 0; i < half; i++) {
             float ga = g[2 * i], gb = g[2 * i + 1];
             dst[2 * i] += ga * cs[i] + gb * sn[i];
@@ -270,73 +270,69 @@ static double tl_attn_mask(const tl_attn_dims *dm, const tl_attention_opts *o, u
     return visible;
 }
 
+/* Largest extent among batch row b's queries: the pair's products run over
+ * keys [0, e_max) only. */
+static int64_t tl_attn_max_extent(const int32_t *extent, int64_t b, int64_t Tq)
+{
+    int64_t e_max = 0;
+    for (int64_t i = 0; i < Tq; i++)
+        e_max = extent[b * Tq + i] > e_max ? extent[b * Tq + i] : e_max;
+    return e_max;
+}
+
 /* Computes one (b,h) pair of the forward: rotates its q and k columns, then
- * for every query row computes masked softmax(q k^T / sqrt(D)) and its product
- * with v. kt is this pair's (D,Tk) scratch for the transposed keys. p is its
- * (Tq,Tk) slice of the saved probabilities, or a (Tk) scratch row reused by
- * every query when nothing is saved (p_stride 0). */
+ * S = Qr Kr^T / sqrt(D) and O = softmax(S) V as two sgemm calls over keys
+ * [0, e_max), with the mask applied between them. The head's rows are strided
+ * views of q, k, v and out (leading dimension C), so nothing is copied. p is
+ * the pair's (Tq,Tk) block of probabilities: zero where masked or padded and
+ * past each query's extent, which backward relies on. Inside a parallel
+ * region sgemm runs on the calling thread. */
+TL_MULTIVERSION
 static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, const float *q,
                                  const float *k, const float *v, float *qr, float *kr,
                                  const tl_rope_table *rope, const uint8_t *mask,
-                                 const int32_t *extent, float *kt, float *p, int64_t p_stride,
-                                 float *out)
+                                 const int32_t *extent, int64_t e_max, float *p, float *out)
 {
     int64_t Tq = dm->Tq, Tk = dm->Tk, C = dm->C, D = dm->D, half = D / 2;
     float scale = 1.0f / sqrtf((float)D);
+    float *o = out + b * Tq * C + h * D;
 
+    if (e_max == 0) {
+        /* No query sees a key: the outputs are zero. */
+        for (int64_t i = 0; i < Tq; i++)
+            memset(o + i * C, 0, (size_t)D * sizeof(float));
+        memset(p, 0, (size_t)(Tq * Tk) * sizeof(float));
+        return;
+    }
     if (dm->pairing != TL_ROPE_NONE) {
         for (int64_t i = 0; i < Tq; i++) {
             int64_t r = rope->q_row[b * Tq + i];
             tl_rope_rotate(qr + (b * Tq + i) * C + h * D, q + (b * Tq + i) * C + h * D,
                            rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
         }
-        for (int64_t j = 0; j < Tk; j++) {
+        for (int64_t j = 0; j < e_max; j++) {
             int64_t r = rope->k_row[b * Tk + j];
             tl_rope_rotate(kr + (b * Tk + j) * C + h * D, k + (b * Tk + j) * C + h * D,
                            rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
         }
     }
-    for (int64_t j = 0; j < Tk; j++) {
-        const float *kj = kr + (b * Tk + j) * C + h * D;
-        for (int64_t d = 0; d < D; d++)
-            kt[d * Tk + j] = kj[d];
-    }
+    const float *qb = qr + b * Tq * C + h * D, *kb = kr + b * Tk * C + h * D;
+    const float *vb = v + b * Tk * C + h * D;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)Tq, (blasint)e_max, (blasint)D,
+                scale, qb, (blasint)C, kb, (blasint)C, 0.0f, p, (blasint)Tk);
 
     for (int64_t i = 0; i < Tq; i++) {
-        float *o = out + (b * Tq + i) * C + h * D;
-        float *pi = p + i * p_stride;
-        int64_t e = extent[b * Tq + i];
-        memset(o, 0, (size_t)D * sizeof(float));
-        if (p_stride)
-            memset(pi + e, 0, (size_t)(Tk - e) * sizeof(float));
-        if (e == 0)
-            continue; /* padded query, or no visible key: the output stays zero */
-
-        /* Scores accumulate over d, four terms at a time (one load and
-         * store of pi[j] per four products), vectorised over keys. */
-        const float *qi = qr + (b * Tq + i) * C + h * D;
-        for (int64_t j = 0; j < e; j++)
-            pi[j] = 0.0f;
-        int64_t d = 0;
-        for (; d + 4 <= D; d += 4) {
-            float q0 = qi[d], q1 = qi[d + 1], q2 = qi[d + 2], q3 = qi[d + 3];
-            const float *k0 = kt + d * Tk, *k1 = k0 + Tk, *k2 = k1 + Tk, *k3 = k2 + Tk;
-#pragma omp simd
-            for (int64_t j = 0; j < e; j++)
-                pi[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
-        }
-        for (; d < D; d++) {
-            float qd = qi[d];
-            const float *ktd = kt + d * Tk;
-#pragma omp simd
-            for (int64_t j = 0; j < e; j++)
-                pi[j] += qd * ktd[j];
-        }
+        float *pi = p + i * Tk;
         const uint8_t *m = mask + (b * Tq + i) * Tk;
+        int64_t e = extent[b * Tq + i];
+        if (e == 0) {
+            memset(pi, 0, (size_t)Tk * sizeof(float)); /* padded query, or no visible key */
+            continue;
+        }
         float max = -INFINITY;
 #pragma omp simd reduction(max : max)
         for (int64_t j = 0; j < e; j++) {
-            float sj = m[j] ? pi[j] * scale : -INFINITY;
+            float sj = m[j] ? pi[j] : -INFINITY;
             pi[j] = sj;
             max = sj > max ? sj : max; /* not fmaxf, a library call on x86-64 */
         }
@@ -353,24 +349,10 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
 #pragma omp simd
         for (int64_t j = 0; j < e; j++)
             pi[j] *= inv;
-        /* o = sum_j p_j v_j, four keys per pass over o. */
-        int64_t j = 0;
-        for (; j + 4 <= e; j += 4) {
-            float p0 = pi[j], p1 = pi[j + 1], p2 = pi[j + 2], p3 = pi[j + 3];
-            const float *v0 = v + (b * Tk + j) * C + h * D, *v1 = v0 + C, *v2 = v1 + C,
-                        *v3 = v2 + C;
-#pragma omp simd
-            for (int64_t dd = 0; dd < D; dd++)
-                o[dd] += p0 * v0[dd] + p1 * v1[dd] + p2 * v2[dd] + p3 * v3[dd];
-        }
-        for (; j < e; j++) {
-            float pij = pi[j];
-            const float *vj = v + (b * Tk + j) * C + h * D;
-#pragma omp simd
-            for (int64_t dd = 0; dd < D; dd++)
-                o[dd] += pij * vj[dd];
-        }
+        memset(pi + e, 0, (size_t)(Tk - e) * sizeof(float));
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)Tq, (blasint)D, (blasint)e_max,
+                1.0f, p, (blasint)Tk, vb, (blasint)C, 0.0f, o, (blasint)C);
 }
 
 tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
@@ -382,18 +364,16 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     if (!tl_attn_check(q, k, v, opts, &dm))
         return NULL;
     int64_t B = dm.B, Tq = dm.Tq, Tk = dm.Tk, H = dm.H, D = dm.D, C = dm.C;
-    bool keep = tl_ctx_grad_enabled(ctx) &&
-                (tl_requires_grad(q) || tl_requires_grad(k) || tl_requires_grad(v));
 
     tl_tensor *out = tl_new_like(ctx, q);
     tl_attn_saved *s = tl_ctx_alloc(ctx, sizeof *s);
     uint8_t *mask = tl_ctx_alloc(ctx, (size_t)(B * Tq * Tk));
     int32_t *extent = tl_ctx_alloc(ctx, (size_t)(B * Tq) * sizeof(int32_t));
     int64_t *row_visible = tl_ctx_alloc(ctx, (size_t)(B * Tq) * sizeof(int64_t));
-    float *kt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float));
-    int64_t p_stride = keep ? Tk : 0;
-    float *p = tl_ctx_alloc(ctx, (size_t)(keep ? B * H * Tq * Tk : B * H * Tk) * sizeof(float));
-    if (!out || !s || !mask || !extent || !row_visible || !kt || !p)
+    /* Probabilities (B,H,Tq,Tk), kept for backward; without a gradient they
+     * are scratch all the same, since sgemm fills a whole pair at once. */
+    float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
+    if (!out || !s || !mask || !extent || !row_visible || !p)
         return NULL;
     memset(s, 0, sizeof *s);
 
@@ -413,15 +393,18 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
-        float *p_pair = p + bh * (keep ? Tq * Tk : Tk);
         tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent,
-                             kt + bh * D * Tk, p_pair, p_stride, od);
+                             tl_attn_max_extent(extent, b, Tq), p + bh * Tq * Tk, od);
     }
 
-    /* Per visible (query, key) pair and head: 2D for the score, 2D for the
-     * product with v, and 5 for scaling, max, exp, sum and normalising. RoPE
-     * costs 6 per rotated pair, 3 per element of q and k. */
-    double flops = s->visible * (double)H * (4.0 * (double)D + 5.0);
+    /* The products run over Tq x e_max scores per pair, masked ones
+     * included: 2D each for the score and for the product with v. Softmax
+     * costs 5 per visible score (scale, max, exp, sum, normalise). RoPE costs
+     * 6 per rotated pair, 3 per element of q and k. */
+    s->computed = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        s->computed += (double)(Tq * tl_attn_max_extent(extent, b, Tq));
+    double flops = (double)H * (s->computed * 4.0 * (double)D + s->visible * 5.0);
     if (dm.pairing != TL_ROPE_NONE)
         flops += 3.0 * (double)(B * (Tq + Tk) * C);
     tl_count_flops(ctx, TL_OP_ATTENTION, flops);
@@ -441,156 +424,83 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 
 /* ---- backward --------------------------------------------------------------- */
 
-/* Queries per block of the backward: dv and dk rows are updated once per
- * block with four products each, instead of once per query. */
-enum { TL_ATTN_QBLOCK = 4 };
-
 /* Per-pair scratch of the backward, each an arena slice owned by one (b,h). */
 typedef struct tl_attn_scratch {
-    float *vt;   /* (D,Tk) transposed v */
-    float *ds;   /* (TL_ATTN_QBLOCK,Tk) dP, then dS scaled by 1/sqrt(D), of one block */
-    float *dqr;  /* (D) gradient of one rotated query row */
-    float *dkr;  /* (Tk,D) gradient of the rotated keys */
-    float *zero; /* (max(Tk,D)) zeros, standing in for the rows past Tq in the last block */
+    float *ds;  /* (Tq,Tk) dP, then dS */
+    float *dqr; /* (Tq,D) gradient of the rotated queries; NULL without RoPE */
+    float *dkr; /* (Tk,D) gradient of the rotated keys; NULL without RoPE */
 } tl_attn_scratch;
 
 /* Computes one (b,h) pair of the backward. With S = Qr Kr^T / sqrt(D), P = softmax(S),
  * O = P V:  dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
- * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D); dQr and dKr are then
- * rotated back into dq and dk. Masked and padded entries have P = 0 (the
- * forward saves zeros past each query's extent), so they contribute nothing
- * and a block of queries can run to its largest extent. dq, dk or dv may be
- * NULL when that input needs no gradient. */
+ * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D). The four products are sgemm
+ * calls over keys [0, e_max). Masked and padded entries have P = 0, so their
+ * dS is 0 and they contribute nothing. Without RoPE dQr and dKr accumulate
+ * straight into dq and dk; with it they go through scratch and are rotated
+ * back. dq, dk or dv may be NULL when that input needs no gradient. */
+TL_MULTIVERSION
 static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
-                                  const tl_attn_saved *s, const float *v, const float *dout,
-                                  float *dq, float *dk, float *dv, tl_attn_scratch w)
+                                  const tl_attn_saved *s, int64_t e_max, const float *v,
+                                  const float *dout, float *dq, float *dk, float *dv,
+                                  tl_attn_scratch w)
 {
     int64_t Tq = dm->Tq, Tk = dm->Tk, C = dm->C, D = dm->D, H = dm->H, half = D / 2;
     float scale = 1.0f / sqrtf((float)D);
     const float *p = s->p + (b * H + h) * Tq * Tk;
     const tl_rope_table *rope = &s->rope;
-    bool need_ds = dq || dk;
-    int64_t e_max = 0;
-    for (int64_t i = 0; i < Tq; i++)
-        e_max = s->extent[b * Tq + i] > e_max ? s->extent[b * Tq + i] : e_max;
+    bool rotated = dm->pairing != TL_ROPE_NONE;
+    if (e_max == 0)
+        return; /* P is 0 everywhere */
+    const float *dob = dout + b * Tq * C + h * D, *vb = v + b * Tk * C + h * D;
+    const float *qb = s->qr + b * Tq * C + h * D, *kb = s->kr + b * Tk * C + h * D;
+    blasint n_q = (blasint)Tq, n_k = (blasint)e_max, n_d = (blasint)D, ld = (blasint)C;
+    blasint ld_p = (blasint)Tk;
 
-    if (need_ds)
-        for (int64_t j = 0; j < e_max; j++)
-            for (int64_t d = 0; d < D; d++)
-                w.vt[d * Tk + j] = v[(b * Tk + j) * C + h * D + d];
-    if (dk)
-        memset(w.dkr, 0, (size_t)(Tk * D) * sizeof(float));
+    if (dv)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, p, ld_p, dob, ld,
+                    1.0f, dv + b * Tk * C + h * D, ld);
+    if (!dq && !dk)
+        return;
 
-    enum { QB = TL_ATTN_QBLOCK };
-    for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
-        /* Rows past Tq read zeros: their P, dO, dS and q are all 0. */
-        const float *pr[QB], *dor[QB], *qr[QB];
-        float *dsr[QB];
-        int64_t er[QB], eb = 0;
-        for (int64_t r = 0; r < QB; r++) {
-            int64_t i = i0 + r;
-            bool in = i < Tq;
-            er[r] = in ? s->extent[b * Tq + i] : 0;
-            eb = er[r] > eb ? er[r] : eb;
-            pr[r] = in ? p + i * Tk : w.zero;
-            dor[r] = in ? dout + (b * Tq + i) * C + h * D : w.zero;
-            qr[r] = in ? s->qr + (b * Tq + i) * C + h * D : w.zero;
-            dsr[r] = w.ds + r * Tk;
-        }
-        if (eb == 0)
-            continue;
-
-        if (dv) {
-            for (int64_t j = 0; j < eb; j++) {
-                float p0 = pr[0][j], p1 = pr[1][j], p2 = pr[2][j], p3 = pr[3][j];
-                const float *g0 = dor[0], *g1 = dor[1], *g2 = dor[2], *g3 = dor[3];
-                float *dvj = dv + (b * Tk + j) * C + h * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++)
-                    dvj[d] += p0 * g0[d] + p1 * g1[d] + p2 * g2[d] + p3 * g3[d];
-            }
-        }
-        if (!need_ds)
-            continue;
-
-        for (int64_t r = 0; r < QB; r++) {
-            float *ds = dsr[r];
-            const float *pi = pr[r], *doi = dor[r];
-            for (int64_t j = 0; j < eb; j++)
-                ds[j] = 0.0f;
-            if (er[r] == 0)
-                continue; /* P is 0, so dS is 0 */
-            int64_t d = 0;
-            for (; d + 4 <= D; d += 4) {
-                float g0 = doi[d], g1 = doi[d + 1], g2 = doi[d + 2], g3 = doi[d + 3];
-                const float *v0 = w.vt + d * Tk, *v1 = v0 + Tk, *v2 = v1 + Tk, *v3 = v2 + Tk;
-#pragma omp simd
-                for (int64_t j = 0; j < eb; j++)
-                    ds[j] += g0 * v0[j] + g1 * v1[j] + g2 * v2[j] + g3 * v3[j];
-            }
-            for (; d < D; d++) {
-                float g = doi[d];
-                const float *vtd = w.vt + d * Tk;
-#pragma omp simd
-                for (int64_t j = 0; j < eb; j++)
-                    ds[j] += g * vtd[j];
-            }
-            float dot = 0.0f;
+    float *ds = w.ds;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n_k, n_d, 1.0f, dob, ld, vb, ld, 0.0f,
+                ds, ld_p);
+    for (int64_t i = 0; i < Tq; i++) {
+        const float *pi = p + i * Tk;
+        float *dsi = ds + i * Tk;
+        float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < eb; j++)
-                dot += pi[j] * ds[j];
+        for (int64_t j = 0; j < e_max; j++)
+            dot += pi[j] * dsi[j];
 #pragma omp simd
-            for (int64_t j = 0; j < eb; j++)
-                ds[j] = pi[j] * (ds[j] - dot) * scale;
-        }
+        for (int64_t j = 0; j < e_max; j++)
+            dsi[j] = pi[j] * (dsi[j] - dot) * scale;
+    }
 
-        if (dq) {
-            for (int64_t r = 0; r < QB && i0 + r < Tq; r++) {
-                int64_t i = i0 + r, e = er[r];
-                if (e == 0)
-                    continue;
-                const float *ds = dsr[r];
-                memset(w.dqr, 0, (size_t)D * sizeof(float));
-                int64_t j = 0;
-                for (; j + 4 <= e; j += 4) {
-                    float g0 = ds[j], g1 = ds[j + 1], g2 = ds[j + 2], g3 = ds[j + 3];
-                    const float *k0 = s->kr + (b * Tk + j) * C + h * D, *k1 = k0 + C,
-                                *k2 = k1 + C, *k3 = k2 + C;
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++)
-                        w.dqr[d] += g0 * k0[d] + g1 * k1[d] + g2 * k2[d] + g3 * k3[d];
-                }
-                for (; j < e; j++) {
-                    float g = ds[j];
-                    const float *kj = s->kr + (b * Tk + j) * C + h * D;
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++)
-                        w.dqr[d] += g * kj[d];
-                }
-                int64_t rr = dm->pairing != TL_ROPE_NONE ? rope->q_row[b * Tq + i] : 0;
-                tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr,
-                                     rope->cos ? rope->cos + rr * half : NULL,
-                                     rope->sin ? rope->sin + rr * half : NULL, D, dm->pairing);
-            }
-        }
-        if (dk) {
-            const float *q0 = qr[0], *q1 = qr[1], *q2 = qr[2], *q3 = qr[3];
-            for (int64_t j = 0; j < eb; j++) {
-                float g0 = dsr[0][j], g1 = dsr[1][j], g2 = dsr[2][j], g3 = dsr[3][j];
-                float *dkj = w.dkr + j * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++)
-                    dkj[d] += g0 * q0[d] + g1 * q1[d] + g2 * q2[d] + g3 * q3[d];
+    if (dq) {
+        float *dst = rotated ? w.dqr : dq + b * Tq * C + h * D;
+        blasint ld_dst = rotated ? n_d : ld;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_d, n_k, 1.0f, ds, ld_p, kb,
+                    ld, rotated ? 0.0f : 1.0f, dst, ld_dst);
+        if (rotated) {
+            for (int64_t i = 0; i < Tq; i++) {
+                int64_t r = rope->q_row[b * Tq + i];
+                tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr + i * D,
+                                     rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
             }
         }
     }
-
     if (dk) {
-        for (int64_t j = 0; j < e_max; j++) {
-            int64_t r = dm->pairing != TL_ROPE_NONE ? rope->k_row[b * Tk + j] : 0;
-            tl_rope_unrotate_add(dk + (b * Tk + j) * C + h * D, w.dkr + j * D,
-                                 rope->cos ? rope->cos + r * half : NULL,
-                                 rope->sin ? rope->sin + r * half : NULL, D, dm->pairing);
+        float *dst = rotated ? w.dkr : dk + b * Tk * C + h * D;
+        blasint ld_dst = rotated ? n_d : ld;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, ds, ld_p, qb, ld,
+                    rotated ? 0.0f : 1.0f, dst, ld_dst);
+        if (rotated) {
+            for (int64_t j = 0; j < e_max; j++) {
+                int64_t r = rope->k_row[b * Tk + j];
+                tl_rope_unrotate_add(dk + (b * Tk + j) * C + h * D, w.dkr + j * D,
+                                     rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
+            }
         }
     }
 }
@@ -603,33 +513,32 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
                        .H = node->ints[0], .pairing = (tl_rope_pairing)node->ints[1]};
     dm.D = dm.C / dm.H;
     int64_t B = dm.B, Tq = dm.Tq, Tk = dm.Tk, H = dm.H, D = dm.D;
+    bool rotated = dm.pairing != TL_ROPE_NONE;
 
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
-    float *vt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float));
-    float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * TL_ATTN_QBLOCK * Tk) * sizeof(float));
-    float *dqr = tl_ctx_alloc(ctx, (size_t)(B * H * D) * sizeof(float));
-    float *dkr = tl_ctx_alloc(ctx, (size_t)(B * H * Tk * D) * sizeof(float));
-    int64_t n_zero = Tk > D ? Tk : D;
-    float *zero = tl_ctx_alloc(ctx, (size_t)n_zero * sizeof(float));
-    if (!vt || !ds || !dqr || !dkr || !zero)
+    float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
+    float *dqr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tq * D) * sizeof(float)) : NULL;
+    float *dkr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tk * D) * sizeof(float)) : NULL;
+    if (!ds || (rotated && (!dqr || !dkr)))
         return; /* tl_backward detects the failed allocation and stops */
-    memset(zero, 0, (size_t)n_zero * sizeof(float));
 
     const float *vd = tl_f32(v), *dout = node->out->grad;
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        tl_attn_scratch w = {vt + bh * D * Tk, ds + bh * TL_ATTN_QBLOCK * Tk, dqr + bh * D,
-                             dkr + bh * Tk * D, zero};
-        tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
+        tl_attn_scratch w = {ds + bh * Tq * Tk, rotated ? dqr + bh * Tq * D : NULL,
+                             rotated ? dkr + bh * Tk * D : NULL};
+        int64_t b = bh / H;
+        tl_attn_backward_pair(&dm, b, bh % H, s, tl_attn_max_extent(s->extent, b, Tq), vd, dout,
+                              dq, dk, dv, w);
     }
 
-    /* Per visible pair and head: 2D for dP, 4 for dS, and 2D for each of dq,
-     * dk and dv that is needed. Un-rotating and adding cost 4 per element of
+    /* Per computed score and head: 2D for dP and 2D for each of dq, dk and dv
+     * that is needed, 4 for dS. Un-rotating and adding cost 4 per element of
      * dq and dk. */
-    double per_pair = (dq || dk) ? 2.0 * (double)D + 4.0 : 0.0;
-    per_pair += 2.0 * (double)D * ((dq != NULL) + (dk != NULL) + (dv != NULL));
-    double flops = s->visible * (double)H * per_pair;
-    if (dm.pairing != TL_ROPE_NONE)
+    double per_score = (dq || dk) ? 2.0 * (double)D + 4.0 : 0.0;
+    per_score += 2.0 * (double)D * ((dq != NULL) + (dk != NULL) + (dv != NULL));
+    double flops = s->computed * (double)H * per_score;
+    if (rotated)
         flops += 4.0 * (double)(B * dm.C) * ((dq ? (double)Tq : 0.0) + (dk ? (double)Tk : 0.0));
     tl_count_flops(ctx, TL_OP_ATTENTION, flops);
 }

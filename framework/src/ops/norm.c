@@ -37,6 +37,28 @@ static bool tl_check_eps(const char *op, float eps)
 
 /* dg[j] += sum over rows of dy[i,j] * xhat[i,j] and db[j] += sum of dy[i,j],
  * where xhat is (x - mean) * rstd (mean NULL means 0). dg or db may be NULL. */
+TL_MULTIVERSION
+static void tl_norm_param_grads_cols(float *dg, float *db, const float *dy, const float *x,
+                                     const float *mean, const float *rstd, int64_t N, int64_t C,
+                                     int64_t j0, int64_t j1)
+{
+    for (int64_t i = 0; i < N; i++) {
+        const float *dyi = dy + i * C, *xi = x + i * C;
+        float mu = mean ? mean[i] : 0.0f, r = rstd[i];
+        /* Tests outside the element loops, so both vectorise. */
+        if (dg) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; j++)
+                dg[j] += dyi[j] * (xi[j] - mu) * r;
+        }
+        if (db) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; j++)
+                db[j] += dyi[j];
+        }
+    }
+}
+
 static void tl_norm_param_grads(float *dg, float *db, const float *dy, const float *x,
                                 const float *mean, const float *rstd, int64_t N, int64_t C)
 {
@@ -45,25 +67,31 @@ static void tl_norm_param_grads(float *dg, float *db, const float *dy, const flo
     for (int64_t blk = 0; blk < n_blocks; blk++) {
         int64_t j0 = blk * TL_NORM_BLOCK;
         int64_t j1 = j0 + TL_NORM_BLOCK < C ? j0 + TL_NORM_BLOCK : C;
-        for (int64_t i = 0; i < N; i++) {
-            const float *dyi = dy + i * C, *xi = x + i * C;
-            float mu = mean ? mean[i] : 0.0f, r = rstd[i];
-            /* Tests outside the element loops, so both vectorise. */
-            if (dg) {
-#pragma omp simd
-                for (int64_t j = j0; j < j1; j++)
-                    dg[j] += dyi[j] * (xi[j] - mu) * r;
-            }
-            if (db) {
-#pragma omp simd
-                for (int64_t j = j0; j < j1; j++)
-                    db[j] += dyi[j];
-            }
-        }
+        tl_norm_param_grads_cols(dg, db, dy, x, mean, rstd, N, C, j0, j1);
     }
 }
 
 /* ---- rmsnorm ------------------------------------------------------------------ */
+
+/* Rows [i0, i1) of the RMSNorm forward. */
+TL_MULTIVERSION
+static void tl_rmsnorm_rows(const float *xs, const float *gs, float *y, float *rstd, int64_t C,
+                            float eps, int64_t i0, int64_t i1)
+{
+    for (int64_t i = i0; i < i1; i++) {
+        const float *xi = xs + i * C;
+        float *yi = y + i * C;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t j = 0; j < C; j++)
+            ss += (double)xi[j] * xi[j];
+        float r = (float)(1.0 / sqrt(ss / (double)(C > 0 ? C : 1) + eps));
+        rstd[i] = r;
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            yi[j] = xi[j] * r * gs[j];
+    }
+}
 
 /* x (N, C) flattened, g (C): y = x * rstd * g with rstd = 1/sqrt(mean(x^2) + eps)
  * per row. Saves rstd (N) for backward. */
@@ -82,19 +110,11 @@ tl_tensor *tl_rmsnorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, float eps)
     const float *xs = tl_f32(x), *gs = tl_f32(g);
     float *y = tl_f32(out);
 
-#pragma omp parallel for if (N * C > 32768) schedule(static)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = xs + i * C;
-        float *yi = y + i * C;
-        double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t j = 0; j < C; j++)
-            ss += (double)xi[j] * xi[j];
-        float r = (float)(1.0 / sqrt(ss / (double)(C > 0 ? C : 1) + eps));
-        rstd[i] = r;
-#pragma omp simd
-        for (int64_t j = 0; j < C; j++)
-            yi[j] = xi[j] * r * gs[j];
+#pragma omp parallel if (N * C > 32768)
+    {
+        int64_t i0, i1;
+        tl_thread_range(N, &i0, &i1);
+        tl_rmsnorm_rows(xs, gs, y, rstd, C, eps, i0, i1);
     }
     /* Per element: square-add, then two multiplies. */
     tl_count_flops(ctx, TL_OP_RMSNORM, 4.0 * (double)N * C);
@@ -103,6 +123,27 @@ tl_tensor *tl_rmsnorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, float eps)
     if (node)
         node->saved[0] = rstd;
     return out;
+}
+
+/* Rows [i0, i1) of the RMSNorm input gradient. */
+TL_MULTIVERSION
+static void tl_rmsnorm_backward_rows(const float *xs, const float *gs, const float *dy,
+                                     const float *rstd, float *dx, int64_t C, int64_t i0,
+                                     int64_t i1)
+{
+    for (int64_t i = i0; i < i1; i++) {
+        const float *xi = xs + i * C, *dyi = dy + i * C;
+        float *dxi = dx + i * C;
+        float r = rstd[i];
+        double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < C; j++)
+            dot += (double)gs[j] * dyi[j] * xi[j];
+        float coef = (float)(dot / (double)C) * r * r;
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++)
+            dxi[j] += r * (gs[j] * dyi[j] - xi[j] * coef);
+    }
 }
 
 /* With r = rstd: dx = r * (g*dy - x * r^2 * mean(g*dy*x)), dg = sum_rows dy * x * r. */
@@ -114,19 +155,11 @@ void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node)
     int64_t N = tl_rows_of(x), C = tl_cols(x);
 
     if (dx) {
-#pragma omp parallel for if (N * C > 32768) schedule(static)
-        for (int64_t i = 0; i < N; i++) {
-            const float *xi = xs + i * C, *dyi = dy + i * C;
-            float *dxi = dx + i * C;
-            float r = rstd[i];
-            double dot = 0.0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < C; j++)
-                dot += (double)gs[j] * dyi[j] * xi[j];
-            float coef = (float)(dot / (double)C) * r * r;
-#pragma omp simd
-            for (int64_t j = 0; j < C; j++)
-                dxi[j] += r * (gs[j] * dyi[j] - xi[j] * coef);
+#pragma omp parallel if (N * C > 32768)
+        {
+            int64_t i0, i1;
+            tl_thread_range(N, &i0, &i1);
+            tl_rmsnorm_backward_rows(xs, gs, dy, rstd, dx, C, i0, i1);
         }
     }
     if (dg)
@@ -136,27 +169,13 @@ void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node)
 
 /* ---- layernorm ---------------------------------------------------------------- */
 
-/* x (N, C) flattened, g (C), b (C) or NULL: y = (x - mean) * rstd * g + b per
- * row, rstd = 1/sqrt(var + eps) with the biased variance. Saves mean and rstd
- * (N each) for backward. */
-tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, float eps)
+/* Rows [i0, i1) of the LayerNorm forward; bs may be NULL. */
+TL_MULTIVERSION
+static void tl_layernorm_rows(const float *xs, const float *gs, const float *bs, float *y,
+                              float *mean, float *rstd, int64_t C, float eps, int64_t i0,
+                              int64_t i1)
 {
-    if (TL_ANY_NULL2(x, g))
-        return NULL;
-    if (!tl_check_f32("layernorm", "x", x) || !tl_check_channel_vec("layernorm", "g", x, g) ||
-        !tl_check_channel_vec("layernorm", "b", x, b) || !tl_check_eps("layernorm", eps))
-        return NULL;
-    int64_t N = tl_rows_of(x), C = tl_cols(x);
-    tl_tensor *out = tl_new_like(ctx, x);
-    float *mean = tl_ctx_alloc(ctx, (size_t)N * sizeof(float));
-    float *rstd = tl_ctx_alloc(ctx, (size_t)N * sizeof(float));
-    if (!out || !mean || !rstd)
-        return NULL;
-    const float *xs = tl_f32(x), *gs = tl_f32(g), *bs = b ? tl_f32(b) : NULL;
-    float *y = tl_f32(out);
-
-#pragma omp parallel for if (N * C > 32768) schedule(static)
-    for (int64_t i = 0; i < N; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const float *xi = xs + i * C;
         float *yi = y + i * C;
         double s = 0.0;
@@ -183,6 +202,33 @@ tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, f
                 yi[j] = (xi[j] - m) * r * gs[j] + 0.0f;
         }
     }
+}
+
+/* x (N, C) flattened, g (C), b (C) or NULL: y = (x - mean) * rstd * g + b per
+ * row, rstd = 1/sqrt(var + eps) with the biased variance. Saves mean and rstd
+ * (N each) for backward. */
+tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, float eps)
+{
+    if (TL_ANY_NULL2(x, g))
+        return NULL;
+    if (!tl_check_f32("layernorm", "x", x) || !tl_check_channel_vec("layernorm", "g", x, g) ||
+        !tl_check_channel_vec("layernorm", "b", x, b) || !tl_check_eps("layernorm", eps))
+        return NULL;
+    int64_t N = tl_rows_of(x), C = tl_cols(x);
+    tl_tensor *out = tl_new_like(ctx, x);
+    float *mean = tl_ctx_alloc(ctx, (size_t)N * sizeof(float));
+    float *rstd = tl_ctx_alloc(ctx, (size_t)N * sizeof(float));
+    if (!out || !mean || !rstd)
+        return NULL;
+    const float *xs = tl_f32(x), *gs = tl_f32(g), *bs = b ? tl_f32(b) : NULL;
+    float *y = tl_f32(out);
+
+#pragma omp parallel if (N * C > 32768)
+    {
+        int64_t i0, i1;
+        tl_thread_range(N, &i0, &i1);
+        tl_layernorm_rows(xs, gs, bs, y, mean, rstd, C, eps, i0, i1);
+    }
     /* Per element: sum, subtract-square-add, then subtract, two multiplies and the bias. */
     tl_count_flops(ctx, TL_OP_LAYERNORM, (b ? 8.0 : 7.0) * (double)N * C);
 
@@ -192,6 +238,32 @@ tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, f
         node->saved[1] = rstd;
     }
     return out;
+}
+
+/* Rows [i0, i1) of the LayerNorm input gradient. */
+TL_MULTIVERSION
+static void tl_layernorm_backward_rows(const float *xs, const float *gs, const float *dy,
+                                       const float *mean, const float *rstd, float *dx,
+                                       int64_t C, int64_t i0, int64_t i1)
+{
+    for (int64_t i = i0; i < i1; i++) {
+        const float *xi = xs + i * C, *dyi = dy + i * C;
+        float *dxi = dx + i * C;
+        float m = mean[i], r = rstd[i];
+        double sum_d = 0.0, sum_dx = 0.0;
+#pragma omp simd reduction(+ : sum_d, sum_dx)
+        for (int64_t j = 0; j < C; j++) {
+            double d = (double)dyi[j] * gs[j];
+            sum_d += d;
+            sum_dx += d * ((xi[j] - m) * r);
+        }
+        float mean_d = (float)(sum_d / (double)C), mean_dx = (float)(sum_dx / (double)C);
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++) {
+            float xhat = (xi[j] - m) * r;
+            dxi[j] += r * (dyi[j] * gs[j] - mean_d - xhat * mean_dx);
+        }
+    }
 }
 
 /* With xhat = (x - mean) * r and dxhat = dy * g:
@@ -206,24 +278,11 @@ void tl_layernorm_backward(tl_ctx *ctx, tl_node *node)
     int64_t N = tl_rows_of(x), C = tl_cols(x);
 
     if (dx) {
-#pragma omp parallel for if (N * C > 32768) schedule(static)
-        for (int64_t i = 0; i < N; i++) {
-            const float *xi = xs + i * C, *dyi = dy + i * C;
-            float *dxi = dx + i * C;
-            float m = mean[i], r = rstd[i];
-            double sum_d = 0.0, sum_dx = 0.0;
-#pragma omp simd reduction(+ : sum_d, sum_dx)
-            for (int64_t j = 0; j < C; j++) {
-                double d = (double)dyi[j] * gs[j];
-                sum_d += d;
-                sum_dx += d * ((xi[j] - m) * r);
-            }
-            float mean_d = (float)(sum_d / (double)C), mean_dx = (float)(sum_dx / (double)C);
-#pragma omp simd
-            for (int64_t j = 0; j < C; j++) {
-                float xhat = (xi[j] - m) * r;
-                dxi[j] += r * (dyi[j] * gs[j] - mean_d - xhat * mean_dx);
-            }
+#pragma omp parallel if (N * C > 32768)
+        {
+            int64_t i0, i1;
+            tl_thread_range(N, &i0, &i1);
+            tl_layernorm_backward_rows(xs, gs, dy, mean, rstd, dx, C, i0, i1);
         }
     }
     if (dg || db)
