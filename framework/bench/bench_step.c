@@ -7,10 +7,14 @@
  * cross-entropy. Batch 12 x 64 tokens of random ids.
  *
  * One step: zero gradients, forward, backward, clip the global norm to 1.0,
- * AdamW, arena reset. Prints the thread description, the median, minimum and
- * mean time per step after warm-up, GFLOP/s from the context's FLOP counters
- * at the median time, CPU time per step and peak RSS. --phases also times
- * forward, backward and optimizer (clip + AdamW) on their own. */
+ * AdamW, arena reset. With 2 or more threads the forward and backward run as
+ * data-parallel shards (thinklab/shards.h), one per thread, each on its share
+ * of the batch; --op-threads runs them on the whole batch with the threads
+ * inside each op and sgemm instead. Prints the thread description, the
+ * median, minimum and mean time per step after warm-up, GFLOP/s from the
+ * contexts' FLOP counters at the median time, CPU time per step and peak RSS.
+ * --phases also times forward, backward and optimizer (clip + AdamW) on their
+ * own; shards run forward and backward together, timed as one phase. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +35,7 @@ typedef struct bench_model {
 
 typedef struct bench_options {
     int threads, steps, warmup;
-    bool phases;
+    bool phases, op_threads;
 } bench_options;
 
 static double clock_ms(clockid_t clock)
@@ -84,26 +88,46 @@ static tl_status model_init(bench_model *m, uint64_t seed)
     return tl_params_alloc(m->params, &rng);
 }
 
-/* Mean next-token cross-entropy of ids (B, T) against targets (B*T). */
-static tl_tensor *model_loss(tl_ctx *ctx, const bench_model *m, tl_tensor *ids, tl_tensor *pos,
-                             tl_tensor *targets)
+/* One step's batch: ids, positions and targets, each BATCH x CONTEXT. */
+typedef struct bench_batch {
+    const bench_model *model;
+    int32_t *ids, *pos, *targets;
+} bench_batch;
+
+/* Mean next-token cross-entropy over sequences [first, first + rows) of the
+ * batch. */
+static tl_tensor *model_loss(tl_ctx *ctx, const bench_batch *b, int64_t first, int64_t rows)
 {
+    const bench_model *m = b->model;
+    int64_t off = first * CONTEXT, bt[2] = {rows, CONTEXT}, n[1] = {rows * CONTEXT};
+    tl_tensor *ids = tl_wrap(ctx, TL_I32, b->ids + off, 2, bt);
+    tl_tensor *pos = tl_wrap(ctx, TL_I32, b->pos + off, 2, bt);
+    tl_tensor *targets = tl_wrap(ctx, TL_I32, b->targets + off, 1, n);
     tl_tensor *x = tl_add(ctx, tl_embedding(ctx, m->wte, ids), tl_embedding(ctx, m->wpe, pos));
     for (int l = 0; l < LAYERS; l++)
         x = tl_block_forward(ctx, &m->blocks[l], x, NULL);
     x = tl_layernorm(ctx, x, m->ln_f, NULL, 1e-5f);
-    tl_tensor *logits = tl_linear(ctx, tl_reshape(ctx, x, 2, (int64_t[]){BATCH * CONTEXT, WIDTH}),
+    tl_tensor *logits = tl_linear(ctx, tl_reshape(ctx, x, 2, (int64_t[]){rows * CONTEXT, WIDTH}),
                                   m->wte);
     return tl_cross_entropy(ctx, logits, targets, NULL, NULL);
 }
 
+/* tl_shard_loss_fn: shard i of n takes BATCH / n consecutive sequences. */
+static tl_tensor *shard_loss(tl_ctx *ctx, int shard, int n, void *user)
+{
+    int64_t rows = BATCH / n;
+    return model_loss(ctx, user, shard * rows, rows);
+}
+
 static int parse_options(int argc, char **argv, bench_options *o)
 {
-    *o = (bench_options){.threads = 0, .steps = 30, .warmup = 5, .phases = false};
+    *o = (bench_options){.threads = 0, .steps = 30, .warmup = 5};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--phases") == 0) {
             o->phases = true;
+        } else if (strcmp(a, "--op-threads") == 0) {
+            o->op_threads = true;
         } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
             o->threads = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--steps") == 0) {
@@ -113,7 +137,7 @@ static int parse_options(int argc, char **argv, bench_options *o)
         } else {
             fprintf(stderr, "usage: thinklab-bench-step [--threads N (0 = all cores)] "
                             "[--steps N (timed, default 30)] [--warmup N (default 5)] "
-                            "[--phases]\n");
+                            "[--phases] [--op-threads]\n");
             return 2;
         }
     }
@@ -142,10 +166,27 @@ int main(int argc, char **argv)
         fprintf(stderr, "thinklab-bench-step: setup failed: %s\n", tl_errmsg());
         return 1;
     }
+    /* With more than one thread the step runs as data-parallel shards unless
+     * --op-threads asks for threads inside each op instead. */
+    int n_shards = tl_threads_get();
+    while (BATCH % n_shards)
+        n_shards--;
+    tl_shards *shards = NULL;
+    if (n_shards > 1 && !opt.op_threads) {
+        shards = tl_shards_new(m.params, n_shards, 0);
+        if (!shards) {
+            fprintf(stderr, "thinklab-bench-step: setup failed: %s\n", tl_errmsg());
+            return 1;
+        }
+        printf("parallel: %d data-parallel shards of %d sequences\n", n_shards, BATCH / n_shards);
+    } else {
+        printf("parallel: threads inside each op and sgemm\n");
+    }
     printf("parameters %lld\n", (long long)tl_params_numel(m.params));
 
     /* Random ids and positions 0..T-1, kept outside the arena. */
     static int32_t ids[BATCH * CONTEXT], pos[BATCH * CONTEXT], targets[BATCH * CONTEXT];
+    bench_batch batch = {&m, ids, pos, targets};
     tl_rng rng;
     tl_rng_seed(&rng, 2);
     tl_optim_config adamw = tl_optim_default();
@@ -165,29 +206,45 @@ int main(int argc, char **argv)
         }
         tl_ctx_reset_flops(ctx);
         double cpu0 = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
-        double t0 = now_ms();
+        double t0 = now_ms(), t1, t2;
         tl_params_zero_grad(m.params);
-        int64_t bt[2] = {BATCH, CONTEXT}, n[1] = {BATCH * CONTEXT};
-        tl_tensor *loss = model_loss(ctx, &m, tl_wrap(ctx, TL_I32, ids, 2, bt),
-                                     tl_wrap(ctx, TL_I32, pos, 2, bt),
-                                     tl_wrap(ctx, TL_I32, targets, 1, n));
-        double t1 = now_ms();
-        if (!loss || tl_backward(ctx, loss) != TL_OK) {
-            fprintf(stderr, "thinklab-bench-step: step %d failed: %s\n", s, tl_errmsg());
-            return 1;
+        double loss = 0.0;
+        if (shards) {
+            /* Forward and backward run together inside the shards. */
+            t1 = t0;
+            if (tl_shards_backward(shards, shard_loss, &batch, &loss) != TL_OK) {
+                fprintf(stderr, "thinklab-bench-step: step %d failed: %s\n", s, tl_errmsg());
+                return 1;
+            }
+            t2 = now_ms();
+        } else {
+            tl_tensor *l = model_loss(ctx, &batch, 0, BATCH);
+            t1 = now_ms();
+            if (!l || tl_backward(ctx, l) != TL_OK) {
+                fprintf(stderr, "thinklab-bench-step: step %d failed: %s\n", s, tl_errmsg());
+                return 1;
+            }
+            loss = tl_f32(l)[0];
+            t2 = now_ms();
         }
-        double t2 = now_ms();
         tl_clip_grad_norm(m.params, 1.0);
         if (tl_optim_step(m.params, &adamw, 1e-3f, s + 1) != TL_OK) {
             fprintf(stderr, "thinklab-bench-step: optimizer failed: %s\n", tl_errmsg());
             return 1;
         }
         double t3 = now_ms();
-        last_loss = tl_f32(loss)[0];
+        last_loss = loss;
         if (s == 0)
             first_loss = last_loss;
-        flops = tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
-        tl_ctx_reset(ctx);
+        if (shards) {
+            flops = tl_shards_flops(shards);
+            for (int i = 0; i < n_shards; i++)
+                tl_ctx_reset_flops(tl_shards_ctx(shards, i));
+            tl_shards_reset(shards);
+        } else {
+            flops = tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
+            tl_ctx_reset(ctx);
+        }
         double t4 = now_ms();
         t_cpu[s] = clock_ms(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
         times[s] = t4 - t0;
@@ -213,9 +270,13 @@ int main(int argc, char **argv)
     printf("median CPU time %.2f ms/step (all threads)\n", median(t_cpu + opt.warmup, opt.steps));
     printf("FLOPs per step %.3f G (counted by ops), %.2f GFLOP/s at the median\n", flops * 1e-9,
            flops * 1e-9 / (med * 1e-3));
-    printf("arena peak %.1f MiB, peak RSS %.1f MiB\n",
-           (double)tl_ctx_arena_peak(ctx) / (1 << 20), (double)ru.ru_maxrss / 1024.0);
-    if (opt.phases) {
+    size_t arena = shards ? tl_shards_arena_peak(shards) : tl_ctx_arena_peak(ctx);
+    printf("arena peak %.1f MiB (all contexts), peak RSS %.1f MiB\n", (double)arena / (1 << 20),
+           (double)ru.ru_maxrss / 1024.0);
+    if (opt.phases && shards) {
+        printf("median phases: forward + backward in shards %.2f ms, clip + AdamW %.2f ms\n",
+               median(t_bwd + opt.warmup, opt.steps), median(t_opt + opt.warmup, opt.steps));
+    } else if (opt.phases) {
         printf("median phases: forward %.2f ms, backward %.2f ms, clip + AdamW %.2f ms\n",
                median(t_fwd + opt.warmup, opt.steps), median(t_bwd + opt.warmup, opt.steps),
                median(t_opt + opt.warmup, opt.steps));
@@ -225,6 +286,7 @@ int main(int argc, char **argv)
     free(t_bwd);
     free(t_opt);
     free(t_cpu);
+    tl_shards_free(shards);
     tl_params_free(m.params);
     tl_ctx_free(ctx);
     return 0;

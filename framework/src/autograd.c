@@ -37,6 +37,8 @@ float *tl_grad(tl_ctx *ctx, tl_tensor *t)
 {
     if (!t || !tl_requires_grad(t))
         return NULL;
+    if (t->flags & TL_PARAM)
+        return tl_ctx_param_grad(ctx, t);
     if (!t->grad) {
         size_t bytes = (size_t)tl_numel(t) * sizeof(float);
         t->grad = tl_ctx_alloc(ctx, bytes);

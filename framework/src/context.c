@@ -28,6 +28,11 @@ struct tl_ctx {
     bool backward_done;
     bool alloc_failed;  /* an allocation failed since the last reset */
     double flops_fwd, flops_bwd;
+    /* When set, parameter gradients go to grad_dst + (t->grad - grad_src)
+     * instead of t->grad; grad_src spans grad_n floats (tl_params_grads). */
+    float *grad_dst;
+    const float *grad_src;
+    int64_t grad_n;
 };
 
 static size_t tl_arena_block_header(void)
@@ -94,6 +99,23 @@ void tl_ctx_reset(tl_ctx *ctx)
 }
 
 tl_node **tl_ctx_tape(tl_ctx *ctx) { return &ctx->tape; }
+
+void tl_ctx_redirect_grads(tl_ctx *ctx, const tl_params *p, float *grads)
+{
+    ctx->grad_dst = grads;
+    ctx->grad_src = grads ? tl_params_grads(p) : NULL;
+    ctx->grad_n = grads ? tl_params_numel(p) : 0;
+}
+
+float *tl_ctx_param_grad(const tl_ctx *ctx, const tl_tensor *t)
+{
+    if (ctx->grad_dst) {
+        ptrdiff_t off = t->grad - ctx->grad_src;
+        if (off >= 0 && off < ctx->grad_n)
+            return ctx->grad_dst + off;
+    }
+    return t->grad;
+}
 
 void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done)
 {

@@ -14,6 +14,7 @@
 #include "thinklab/params.h"
 #include "thinklab/optim.h"
 #include "thinklab/threads.h"
+#include "thinklab/shards.h"
 #include "thinklab/data.h"
 #include "thinklab/log.h"
 #include "thinklab/linalg.h"

@@ -2,7 +2,8 @@
  *
  * thinklab links the OpenMP build of OpenBLAS, so sgemm and the framework's
  * loops share a single OpenMP thread pool and can never oversubscribe the
- * cores. BLAS is never called from inside a parallel loop. */
+ * cores. Parallel regions do not nest: inside one (a data-parallel shard,
+ * thinklab/shards.h) every op and every sgemm runs on the calling thread. */
 #ifndef THINKLAB_THREADS_H
 #define THINKLAB_THREADS_H
 
