@@ -5,13 +5,13 @@
 -- Transformer is trained beside them as the reference unless models= says
 -- otherwise.
 --
---   build/bin/thinklab run experiments/ablations.lua                       # quick
+--   build/bin/thinklab run experiments/ablations.lua                       # small
 --   build/bin/thinklab run experiments/ablations.lua setting=full seeds=1,2 out=...
 --
 -- Writes <out>/<variant>_s<seed>.h5, summary.tsv, seeds.md/.csv (mean and
 -- spread per variant), comparison.md/.csv and curves.png.
 local p = thinklab.params{
-  setting = "quick",
+  setting = "small",
   corpus = "shakespeare",
   seeds = "1",
   models = "dense,itt,itt_no_rtc,itt_no_tse,itt_no_atr,itt_tanh",

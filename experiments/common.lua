@@ -7,12 +7,17 @@
 -- Nothing here trains; compare.lua, ablations.lua and elastic.lua do.
 local E = {}
 
--- Model and run sizes. "quick" is sized so that the five models of
--- compare.lua finish in about ten minutes on 2 shared cores. "full" is d 128,
--- 4 layers, 16 x 128 tokens and 1200 steps (0.82M parameters). Every field
--- can be overridden from the command line.
+-- Model and run sizes, every field overridable from the command line.
+--   small: d 64, context 64, 300 steps (0.22M parameters): the ablations and
+--          the other corpora, a few minutes for six models.
+--   quick: the full model (d 128, 4 layers, 16 x 128 tokens, 0.82M
+--          parameters) for 500 steps: the five models of compare.lua in about
+--          ten minutes on 2 cores, what experiments/run_main.sh runs.
+--   full:  the same model for 1200 steps, for the results page.
 E.settings = {
-  quick = {d_model = 64, n_head = 4, n_layers = 4, context = 64, batch_size = 16, steps = 300,
+  small = {d_model = 64, n_head = 4, n_layers = 4, context = 64, batch_size = 16, steps = 300,
+           lr = 2e-3, eval_every = 100, eval_batches = 10},
+  quick = {d_model = 128, n_head = 4, n_layers = 4, context = 128, batch_size = 16, steps = 500,
            lr = 2e-3, eval_every = 100, eval_batches = 10},
   full = {d_model = 128, n_head = 4, n_layers = 4, context = 128, batch_size = 16, steps = 1200,
           lr = 2e-3, eval_every = 200, eval_batches = 20},
@@ -23,7 +28,7 @@ E.settings = {
 function E.resolve(p)
   local s = E.settings[p.setting]
   if not s then
-    error(string.format("setting must be quick or full, got '%s'", tostring(p.setting)), 0)
+    error(string.format("setting must be small, quick or full, got '%s'", tostring(p.setting)), 0)
   end
   local r = {}
   for k, v in pairs(p) do r[k] = v end

@@ -21,7 +21,7 @@
 -- Under a loaded machine run with OMP_WAIT_POLICY=passive: spinning OpenMP
 -- threads on oversubscribed cores made a 2-thread step 12x slower.
 local p = thinklab.params{
-  setting = "quick",     -- quick | full (common.lua); the fields below override it when nonzero
+  setting = "quick",     -- small | quick | full (common.lua); the fields below override it when nonzero
   corpus = "shakespeare", -- shakespeare | wikitext | kjv
   seeds = "1",           -- comma-separated list
   models = "dense,loop,itt,mod,dense3x",

@@ -3,14 +3,14 @@
 -- dropped (ratio 0). Each setting is reported with its FLOPs relative to the
 -- dense model of the same shape.
 --
---   build/bin/thinklab run experiments/elastic.lua                  # trains a quick ITT first
---   build/bin/thinklab run experiments/elastic.lua checkpoint=experiments/results/quick_shakespeare/itt_s1.ckpt
+--   build/bin/thinklab run experiments/elastic.lua                  # trains a small ITT first
+--   build/bin/thinklab run experiments/elastic.lua setting=quick checkpoint=experiments/results/quick_shakespeare/itt_s1.ckpt
 --
 -- checkpoint= takes the ITT checkpoint compare.lua saves (<out>/itt_s<seed>.ckpt);
 -- the setting and size overrides must be those of the run that wrote it.
 -- Writes <out>/elastic.md, elastic.csv and elastic.png.
 local p = thinklab.params{
-  setting = "quick",
+  setting = "small",
   corpus = "shakespeare",
   seed = 1,
   checkpoint = "",       -- empty = train an ITT x4 model here first
