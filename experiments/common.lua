@@ -11,13 +11,13 @@ local E = {}
 --   small: d 64, context 64, 300 steps (0.22M parameters): the ablations and
 --          the other corpora, a few minutes for six models.
 --   quick: the full model (d 128, 4 layers, 16 x 128 tokens, 0.82M
---          parameters) for 500 steps: the five models of compare.lua in about
+--          parameters) for 700 steps: the five models of compare.lua in about
 --          ten minutes on 2 cores, what experiments/run_main.sh runs.
 --   full:  the same model for 1200 steps, for the results page.
 E.settings = {
   small = {d_model = 64, n_head = 4, n_layers = 4, context = 64, batch_size = 16, steps = 300,
            lr = 2e-3, eval_every = 100, eval_batches = 10},
-  quick = {d_model = 128, n_head = 4, n_layers = 4, context = 128, batch_size = 16, steps = 500,
+  quick = {d_model = 128, n_head = 4, n_layers = 4, context = 128, batch_size = 16, steps = 700,
            lr = 2e-3, eval_every = 100, eval_batches = 10},
   full = {d_model = 128, n_head = 4, n_layers = 4, context = 128, batch_size = 16, steps = 1200,
           lr = 2e-3, eval_every = 200, eval_batches = 20},
