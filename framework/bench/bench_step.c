@@ -167,7 +167,7 @@ int main(int argc, char **argv)
         return 1;
     }
     /* With more than one thread the step runs as data-parallel shards unless
-     * --op-threads asks for threads inside each op instead. */
+     * --op-threads requests threads inside each op instead. */
     int n_shards = tl_threads_get();
     while (BATCH % n_shards)
         n_shards--;

@@ -91,8 +91,8 @@ void tl_bce_logits_backward(tl_ctx *ctx, tl_node *node);
 #endif
 
 /* The calling thread's share [*lo, *hi) of n elements inside a parallel
- * region: contiguous, in thread order, split at multiples of 16 elements so
- * that every share but the last starts on a 64-byte line of float data. */
+ * region: contiguous, in thread order, and split at multiples of 16
+ * elements, so a 64-byte aligned float array splits on cache-line bounds. */
 void tl_thread_range(int64_t n, int64_t *lo, int64_t *hi);
 
 #define TL_ANY_NULL2(a, b) ((a) == NULL || (b) == NULL)

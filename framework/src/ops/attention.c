@@ -298,7 +298,7 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
     float *o = out + b * Tq * C + h * D;
 
     if (e_max == 0) {
-        /* No query sees a key: the outputs are zero. */
+        /* No query has a visible key: the outputs are zero. */
         for (int64_t i = 0; i < Tq; i++)
             memset(o + i * C, 0, (size_t)D * sizeof(float));
         memset(p, 0, (size_t)(Tq * Tk) * sizeof(float));
