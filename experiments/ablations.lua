@@ -60,7 +60,11 @@ local variants = {
 
 local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
 local out = p.out ~= "" and p.out or string.format("%s/results/ablations_%s_%s", here, p.setting, p.corpus)
-local seeds = E.list(p.seeds)
+local ok_seeds, seeds = pcall(E.seeds, p.seeds)
+if not ok_seeds then
+  io.stderr:write("ablations.lua: " .. seeds .. "\n")
+  os.exit(2)
+end
 local requested, specs = {}, {}
 for _, name in ipairs(E.list(p.models)) do requested[name] = true end
 for _, v in ipairs(variants) do

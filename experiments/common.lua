@@ -38,6 +38,20 @@ function E.resolve(p)
   return r
 end
 
+-- "1,2" or 1 -> {1, 2}, each a whole number; raises an error naming the value
+-- otherwise.
+function E.seeds(v)
+  local out = E.list(v)
+  for _, s in ipairs(out) do
+    if math.type(s) ~= "integer" then
+      error(string.format("seeds must be whole numbers separated by commas, such as 1,2,3; got '%s'",
+                          tostring(v)), 0)
+    end
+  end
+  if #out == 0 then error("seeds is empty; give at least one seed, such as seeds=1", 0) end
+  return out
+end
+
 -- "1,2" or 1 or {1, 2} -> {1, 2}.
 function E.list(v)
   if type(v) == "table" then return v end
@@ -138,10 +152,28 @@ E.summary_fields = {"model", "label", "seed", "params", "mflops_per_token", "ste
                     "train_loss", "val_topk", "ppl_topk", "val_causal", "frac_causal",
                     "val_calibrated", "wall_s", "log"}
 
+-- A row replaces any earlier row of the same model and seed, so that running
+-- again into the same folder never counts a run twice in the tables.
 function E.append_summary(path, row)
-  local new = not E.exists(path)
-  local f = assert(io.open(path, "a"))
-  if new then f:write(table.concat(E.summary_fields, "\t"), "\n") end
+  local other_rows, replaced = {}, false
+  local old = io.open(path, "r")
+  if old then
+    for line in old:lines() do
+      local model, _, seed = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)")
+      if model == tostring(row.model) and seed == tostring(row.seed) then
+        replaced = true
+      else
+        other_rows[#other_rows + 1] = line
+      end
+    end
+    old:close()
+  end
+  if #other_rows == 0 then other_rows[1] = table.concat(E.summary_fields, "\t") end
+  if replaced then
+    print(string.format("   replacing the earlier row of %s seed %s in %s", row.model, row.seed, path))
+  end
+  local f = assert(io.open(path, "w"))
+  f:write(table.concat(other_rows, "\n"), "\n")
   local cells = {}
   for i, k in ipairs(E.summary_fields) do
     local v = row[k]

@@ -56,7 +56,11 @@ if not ok_setting then
 end
 local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
 local out = p.out ~= "" and p.out or string.format("%s/results/%s_%s", here, p.setting, p.corpus)
-local seeds = E.list(p.seeds)
+local ok_seeds, seeds = pcall(E.seeds, p.seeds)
+if not ok_seeds then
+  io.stderr:write("compare.lua: " .. seeds .. "\n")
+  os.exit(2)
+end
 local requested = {}
 for _, name in ipairs(E.list(p.models)) do requested[name] = true end
 local specs = {}

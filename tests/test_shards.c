@@ -74,6 +74,12 @@ static tl_tensor *failing_loss(tl_ctx *ctx, int shard, int n, void *user)
     return shard_loss(ctx, shard, n, user);
 }
 
+/* Returns an int32 scalar instead of a float32 loss. */
+static tl_tensor *int_loss(tl_ctx *ctx, int shard, int n, void *user)
+{
+    return tl_zeros(ctx, TL_I32, 1, (int64_t[]){1});
+}
+
 /* Largest |a - b| / max(1e-3, |b|) over the gradients. */
 static double max_rel_diff(const float *a, const float *b, int64_t n)
 {
@@ -191,6 +197,10 @@ static void check_errors(void)
         CHECK_MSG(strstr(tl_errmsg(), "shard 1 of 2"), "message: %s", tl_errmsg());
         CHECK_MSG(strstr(tl_errmsg(), "deliberate"), "message: %s", tl_errmsg());
         CHECK(tl_shards_backward(s, NULL, &m, NULL) == TL_EINVAL);
+        CHECK(tl_shards_backward(NULL, shard_loss, &m, NULL) == TL_EINVAL);
+        tl_shards_reset(s);
+        CHECK(tl_shards_backward(s, int_loss, &m, NULL) == TL_ESHAPE);
+        CHECK_MSG(strstr(tl_errmsg(), "got int32"), "message: %s", tl_errmsg());
         tl_shards_reset(s);
 
         /* The failed step leaves no gradient in shard 1's buffer: a good

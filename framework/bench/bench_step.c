@@ -16,6 +16,7 @@
  * --phases also times forward, backward and optimizer (clip + AdamW) on their
  * own; shards run forward and backward together, timed as one phase. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,31 +120,57 @@ static tl_tensor *shard_loss(tl_ctx *ctx, int shard, int n, void *user)
     return model_loss(ctx, user, shard * rows, rows);
 }
 
+/* Parses the value of flag into *out, which must lie in [min, max]. Prints
+ * the flag, the value and the range, and returns false, otherwise. */
+static bool parse_int(const char *flag, const char *text, long min, long max, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "thinklab-bench-step: %s '%s' must be a whole number from %ld to %ld\n",
+                flag, text, min, max);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+static int usage(FILE *f, int status)
+{
+    fprintf(f, "usage: thinklab-bench-step [--threads N (0 = all cores)] "
+               "[--steps N (timed, default 30)] [--warmup N (default 5)] "
+               "[--phases] [--op-threads]\n");
+    return status;
+}
+
+/* Returns 0 to run, 1 after --help, 2 on a usage error. */
 static int parse_options(int argc, char **argv, bench_options *o)
 {
     *o = (bench_options){.threads = 0, .steps = 30, .warmup = 5};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--phases") == 0) {
+        bool has_value = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            return usage(stdout, 1);
+        } else if (strcmp(a, "--phases") == 0) {
             o->phases = true;
         } else if (strcmp(a, "--op-threads") == 0) {
             o->op_threads = true;
-        } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
-            o->threads = atoi(argv[++i]);
-        } else if (i + 1 < argc && strcmp(a, "--steps") == 0) {
-            o->steps = atoi(argv[++i]);
-        } else if (i + 1 < argc && strcmp(a, "--warmup") == 0) {
-            o->warmup = atoi(argv[++i]);
+        } else if (has_value && strcmp(a, "--threads") == 0) {
+            if (!parse_int(a, argv[++i], 0, 1024, &o->threads))
+                return 2;
+        } else if (has_value && strcmp(a, "--steps") == 0) {
+            /* The bound keeps the timing arrays small. */
+            if (!parse_int(a, argv[++i], 1, 1000000, &o->steps))
+                return 2;
+        } else if (has_value && strcmp(a, "--warmup") == 0) {
+            if (!parse_int(a, argv[++i], 0, 1000000, &o->warmup))
+                return 2;
         } else {
-            fprintf(stderr, "usage: thinklab-bench-step [--threads N (0 = all cores)] "
-                            "[--steps N (timed, default 30)] [--warmup N (default 5)] "
-                            "[--phases] [--op-threads]\n");
-            return 2;
+            fprintf(stderr, "thinklab-bench-step: unknown or incomplete option '%s'\n", a);
+            return usage(stderr, 2);
         }
-    }
-    if (o->steps < 1 || o->warmup < 0) {
-        fprintf(stderr, "thinklab-bench-step: --steps must be >= 1 and --warmup >= 0\n");
-        return 2;
     }
     return 0;
 }
@@ -153,7 +180,7 @@ int main(int argc, char **argv)
     bench_options opt;
     int rc = parse_options(argc, argv, &opt);
     if (rc)
-        return rc;
+        return rc == 1 ? 0 : rc;
     tl_threads_set(opt.threads);
     char desc[160];
     printf("thinklab step benchmark: GPT-2 style, V %d, context %d, C %d, H %d, %d layers, "
@@ -179,8 +206,10 @@ int main(int argc, char **argv)
             return 1;
         }
         printf("parallel: %d data-parallel shards of %d sequences\n", n_shards, BATCH / n_shards);
-    } else {
+    } else if (tl_threads_get() > 1) {
         printf("parallel: threads inside each op and sgemm\n");
+    } else {
+        printf("parallel: none (1 thread)\n");
     }
     printf("parameters %lld\n", (long long)tl_params_numel(m.params));
 
@@ -196,6 +225,10 @@ int main(int argc, char **argv)
     double *t_bwd = calloc((size_t)total, sizeof *t_bwd);
     double *t_opt = calloc((size_t)total, sizeof *t_opt);
     double *t_cpu = calloc((size_t)total, sizeof *t_cpu);
+    if (!times || !t_fwd || !t_bwd || !t_opt || !t_cpu) {
+        fprintf(stderr, "thinklab-bench-step: could not allocate timings for %d steps\n", total);
+        return 1;
+    }
     double flops = 0.0, first_loss = 0.0, last_loss = 0.0;
 
     for (int s = 0; s < total; s++) {

@@ -29,7 +29,11 @@ struct tl_shards {
 
 tl_shards *tl_shards_new(const tl_params *p, int n, size_t block_bytes)
 {
-    if (!p || !tl_params_grads(p)) {
+    if (!p) {
+        tl_seterr(TL_EINVAL, "shards: the parameter store is NULL");
+        return NULL;
+    }
+    if (!tl_params_grads(p)) {
         tl_seterr(TL_ESTATE, "shards: the parameter store must be allocated first "
                              "(tl_params_alloc)");
         return NULL;
@@ -101,8 +105,8 @@ static void tl_shard_run(tl_shard *sh, int i, int n, tl_shard_loss_fn fn, void *
         if (tl_lasterr() == TL_OK)
             tl_seterr(st, "the loss function returned NULL without an error message");
     } else if (tl_numel(loss) != 1 || loss->dtype != TL_F32) {
-        st = tl_seterr(TL_ESHAPE, "the loss must be a float32 scalar, got %lld elements",
-                       (long long)tl_numel(loss));
+        st = tl_seterr(TL_ESHAPE, "the loss must be a float32 scalar, got %s with %lld elements",
+                       loss->dtype == TL_F32 ? "float32" : "int32", (long long)tl_numel(loss));
     } else {
         sh->loss = tl_f32(loss)[0];
         st = tl_backward(sh->ctx, tl_scale(sh->ctx, loss, 1.0f / (float)n));
@@ -115,6 +119,8 @@ static void tl_shard_run(tl_shard *sh, int i, int n, tl_shard_loss_fn fn, void *
 
 tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, double *loss)
 {
+    if (!s)
+        return tl_seterr(TL_EINVAL, "shards: the shard set is NULL");
     if (!fn)
         return tl_seterr(TL_EINVAL, "shards: the loss function is NULL");
     int n = s->n;

@@ -33,8 +33,9 @@ typedef struct tl_shards tl_shards;
 typedef tl_tensor *(*tl_shard_loss_fn)(tl_ctx *ctx, int shard, int n, void *user);
 
 /* Creates n shards over the allocated parameters of p. n = 0 takes the thread
- * count (tl_threads_get). block_bytes is each context's arena block size, 0
- * for the default. */
+ * count (tl_threads_get); otherwise n must lie in [1, 256]. block_bytes is
+ * each context's arena block size, 0 for the default. Returns NULL on failure,
+ * with TL_EINVAL, TL_ESTATE (p not allocated) or TL_ENOMEM and a message. */
 tl_shards *tl_shards_new(const tl_params *p, int n, size_t block_bytes);
 void tl_shards_free(tl_shards *s);
 
@@ -46,8 +47,10 @@ tl_ctx *tl_shards_ctx(tl_shards *s, int i);
  * zeroes the store's gradients before the step as usual. When every shard
  * contains the same number of loss terms, the result equals the gradient of the
  * whole batch's mean loss, and *loss (if not NULL) receives that mean. On
- * failure the message names the shard, and the store's gradients may hold
- * shard 0's part: zero them before another attempt. */
+ * failure it returns the failing shard's status (the lowest-numbered one)
+ * with a message that names the shard, and the store's gradients may hold
+ * shard 0's part: zero them before another attempt. Call tl_shards_reset
+ * before the next step. */
 tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, double *loss);
 
 /* Resets every shard's context (end of step). */

@@ -460,6 +460,10 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     if (!probe)
         return tl_seterr(TL_ENOTFOUND, "checkpoint '%s' not found or not readable", path);
     fclose(probe);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' is a directory or device, not a file; pass "
+                                    "the checkpoint file itself", path);
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -516,7 +520,7 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     }
     if (step > tr->cfg.steps) {
         st = tl_seterr(TL_EINVAL, "checkpoint '%s' is at step %lld, but this run has %lld steps; "
-                                  "set steps above %lld",
+                                  "set steps to at least %lld",
                        path, (long long)step, (long long)tr->cfg.steps, (long long)step);
         goto out;
     }
