@@ -115,6 +115,20 @@ static void set_version(const char *path, int32_t version)
     H5Fclose(f);
 }
 
+/* Overwrites the rng dataset of path with other values, as a damaged file
+ * would have them. */
+static void set_rng(const char *path)
+{
+    uint64_t rng[4] = {1, 2, 3, 4};
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "rng", H5P_DEFAULT);
+    CHECK(f >= 0);
+    CHECK(d >= 0);
+    CHECK(H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, rng) >= 0);
+    H5Dclose(d);
+    H5Fclose(f);
+}
+
 static void test_rejections(void)
 {
     char path[512], other[512];
@@ -180,6 +194,12 @@ static void test_rejections(void)
     }
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), "damaged") != NULL, "%s", tl_errmsg());
+
+    /* Damaged sampling state: the parameters check out, the RNG does not. */
+    copy_file(path, other);
+    set_rng(other);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "RNG state") != NULL, "%s", tl_errmsg());
 
     /* Not a checkpoint at all, and a missing file. */
     f = fopen(other, "wb");

@@ -5,7 +5,9 @@
  *   attributes  thinklab_checkpoint_version (int32), thinklab_version,
  *               step, batches_drawn, batch_size, context, numel (int64),
  *               world (int64: ranks that wrote it; batch_size is per rank),
- *               checksum (uint64, FNV-1a over params/data, m and v)
+ *               checksum (uint64, FNV-1a over params/data, m and v),
+ *               state_checksum (uint64, FNV-1a over rng, step and batches_drawn;
+ *               files written before it existed load without the check)
  *   rng         uint64 (4): the batch-sampling xoshiro state
  *   config_json string: trainer and model configuration
  *   arch/names  string: parameter names in store order, one per line
@@ -64,6 +66,14 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
         h *= 1099511628211ull;
     }
     return h;
+}
+
+/* Checksum of what resumes the sampling: the RNG state, step and batches drawn. */
+static uint64_t state_checksum(const uint64_t rng[4], int64_t step, int64_t drawn)
+{
+    uint64_t h = fnv1a(0xcbf29ce484222325ULL, rng, 4 * sizeof rng[0]);
+    h = fnv1a(h, &step, sizeof step);
+    return fnv1a(h, &drawn, sizeof drawn);
 }
 
 static uint64_t block_checksum(const float *data, const float *m, const float *v, int64_t n)
@@ -228,6 +238,8 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, write_attr(file, "context", H5T_NATIVE_INT64, &tr->cfg.context));
     CK_H5(path, write_attr(file, "numel", H5T_NATIVE_INT64, &numel));
     CK_H5(path, write_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
+    uint64_t state = state_checksum(tr->rng.s, tr->step, tr->sampler.batches_drawn);
+    CK_H5(path, write_attr(file, "state_checksum", H5T_NATIVE_UINT64, &state));
 
     hsize_t four = 4;
     CK_H5(path, write_array(file, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &four, tr->rng.s));
@@ -499,6 +511,15 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     CK_H5(path, read_attr(file, "numel", H5T_NATIVE_INT64, &file_numel));
     CK_H5(path, read_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
     CK_H5(path, read_vector(file, "rng", H5T_NATIVE_UINT64, 4, rng));
+    if (H5Aexists(file, "state_checksum") > 0) {
+        uint64_t state = 0;
+        CK_H5(path, read_attr(file, "state_checksum", H5T_NATIVE_UINT64, &state));
+        if (state != state_checksum(rng, step, drawn)) {
+            st = tl_seterr(TL_EFORMAT, "checkpoint '%s': the RNG state, step or batch count does "
+                                       "not match its checksum; the file is damaged", path);
+            goto out;
+        }
+    }
     /* Files from before data parallelism have no "world": one process. */
     int64_t file_world = 1;
     if (H5Aexists(file, "world") > 0)
