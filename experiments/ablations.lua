@@ -37,11 +37,7 @@ local p = thinklab.params{
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
 local E = dofile(here .. "/common.lua")
-local ok_setting, r = pcall(E.resolve, p)
-if not ok_setting then
-  io.stderr:write("ablations.lua: " .. r .. "\n")
-  os.exit(2)
-end
+local r = E.or_usage_error("ablations.lua", E.resolve, p)
 
 local function itt(extra)
   local s = {plugin = "itt", steps = 4, ratios = {0.5, 0.5, 0.5}}
@@ -60,11 +56,7 @@ local variants = {
 
 local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
 local out = p.out ~= "" and p.out or string.format("%s/results/ablations_%s_%s", here, p.setting, p.corpus)
-local ok_seeds, seeds = pcall(E.seeds, p.seeds)
-if not ok_seeds then
-  io.stderr:write("ablations.lua: " .. seeds .. "\n")
-  os.exit(2)
-end
+local seeds = E.or_usage_error("ablations.lua", E.seeds, p.seeds)
 local requested, specs = {}, {}
 for _, name in ipairs(E.list(p.models)) do requested[name] = true end
 for _, v in ipairs(variants) do

@@ -38,6 +38,17 @@ function E.resolve(p)
   return r
 end
 
+-- Returns f(v), or prints "script: <error>" and exits with status 2 when f
+-- raises: the scripts' check for a bad command-line value.
+function E.or_usage_error(script, f, v)
+  local ok, result = pcall(f, v)
+  if not ok then
+    io.stderr:write(script .. ": " .. tostring(result) .. "\n")
+    os.exit(2)
+  end
+  return result
+end
+
 -- "1,2" or 1 -> {1, 2}, each a whole number; raises an error naming the value
 -- otherwise.
 function E.seeds(v)

@@ -49,18 +49,10 @@ local p = thinklab.params{
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
 local E = dofile(here .. "/common.lua")
-local ok_setting, r = pcall(E.resolve, p)
-if not ok_setting then
-  io.stderr:write("compare.lua: " .. r .. "\n")
-  os.exit(2)
-end
+local r = E.or_usage_error("compare.lua", E.resolve, p)
 local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
 local out = p.out ~= "" and p.out or string.format("%s/results/%s_%s", here, p.setting, p.corpus)
-local ok_seeds, seeds = pcall(E.seeds, p.seeds)
-if not ok_seeds then
-  io.stderr:write("compare.lua: " .. seeds .. "\n")
-  os.exit(2)
-end
+local seeds = E.or_usage_error("compare.lua", E.seeds, p.seeds)
 local requested = {}
 for _, name in ipairs(E.list(p.models)) do requested[name] = true end
 local specs = {}

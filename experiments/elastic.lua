@@ -33,11 +33,7 @@ local p = thinklab.params{
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
 local E = dofile(here .. "/common.lua")
-local ok_setting, r = pcall(E.resolve, p)
-if not ok_setting then
-  io.stderr:write("elastic.lua: " .. r .. "\n")
-  os.exit(2)
-end
+local r = E.or_usage_error("elastic.lua", E.resolve, p)
 local data_dir = p.data_dir ~= "" and p.data_dir or here .. "/data"
 local out = p.out ~= "" and p.out or string.format("%s/results/elastic_%s_%s", here, p.setting, p.corpus)
 E.mkdir(out)

@@ -3,8 +3,8 @@
  * q (B,Tq,C), k and v (B,Tk,C) with C = H*D; head h occupies columns
  * [h*D, (h+1)*D) of every row. The whole op is one graph node: the (Tq,Tk)
  * scores live in arena scratch and never become tensors. Work is split over
- * (b,h) pairs; each pair's products are sgemm calls on strided views of its
- * columns, and each pair writes only its own columns of the outputs and
+ * (b,h) pairs, and each pair's products are sgemm calls on strided views of
+ * its columns. Each pair writes only its own columns of the outputs and
  * gradients, so the parallel loops need no reductions and give the same bits
  * for any thread count. */
 #include <cblas.h>

@@ -73,7 +73,7 @@ static void tl_norm_param_grads(float *dg, float *db, const float *dy, const flo
 
 /* ---- rmsnorm ------------------------------------------------------------------ */
 
-/* Rows [i0, i1) of the RMSNorm forward. */
+/* Computes rows [i0, i1) of the RMSNorm forward. */
 TL_MULTIVERSION
 static void tl_rmsnorm_rows(const float *xs, const float *gs, float *y, float *rstd, int64_t C,
                             float eps, int64_t i0, int64_t i1)
@@ -125,7 +125,7 @@ tl_tensor *tl_rmsnorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, float eps)
     return out;
 }
 
-/* Rows [i0, i1) of the RMSNorm input gradient. */
+/* Adds rows [i0, i1) of the RMSNorm input gradient into dx. */
 TL_MULTIVERSION
 static void tl_rmsnorm_backward_rows(const float *xs, const float *gs, const float *dy,
                                      const float *rstd, float *dx, int64_t C, int64_t i0,
@@ -169,7 +169,7 @@ void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node)
 
 /* ---- layernorm ---------------------------------------------------------------- */
 
-/* Rows [i0, i1) of the LayerNorm forward; bs may be NULL. */
+/* Computes rows [i0, i1) of the LayerNorm forward. bs may be NULL. */
 TL_MULTIVERSION
 static void tl_layernorm_rows(const float *xs, const float *gs, const float *bs, float *y,
                               float *mean, float *rstd, int64_t C, float eps, int64_t i0,
@@ -240,7 +240,7 @@ tl_tensor *tl_layernorm(tl_ctx *ctx, tl_tensor *x, tl_tensor *g, tl_tensor *b, f
     return out;
 }
 
-/* Rows [i0, i1) of the LayerNorm input gradient. */
+/* Adds rows [i0, i1) of the LayerNorm input gradient into dx. */
 TL_MULTIVERSION
 static void tl_layernorm_backward_rows(const float *xs, const float *gs, const float *dy,
                                        const float *mean, const float *rstd, float *dx,
