@@ -1,5 +1,6 @@
 /* Fused attention: finite-difference gradients for q, k and v under every RoPE
- * pairing, with position subsets, padding and Tq != Tk; the forward against a
+ * pairing, with position subsets, padding, Tq != Tk and sequences longer than
+ * one block of queries; the forward against a
  * naive double-precision reference; causality; padding; one graph node; FLOP
  * count; same bits on one and two threads. */
 #include <math.h>
@@ -299,6 +300,20 @@ static void check_node_flops_errors(void)
     CHECK_MSG(tl_ctx_flops_backward(ctx) == 180.0 + 6.0, "backward FLOPs %g, expected 186",
               tl_ctx_flops_backward(ctx));
 
+    /* 37 queries in blocks of 16, 16 and 5 rows over their largest extents
+     * 16, 32 and 37: 16 * 16 + 16 * 32 + 5 * 37 = 953 computed scores, of
+     * which 37 * 38 / 2 = 703 are visible. */
+    tl_ctx_reset(ctx);
+    float *buf37 = calloc(37 * 2, sizeof(float));
+    tl_tensor *x37 = tl_wrap(ctx, TL_F32, buf37, 3, (int64_t[]){1, 37, 2});
+    tl_set_requires_grad(x37, true);
+    tl_ctx_reset_flops(ctx);
+    CHECK(tl_attention(ctx, x37, x37, x37, &o) != NULL);
+    CHECK_MSG(tl_ctx_flops_forward(ctx) == 953.0 * 8.0 + 703.0 * 5.0,
+              "forward FLOPs %g over 37 tokens, expected %g", tl_ctx_flops_forward(ctx),
+              953.0 * 8.0 + 703.0 * 5.0);
+    free(buf37);
+
     tl_ctx_reset(ctx);
     x = tl_wrap(ctx, TL_F32, buf, 3, (int64_t[]){1, 2, 3});
     o.n_head = 2;
@@ -412,6 +427,24 @@ int main(void)
     check_causality(&rng, causal, 0);
     attn_case causal_sub = {1, 4, 4, 3, 4, TL_ROPE_HALF, 10000.0f, sub_pos, sub_pos, NULL, NULL};
     check_causality(&rng, causal_sub, 2);
+
+    /* Longer than one block of 16 queries, where each block runs over keys up
+     * to its own extent: causal, padded on both sides, and with positions out
+     * of order, which makes the visible keys no prefix and the blocks'
+     * extents not increasing. */
+    attn_case blocks = {1, 37, 37, 2, 4, TL_ROPE_NONE, 10000.0f, NULL, NULL, NULL, NULL};
+    check_case(&rng, "attention 37 tokens", blocks, true, true, true);
+    static const int32_t long_q_len[2] = {35, 20}, long_k_len[2] = {18, 35};
+    attn_case long_pad = {2, 35, 35, 2, 4, TL_ROPE_HALF, 10000.0f, NULL, NULL, long_q_len,
+                          long_k_len};
+    check_case(&rng, "attention 35 tokens padded", long_pad, true, true, true);
+    static int32_t shuffled[34];
+    for (int i = 0; i < 34; i++)
+        shuffled[i] = (int32_t)((i * 13) % 34); /* 13 is coprime with 34: a permutation */
+    attn_case scrambled = {1, 34, 34, 2, 4, TL_ROPE_INTERLEAVED, 10000.0f, shuffled, shuffled,
+                           NULL, NULL};
+    check_case(&rng, "attention 34 tokens out of order", scrambled, true, true, true);
+    check_causality(&rng, blocks, 20);
 
     check_padding(&rng);
     check_no_visible_key(&rng);

@@ -16,6 +16,12 @@
 
 /* Below this many multiply-adds (B*H*Tq*Tk*D) the op runs on one thread. */
 enum { TL_ATTN_PARALLEL_WORK = 1 << 16 };
+/* Queries per block of the products. Each block runs over keys up to its own
+ * last visible one, so under a causal mask at T = 64 the products compute
+ * 2560 of the 4096 scores (2080 visible) instead of all of them. Forward and
+ * backward at B 6, T 64, C 128, H 4 on one thread measured 0.58 ms with one
+ * block of 64, 0.51 ms with blocks of 32 and 0.49 ms with blocks of 16. */
+enum { TL_ATTN_ROW_BLOCK = 16 };
 
 /* cos and sin of the RoPE angles. Row r contains the D/2 pair angles of one
  * position: pos * base^(-2i/D) for pair i. */
@@ -32,7 +38,7 @@ typedef struct tl_attn_saved {
     const int32_t *extent;  /* (B,Tq) 1 + last visible key of each query, 0 when none */
     tl_rope_table rope;
     double visible;         /* visible (b, query, key) triples, for FLOP counts */
-    double computed;        /* (b, query, key) scores the products compute, sum of Tq e_max */
+    double computed;        /* (b, query, key) scores the products compute (tl_attn_computed) */
 } tl_attn_saved;
 
 /* The attention problem after validation. */
@@ -251,6 +257,17 @@ static double tl_attn_mask(const tl_attn_dims *dm, const tl_attention_opts *o, u
         int64_t k_len = o->k_len ? tl_i32(o->k_len)[b] : Tk;
         int32_t qp = tl_pos_at(q_pos, b, Tq, i);
         uint8_t *m = mask + n * Tk;
+        if (!k_pos) {
+            /* Key j sits at position j: the visible keys are a prefix. */
+            int64_t e = (int64_t)qp + 1 < k_len ? (int64_t)qp + 1 : k_len;
+            if (i >= q_len)
+                e = 0;
+            memset(m, 1, (size_t)e);
+            memset(m + e, 0, (size_t)(Tk - e));
+            extent[n] = (int32_t)e;
+            row_visible[n] = e;
+            continue;
+        }
         int32_t last = 0;
         int64_t count = 0;
         for (int64_t j = 0; j < Tk; j++) {
@@ -270,32 +287,116 @@ static double tl_attn_mask(const tl_attn_dims *dm, const tl_attention_opts *o, u
     return visible;
 }
 
-/* Largest extent among batch row b's queries: the pair's products run over
- * keys [0, e_max) only. */
-static int64_t tl_attn_max_extent(const int32_t *extent, int64_t b, int64_t Tq)
+/* Largest extent among queries [i0, i1) of one batch row, whose extents are
+ * ext[0..Tq): products for those queries run over keys [0, that) only. */
+static int64_t tl_attn_max_extent(const int32_t *ext, int64_t i0, int64_t i1)
 {
     int64_t e_max = 0;
-    for (int64_t i = 0; i < Tq; i++)
-        e_max = extent[b * Tq + i] > e_max ? extent[b * Tq + i] : e_max;
+    for (int64_t i = i0; i < i1; i++)
+        e_max = ext[i] > e_max ? ext[i] : e_max;
     return e_max;
 }
 
-/* Computes one (b,h) pair of the forward: rotates its q and k columns, then
+/* Scores the products compute for one head: each block of TL_ATTN_ROW_BLOCK
+ * queries runs over keys up to its largest extent, masked keys below that
+ * included. */
+static double tl_attn_computed(const int32_t *extent, int64_t B, int64_t Tq)
+{
+    double n = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i0 = 0; i0 < Tq; i0 += TL_ATTN_ROW_BLOCK) {
+            int64_t i1 = i0 + TL_ATTN_ROW_BLOCK < Tq ? i0 + TL_ATTN_ROW_BLOCK : Tq;
+            n += (double)((i1 - i0) * tl_attn_max_extent(extent + b * Tq, i0, i1));
+        }
+    return n;
+}
+
+/* Masks, exponentiates and normalises one row pi of scores in place. e >= 1
+ * is 1 + the row's last visible key and e_blk >= e the columns sgemm wrote.
+ * When prefix is true the visible keys are exactly [0, e), and m is not read.
+ * The loops run over w columns, e rounded up to whole groups of TL_VLANES
+ * but not past e_blk, so that for the usual sizes they have no scalar tail.
+ * Columns from e on are set to -inf and come out of exp as 0; columns from w
+ * to Tk are zeroed. */
+TL_MULTIVERSION
+static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t e_blk,
+                                int64_t Tk, bool prefix)
+{
+    int64_t w = (e + TL_VLANES - 1) / TL_VLANES * TL_VLANES;
+    w = w < e_blk ? w : e_blk;
+    int64_t groups = w / TL_VLANES * TL_VLANES;
+    float lane[TL_VLANES];
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = -INFINITY;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES) {
+        float *pj = pi + j0;
+        int64_t left = e - j0; /* lanes below this are keys before e */
+        if (prefix) {
+#pragma omp simd
+            for (int64_t l = 0; l < TL_VLANES; l++) {
+                float sj = l < left ? pj[l] : -INFINITY;
+                pj[l] = sj;
+                lane[l] = sj > lane[l] ? sj : lane[l]; /* not fmaxf, a library call on x86-64 */
+            }
+        } else {
+            for (int64_t l = 0; l < TL_VLANES; l++) {
+                float sj = l < left && m[j0 + l] ? pj[l] : -INFINITY;
+                pj[l] = sj;
+                lane[l] = sj > lane[l] ? sj : lane[l];
+            }
+        }
+    }
+    for (int64_t j = groups; j < w; j++) {
+        float sj = j < e && (prefix || m[j]) ? pi[j] : -INFINITY;
+        pi[j] = sj;
+        lane[j - groups] = sj > lane[j - groups] ? sj : lane[j - groups];
+    }
+    /* Key e - 1 is visible, so max is finite and masked keys give
+     * exp(-inf) = 0. */
+    float max = tl_vlanes_max(lane);
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = 0.0f;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES) {
+        float *pj = pi + j0;
+#pragma omp simd
+        for (int64_t l = 0; l < TL_VLANES; l++) {
+            float ej = tl_vexpf(pj[l] - max);
+            pj[l] = ej;
+            lane[l] += ej;
+        }
+    }
+    for (int64_t j = groups; j < w; j++) {
+        pi[j] = tl_vexpf(pi[j] - max);
+        lane[j - groups] += pi[j];
+    }
+    float inv = 1.0f / tl_vlanes_sum(lane); /* the sum is >= 1: the maximum gives exp(0) */
+#pragma omp simd
+    for (int64_t j = 0; j < w; j++)
+        pi[j] *= inv;
+    memset(pi + w, 0, (size_t)(Tk - w) * sizeof(float));
+}
+
+/* Computes one (b,h) pair of the forward: rotates its q and k columns, then,
+ * for each block of TL_ATTN_ROW_BLOCK queries with largest extent e_blk,
  * S = Qr Kr^T / sqrt(D) and O = softmax(S) V as two sgemm calls over keys
- * [0, e_max), with the mask applied between them. The head's rows are strided
- * views of q, k, v and out (leading dimension C), so nothing is copied. p is
- * the pair's (Tq,Tk) block of probabilities: zero where masked or padded and
- * past each query's extent, which backward relies on. Inside a parallel
- * region sgemm runs on the calling thread. */
+ * [0, e_blk), with the mask applied between them. Under a causal mask the
+ * blocks skip most of the masked half of the scores. The head's rows are
+ * strided views of q, k, v and out (leading dimension C), so nothing is
+ * copied. p is the pair's (Tq,Tk) block of probabilities: zero where masked
+ * or padded and past each query's extent, which backward relies on. Inside a
+ * parallel region sgemm runs on the calling thread. */
 TL_MULTIVERSION
 static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, const float *q,
                                  const float *k, const float *v, float *qr, float *kr,
                                  const tl_rope_table *rope, const uint8_t *mask,
-                                 const int32_t *extent, int64_t e_max, float *p, float *out)
+                                 const int32_t *extent, const int64_t *row_visible, float *p,
+                                 float *out)
 {
     int64_t Tq = dm->Tq, Tk = dm->Tk, C = dm->C, D = dm->D, half = D / 2;
     float scale = 1.0f / sqrtf((float)D);
     float *o = out + b * Tq * C + h * D;
+    const int32_t *ext = extent + b * Tq;
+    int64_t e_max = tl_attn_max_extent(ext, 0, Tq);
 
     if (e_max == 0) {
         /* No query has a visible key: the outputs are zero. */
@@ -318,41 +419,30 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
     }
     const float *qb = qr + b * Tq * C + h * D, *kb = kr + b * Tk * C + h * D;
     const float *vb = v + b * Tk * C + h * D;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)Tq, (blasint)e_max, (blasint)D,
-                scale, qb, (blasint)C, kb, (blasint)C, 0.0f, p, (blasint)Tk);
-
-    for (int64_t i = 0; i < Tq; i++) {
-        float *pi = p + i * Tk;
-        const uint8_t *m = mask + (b * Tq + i) * Tk;
-        int64_t e = extent[b * Tq + i];
-        if (e == 0) {
-            memset(pi, 0, (size_t)Tk * sizeof(float)); /* padded query, or no visible key */
+    for (int64_t i0 = 0; i0 < Tq; i0 += TL_ATTN_ROW_BLOCK) {
+        int64_t rows = Tq - i0 < TL_ATTN_ROW_BLOCK ? Tq - i0 : TL_ATTN_ROW_BLOCK;
+        int64_t e_blk = tl_attn_max_extent(ext, i0, i0 + rows);
+        float *pb = p + i0 * Tk, *ob = o + i0 * C;
+        if (e_blk == 0) {
+            for (int64_t i = 0; i < rows; i++)
+                memset(ob + i * C, 0, (size_t)D * sizeof(float));
+            memset(pb, 0, (size_t)(rows * Tk) * sizeof(float));
             continue;
         }
-        float max = -INFINITY;
-#pragma omp simd reduction(max : max)
-        for (int64_t j = 0; j < e; j++) {
-            float sj = m[j] ? pi[j] : -INFINITY;
-            pi[j] = sj;
-            max = sj > max ? sj : max; /* not fmaxf, a library call on x86-64 */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)e_blk,
+                    (blasint)D, scale, qb + i0 * C, (blasint)C, kb, (blasint)C, 0.0f, pb,
+                    (blasint)Tk);
+        for (int64_t i = i0; i < i0 + rows; i++) {
+            float *pi = p + i * Tk;
+            if (ext[i] == 0) /* padded query, or no visible key */
+                memset(pi, 0, (size_t)Tk * sizeof(float));
+            else
+                tl_attn_softmax_row(pi, mask + (b * Tq + i) * Tk, ext[i], e_blk, Tk,
+                                    row_visible[b * Tq + i] == ext[i]);
         }
-        /* Key e - 1 is visible, so max is finite and masked keys give
-         * exp(-inf) = 0. */
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < e; j++) {
-            float ej = tl_vexpf(pi[j] - max);
-            pi[j] = ej;
-            sum += ej;
-        }
-        float inv = 1.0f / sum; /* sum >= 1: the maximum contributes exp(0) */
-#pragma omp simd
-        for (int64_t j = 0; j < e; j++)
-            pi[j] *= inv;
-        memset(pi + e, 0, (size_t)(Tk - e) * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)D,
+                    (blasint)e_blk, 1.0f, pb, (blasint)Tk, vb, (blasint)C, 0.0f, ob, (blasint)C);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)Tq, (blasint)D, (blasint)e_max,
-                1.0f, p, (blasint)Tk, vb, (blasint)C, 0.0f, o, (blasint)C);
 }
 
 tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
@@ -393,17 +483,15 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
-        tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent,
-                             tl_attn_max_extent(extent, b, Tq), p + bh * Tq * Tk, od);
+        tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent, row_visible,
+                             p + bh * Tq * Tk, od);
     }
 
-    /* The products run over Tq x e_max scores per pair, masked ones
-     * included: 2D each for the score and for the product with v. Softmax
-     * costs 5 per visible score (scale, max, exp, sum, normalise). RoPE costs
-     * 6 per rotated pair, 3 per element of q and k. */
-    s->computed = 0.0;
-    for (int64_t b = 0; b < B; b++)
-        s->computed += (double)(Tq * tl_attn_max_extent(extent, b, Tq));
+    /* The products run over the computed scores (tl_attn_computed), masked
+     * ones included: 2D each for the score and for the product with v.
+     * Softmax costs 5 per visible score (scale, max, exp, sum, normalise).
+     * RoPE costs 6 per rotated pair, 3 per element of q and k. */
+    s->computed = tl_attn_computed(extent, B, Tq);
     double flops = (double)H * (s->computed * 4.0 * (double)D + s->visible * 5.0);
     if (dm.pairing != TL_ROPE_NONE)
         flops += 3.0 * (double)(B * (Tq + Tk) * C);
@@ -434,73 +522,83 @@ typedef struct tl_attn_scratch {
 /* Computes one (b,h) pair of the backward. With S = Qr Kr^T / sqrt(D), P = softmax(S),
  * O = P V:  dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
  * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D). The four products are sgemm
- * calls over keys [0, e_max). Masked and padded entries have P = 0, so their
+ * calls per block of TL_ATTN_ROW_BLOCK queries, over the keys [0, e_blk) the
+ * forward used for that block. Masked and padded entries have P = 0, so their
  * dS is 0 and they contribute nothing. Without RoPE dQr and dKr accumulate
  * straight into dq and dk; with it they go through scratch and are rotated
  * back. dq, dk or dv may be NULL when that input needs no gradient. */
 TL_MULTIVERSION
 static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
-                                  const tl_attn_saved *s, int64_t e_max, const float *v,
-                                  const float *dout, float *dq, float *dk, float *dv,
-                                  tl_attn_scratch w)
+                                  const tl_attn_saved *s, const float *v, const float *dout,
+                                  float *dq, float *dk, float *dv, tl_attn_scratch w)
 {
     int64_t Tq = dm->Tq, Tk = dm->Tk, C = dm->C, D = dm->D, H = dm->H, half = D / 2;
     float scale = 1.0f / sqrtf((float)D);
     const float *p = s->p + (b * H + h) * Tq * Tk;
     const tl_rope_table *rope = &s->rope;
+    const int32_t *ext = s->extent + b * Tq;
     bool rotated = dm->pairing != TL_ROPE_NONE;
+    int64_t e_max = tl_attn_max_extent(ext, 0, Tq);
     if (e_max == 0)
         return; /* P is 0 everywhere */
     const float *dob = dout + b * Tq * C + h * D, *vb = v + b * Tk * C + h * D;
     const float *qb = s->qr + b * Tq * C + h * D, *kb = s->kr + b * Tk * C + h * D;
-    blasint n_q = (blasint)Tq, n_k = (blasint)e_max, n_d = (blasint)D, ld = (blasint)C;
-    blasint ld_p = (blasint)Tk;
+    blasint n_d = (blasint)D, ld = (blasint)C, ld_p = (blasint)Tk;
+    /* Blocks add their share of dKr: with RoPE into scratch zeroed here. */
+    if (rotated && dk)
+        memset(w.dkr, 0, (size_t)(e_max * D) * sizeof(float));
 
-    if (dv)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, p, ld_p, dob, ld,
-                    1.0f, dv + b * Tk * C + h * D, ld);
-    if (!dq && !dk)
-        return;
+    for (int64_t i0 = 0; i0 < Tq; i0 += TL_ATTN_ROW_BLOCK) {
+        int64_t rows = Tq - i0 < TL_ATTN_ROW_BLOCK ? Tq - i0 : TL_ATTN_ROW_BLOCK;
+        int64_t e_blk = tl_attn_max_extent(ext, i0, i0 + rows);
+        if (e_blk == 0) {
+            if (rotated && dq) /* these queries' dQr is 0 */
+                memset(w.dqr + i0 * D, 0, (size_t)(rows * D) * sizeof(float));
+            continue;
+        }
+        blasint n_q = (blasint)rows, n_k = (blasint)e_blk;
+        const float *pb = p + i0 * Tk, *dobb = dob + i0 * C;
+        if (dv)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, pb, ld_p,
+                        dobb, ld, 1.0f, dv + b * Tk * C + h * D, ld);
+        if (!dq && !dk)
+            continue;
 
-    float *ds = w.ds;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n_k, n_d, 1.0f, dob, ld, vb, ld, 0.0f,
-                ds, ld_p);
-    for (int64_t i = 0; i < Tq; i++) {
-        const float *pi = p + i * Tk;
-        float *dsi = ds + i * Tk;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j < e_max; j++)
-            dot += pi[j] * dsi[j];
+        float *ds = w.ds + i0 * Tk;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n_k, n_d, 1.0f, dobb, ld, vb, ld,
+                    0.0f, ds, ld_p);
+        for (int64_t i = 0; i < rows; i++) {
+            const float *pi = pb + i * Tk;
+            float *dsi = ds + i * Tk;
+            float dot = tl_vdot(pi, dsi, e_blk);
 #pragma omp simd
-        for (int64_t j = 0; j < e_max; j++)
-            dsi[j] = pi[j] * (dsi[j] - dot) * scale;
-    }
-
-    if (dq) {
-        float *dst = rotated ? w.dqr : dq + b * Tq * C + h * D;
-        blasint ld_dst = rotated ? n_d : ld;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_d, n_k, 1.0f, ds, ld_p, kb,
-                    ld, rotated ? 0.0f : 1.0f, dst, ld_dst);
-        if (rotated) {
-            for (int64_t i = 0; i < Tq; i++) {
-                int64_t r = rope->q_row[b * Tq + i];
-                tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr + i * D,
-                                     rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
-            }
+            for (int64_t j = 0; j < e_blk; j++)
+                dsi[j] = pi[j] * (dsi[j] - dot) * scale;
+        }
+        if (dq) {
+            float *dst = rotated ? w.dqr + i0 * D : dq + (b * Tq + i0) * C + h * D;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_d, n_k, 1.0f, ds, ld_p,
+                        kb, ld, rotated ? 0.0f : 1.0f, dst, rotated ? n_d : ld);
+        }
+        if (dk) {
+            float *dst = rotated ? w.dkr : dk + b * Tk * C + h * D;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, ds, ld_p,
+                        qb + i0 * C, ld, 1.0f, dst, rotated ? n_d : ld);
         }
     }
-    if (dk) {
-        float *dst = rotated ? w.dkr : dk + b * Tk * C + h * D;
-        blasint ld_dst = rotated ? n_d : ld;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, ds, ld_p, qb, ld,
-                    rotated ? 0.0f : 1.0f, dst, ld_dst);
-        if (rotated) {
-            for (int64_t j = 0; j < e_max; j++) {
-                int64_t r = rope->k_row[b * Tk + j];
-                tl_rope_unrotate_add(dk + (b * Tk + j) * C + h * D, w.dkr + j * D,
-                                     rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
-            }
+
+    if (rotated && dq) {
+        for (int64_t i = 0; i < Tq; i++) {
+            int64_t r = rope->q_row[b * Tq + i];
+            tl_rope_unrotate_add(dq + (b * Tq + i) * C + h * D, w.dqr + i * D,
+                                 rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
+        }
+    }
+    if (rotated && dk) {
+        for (int64_t j = 0; j < e_max; j++) {
+            int64_t r = rope->k_row[b * Tk + j];
+            tl_rope_unrotate_add(dk + (b * Tk + j) * C + h * D, w.dkr + j * D,
+                                 rope->cos + r * half, rope->sin + r * half, D, dm->pairing);
         }
     }
 }
@@ -527,9 +625,7 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
     for (int64_t bh = 0; bh < B * H; bh++) {
         tl_attn_scratch w = {ds + bh * Tq * Tk, rotated ? dqr + bh * Tq * D : NULL,
                              rotated ? dkr + bh * Tk * D : NULL};
-        int64_t b = bh / H;
-        tl_attn_backward_pair(&dm, b, bh % H, s, tl_attn_max_extent(s->extent, b, Tq), vd, dout,
-                              dq, dk, dv, w);
+        tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
     }
 
     /* Per computed score and head: 2D for dP and 2D for each of dq, dk and dv

@@ -85,4 +85,65 @@ static inline float tl_vtanhf(float x)
     return ax < 0.625f ? small : large;
 }
 
+/* ---- short reductions ------------------------------------------------------ */
+
+/* Rows of a few dozen floats (attention scores, norms over C) are reduced in
+ * TL_VLANES independent partial results kept in a local array, each lane
+ * loop a plain elementwise loop that GCC turns into one vector operation,
+ * then folded pairwise. GCC lowers `omp simd reduction` instead through a
+ * per-lane array that it stores and reloads on every iteration and folds in
+ * a scalar loop, which on such rows costs more than the arithmetic. The
+ * order of the additions is fixed, so results are the same on every run. */
+enum { TL_VLANES = 16 }; /* the folds below are written for 16 */
+
+/* Pairwise folds of the TL_VLANES partial results, one loop of constant
+ * length per level so that each becomes a vector operation and no level waits
+ * on a store of the one before through memory. */
+static inline float tl_vlanes_sum(const float *lane)
+{
+    float a[8], b[4];
+    for (int l = 0; l < 8; l++)
+        a[l] = lane[l] + lane[l + 8];
+    for (int l = 0; l < 4; l++)
+        b[l] = a[l] + a[l + 4];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+static inline float tl_vlanes_max(const float *lane)
+{
+    float a[8], b[4];
+    for (int l = 0; l < 8; l++)
+        a[l] = lane[l + 8] > lane[l] ? lane[l + 8] : lane[l];
+    for (int l = 0; l < 4; l++)
+        b[l] = a[l + 4] > a[l] ? a[l + 4] : a[l];
+    float c0 = b[2] > b[0] ? b[2] : b[0], c1 = b[3] > b[1] ? b[3] : b[1];
+    return c1 > c0 ? c1 : c0;
+}
+
+/* sum_j x[j] y[j] for j < n. */
+static inline float tl_vdot(const float *x, const float *y, int64_t n)
+{
+    float lane[TL_VLANES] = {0};
+    int64_t j0 = 0;
+    for (; j0 + TL_VLANES <= n; j0 += TL_VLANES)
+        for (int l = 0; l < TL_VLANES; l++)
+            lane[l] += x[j0 + l] * y[j0 + l];
+    for (int64_t j = j0; j < n; j++)
+        lane[j - j0] += x[j] * y[j];
+    return tl_vlanes_sum(lane);
+}
+
+/* sum_j x[j] for j < n. */
+static inline float tl_vsum(const float *x, int64_t n)
+{
+    float lane[TL_VLANES] = {0};
+    int64_t j0 = 0;
+    for (; j0 + TL_VLANES <= n; j0 += TL_VLANES)
+        for (int l = 0; l < TL_VLANES; l++)
+            lane[l] += x[j0 + l];
+    for (int64_t j = j0; j < n; j++)
+        lane[j - j0] += x[j];
+    return tl_vlanes_sum(lane);
+}
+
 #endif
