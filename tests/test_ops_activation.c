@@ -184,6 +184,41 @@ int main(void)
         CHECK_MSG(worst < 1e-3 && worst > 0.0, "gelu forms differ by %.3g", worst);
     }
 
+    /* SiLU and tanh-form GELU save their derivative when the input needs a
+     * gradient: the forward gives the same bits with and without it, and the
+     * backward gives the analytic derivative. */
+    {
+        tl_tensor *xg = tl_wrap(ctx, TL_F32, x, 3, (int64_t[]){B, T, C});
+        tl_set_requires_grad(xg, true);
+        tl_tensor *plain[2] = {tl_silu(ctx, xt), tl_gelu(ctx, xt, true)};
+        tl_tensor *saved[2] = {tl_silu(ctx, xg), tl_gelu(ctx, xg, true)};
+        for (int k = 0; k < 2; k++) {
+            CHECK(saved[k] && saved[k]->node);
+            CHECK(plain[k] && !plain[k]->node);
+            CHECK_MSG(plain[k] && saved[k] &&
+                          memcmp(tl_f32(plain[k]), tl_f32(saved[k]), (size_t)n * 4) == 0,
+                      "%s: forward bits differ with a gradient", k ? "gelu tanh" : "silu");
+        }
+        /* d/dx of x sigmoid(x) and of x sigmoid(2u), in double. */
+        tl_tensor *loss = tl_add(ctx, tl_sum(ctx, saved[0]), tl_sum(ctx, saved[1]));
+        CHECK(loss != NULL);
+        CHECK(tl_backward(ctx, loss) == TL_OK);
+        double worst = 0.0;
+        for (int64_t i = 0; xg->grad && i < n; i++) {
+            double v = x[i], s1 = ref_sigmoid(v);
+            double u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+            double s2 = ref_sigmoid(2.0 * u);
+            double du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+            double want = s1 * (1.0 + v * (1.0 - s1)) + s2 + 2.0 * v * s2 * (1.0 - s2) * du;
+            worst = fmax(worst, fabs(xg->grad[i] - want) / (1.0 + fabs(want)));
+        }
+        CHECK(xg->grad != NULL);
+        CHECK_MSG(worst < 1e-6, "saved derivatives differ from the reference by %.3g", worst);
+        tl_ctx_reset(ctx);
+        xt = tl_wrap(ctx, TL_F32, x, 3, (int64_t[]){B, T, C});
+        yt = tl_wrap(ctx, TL_F32, y, 3, (int64_t[]){B, T, C});
+    }
+
     /* Errors. */
     {
         tl_tensor *short_y = tl_wrap(ctx, TL_F32, y, 3, (int64_t[]){B, T, C - 1});

@@ -33,18 +33,17 @@ static void tl_act_forward_range(tl_act kind, const float *restrict x, float *re
                                  int64_t n)
 {
     switch (kind) {
+    /* The same expressions as tl_act_forward_deriv_range, so that a forward
+     * with gradients gives the same bits as one without. */
     case TL_ACT_SILU:
 #pragma omp simd
         for (int64_t i = 0; i < n; i++)
-            y[i] = x[i] / (1.0f + tl_vexpf(-x[i]));
+            y[i] = x[i] * tl_vsigmoidf(x[i]);
         break;
     case TL_ACT_GELU_TANH:
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) {
-            float xi = x[i];
-            float u = tl_gelu_tanh_arg(xi);
-            y[i] = xi / (1.0f + tl_vexpf(-2.0f * u));
-        }
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] * tl_vsigmoidf(2.0f * tl_gelu_tanh_arg(x[i]));
         break;
     case TL_ACT_GELU_ERF:
         /* erff stays a libm call: this loop is not vectorised. */
@@ -62,6 +61,44 @@ static void tl_act_forward_range(tl_act kind, const float *restrict x, float *re
             y[i] = tl_vtanhf(x[i]);
         break;
     }
+}
+
+/* y = f(x) and d = f'(x) in one pass, for the kinds whose derivative needs
+ * the exp of the forward: SiLU and GELU with the tanh approximation. Backward
+ * then multiplies by d instead of computing exp again. */
+TL_MULTIVERSION
+static void tl_act_forward_deriv_range(tl_act kind, const float *restrict x, float *restrict y,
+                                       float *restrict d, int64_t n)
+{
+    if (kind == TL_ACT_SILU) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            float xi = x[i];
+            float s = tl_vsigmoidf(xi);
+            y[i] = xi * s;
+            d[i] = s * (1.0f + xi * (1.0f - s));
+        }
+    } else {
+        /* With s = sigmoid(2u): d/dx x s = s + 2 x s (1 - s) du/dx. */
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            float xi = x[i];
+            float s = tl_vsigmoidf(2.0f * tl_gelu_tanh_arg(xi));
+            float du = TL_GELU_K * (1.0f + 3.0f * TL_GELU_C * xi * xi);
+            y[i] = xi * s;
+            d[i] = s + 2.0f * xi * s * (1.0f - s) * du;
+        }
+    }
+}
+
+/* dx += dy * d, with d the derivative saved by the forward. */
+TL_MULTIVERSION
+static void tl_act_backward_saved_range(const float *restrict d, const float *restrict dy,
+                                        float *restrict dx, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        dx[i] += dy[i] * d[i];
 }
 
 /* dx += dy * f'(x), given the forward output y. */
@@ -110,24 +147,32 @@ static void tl_act_backward_range(tl_act kind, const float *restrict x, const fl
 }
 
 /* The range kernels above run on each thread's share of the elements. */
-static void tl_act_forward(tl_act kind, const float *x, float *y, int64_t n)
+/* d, when not NULL, receives f'(x) (tl_act_forward_deriv_range). */
+static void tl_act_forward(tl_act kind, const float *x, float *y, float *d, int64_t n)
 {
 #pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
     {
         int64_t lo, hi;
         tl_thread_range(n, &lo, &hi);
-        tl_act_forward_range(kind, x + lo, y + lo, hi - lo);
+        if (d)
+            tl_act_forward_deriv_range(kind, x + lo, y + lo, d + lo, hi - lo);
+        else
+            tl_act_forward_range(kind, x + lo, y + lo, hi - lo);
     }
 }
 
-static void tl_act_backward(tl_act kind, const float *x, const float *y, const float *dy, float *dx,
-                            int64_t n)
+/* With a saved derivative d the kind is not needed. */
+static void tl_act_backward(tl_act kind, const float *x, const float *y, const float *d,
+                            const float *dy, float *dx, int64_t n)
 {
 #pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
     {
         int64_t lo, hi;
         tl_thread_range(n, &lo, &hi);
-        tl_act_backward_range(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo);
+        if (d)
+            tl_act_backward_saved_range(d + lo, dy + lo, dx + lo, hi - lo);
+        else
+            tl_act_backward_range(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo);
     }
 }
 
@@ -136,6 +181,19 @@ static const double tl_act_flops[][2] = {
     [TL_ACT_SILU] = {4, 7},      [TL_ACT_GELU_TANH] = {9, 18}, [TL_ACT_GELU_ERF] = {5, 12},
     [TL_ACT_SIGMOID] = {3, 3},   [TL_ACT_TANH] = {1, 3},
 };
+/* Operations per element of the forward that also saves the derivative, and
+ * of the backward that multiplies by it. */
+static const double tl_act_deriv_flops[][2] = {
+    [TL_ACT_SILU] = {8, 2}, [TL_ACT_GELU_TANH] = {17, 2},
+};
+
+/* Whether the forward of kind saves f'(x) for backward: only where the
+ * derivative would otherwise cost another exp per element. It costs one
+ * more float per element of arena memory. */
+static bool tl_act_saves_deriv(tl_act kind)
+{
+    return kind == TL_ACT_SILU || kind == TL_ACT_GELU_TANH;
+}
 
 static tl_tensor *tl_unary(tl_ctx *ctx, tl_op op, tl_act kind, tl_tensor *x)
 {
@@ -145,11 +203,19 @@ static tl_tensor *tl_unary(tl_ctx *ctx, tl_op op, tl_act kind, tl_tensor *x)
     if (!out)
         return NULL;
     int64_t n = tl_numel(x);
-    tl_act_forward(kind, tl_f32(x), tl_f32(out), n);
-    tl_count_flops(ctx, op, tl_act_flops[kind][0] * (double)n);
+    float *d = NULL;
+    if (tl_act_saves_deriv(kind) && tl_ctx_grad_enabled(ctx) && tl_requires_grad(x)) {
+        d = tl_ctx_alloc(ctx, (size_t)n * sizeof(float));
+        if (!d)
+            return NULL;
+    }
+    tl_act_forward(kind, tl_f32(x), tl_f32(out), d, n);
+    tl_count_flops(ctx, op, (d ? tl_act_deriv_flops[kind][0] : tl_act_flops[kind][0]) * (double)n);
     tl_node *node = tl_record(ctx, op, out, 1, &x);
-    if (node)
+    if (node) {
         node->ints[0] = kind;
+        node->saved[0] = d;
+    }
     return out;
 }
 
@@ -161,8 +227,10 @@ static void tl_unary_backward(tl_ctx *ctx, tl_node *node)
     if (!dx)
         return;
     int64_t n = tl_numel(x);
-    tl_act_backward(kind, tl_f32(x), tl_f32(node->out), node->out->grad, dx, n);
-    tl_count_flops(ctx, node->op, tl_act_flops[kind][1] * (double)n);
+    const float *d = node->saved[0];
+    tl_act_backward(kind, tl_f32(x), tl_f32(node->out), d, node->out->grad, dx, n);
+    tl_count_flops(ctx, node->op,
+                   (d ? tl_act_deriv_flops[kind][1] : tl_act_flops[kind][1]) * (double)n);
 }
 
 tl_tensor *tl_silu(tl_ctx *ctx, tl_tensor *x) { return tl_unary(ctx, TL_OP_SILU, TL_ACT_SILU, x); }
