@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../internal.h"
+#include "vmath.h"
 
 /* Columns per block when summing gain and bias gradients over rows: each
  * thread owns whole column blocks and adds the rows in order, so the sums are
@@ -178,17 +179,19 @@ static void tl_layernorm_rows(const float *xs, const float *gs, const float *bs,
     for (int64_t i = i0; i < i1; i++) {
         const float *xi = xs + i * C;
         float *yi = y + i * C;
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < C; j++)
-            s += xi[j];
-        double mu = s / (double)(C > 0 ? C : 1);
-        double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t j = 0; j < C; j++)
-            ss += ((double)xi[j] - mu) * ((double)xi[j] - mu);
-        float r = (float)(1.0 / sqrt(ss / (double)(C > 0 ? C : 1) + eps));
-        float m = (float)mu;
+        /* Float partial sums in 16 lanes (tl_vsum), then the variance about
+         * that mean in a second pass, so that a large common offset does not
+         * cancel the spread (the norm tests check rows around 1000). */
+        float m = tl_vsum(xi, C) / (float)(C > 0 ? C : 1);
+        float lane[TL_VLANES] = {0};
+        int64_t j0 = 0;
+        for (; j0 + TL_VLANES <= C; j0 += TL_VLANES)
+            for (int l = 0; l < TL_VLANES; l++)
+                lane[l] += (xi[j0 + l] - m) * (xi[j0 + l] - m);
+        for (int64_t j = j0; j < C; j++)
+            lane[j - j0] += (xi[j] - m) * (xi[j] - m);
+        float var = tl_vlanes_sum(lane) / (float)(C > 0 ? C : 1);
+        float r = 1.0f / sqrtf(var + eps);
         mean[i] = m;
         rstd[i] = r;
         if (bs) {
@@ -250,14 +253,21 @@ static void tl_layernorm_backward_rows(const float *xs, const float *gs, const f
         const float *xi = xs + i * C, *dyi = dy + i * C;
         float *dxi = dx + i * C;
         float m = mean[i], r = rstd[i];
-        double sum_d = 0.0, sum_dx = 0.0;
-#pragma omp simd reduction(+ : sum_d, sum_dx)
-        for (int64_t j = 0; j < C; j++) {
-            double d = (double)dyi[j] * gs[j];
-            sum_d += d;
-            sum_dx += d * ((xi[j] - m) * r);
+        float lane_d[TL_VLANES] = {0}, lane_dx[TL_VLANES] = {0};
+        int64_t j0 = 0;
+        for (; j0 + TL_VLANES <= C; j0 += TL_VLANES)
+            for (int l = 0; l < TL_VLANES; l++) {
+                float d = dyi[j0 + l] * gs[j0 + l];
+                lane_d[l] += d;
+                lane_dx[l] += d * ((xi[j0 + l] - m) * r);
+            }
+        for (int64_t j = j0; j < C; j++) {
+            float d = dyi[j] * gs[j];
+            lane_d[j - j0] += d;
+            lane_dx[j - j0] += d * ((xi[j] - m) * r);
         }
-        float mean_d = (float)(sum_d / (double)C), mean_dx = (float)(sum_dx / (double)C);
+        float mean_d = tl_vlanes_sum(lane_d) / (float)C;
+        float mean_dx = tl_vlanes_sum(lane_dx) / (float)C;
 #pragma omp simd
         for (int64_t j = 0; j < C; j++) {
             float xhat = (xi[j] - m) * r;
