@@ -1,5 +1,6 @@
 /* AdamW and SGD against a double-precision reference of PyTorch's update
- * rules, global-norm clipping, and the learning-rate schedules. */
+ * rules, global-norm clipping in place and folded into the update, and the
+ * learning-rate schedules. */
 #include <math.h>
 #include <string.h>
 
@@ -119,6 +120,46 @@ static void test_clip(void)
     tl_params_free(p);
 }
 
+/* Clipping folded into the update gives the bits of clipping in place and
+ * then updating, for AdamW and SGD, and leaves the stored gradients alone. */
+static void test_step_scaled(void)
+{
+    CHECK(tl_clip_scale(0.5, 1.0) == 1.0f);
+    CHECK(tl_clip_scale(4.0, 0.0) == 1.0f);
+    CHECK(tl_clip_scale(NAN, 1.0) == 1.0f);
+    CHECK(tl_clip_scale(4.0, 1.0) == (float)(1.0 / (4.0 + 1e-6)));
+
+    tl_optim_config cfgs[2] = {tl_optim_default(),
+                               {.kind = TL_OPTIM_SGD, .momentum = 0.9f, .weight_decay = 0.01f}};
+    for (int k = 0; k < 2; k++) {
+        tl_params *a = make_params(), *b = make_params();
+        int64_t n = tl_params_numel(a);
+        for (int t = 1; t <= STEPS; t++) {
+            for (int64_t j = 0; j < n; j++) {
+                tl_params_grads(a)[j] = 30.0f * fake_grad(j, t);
+                tl_params_grads(b)[j] = 30.0f * fake_grad(j, t);
+            }
+            double norm = tl_clip_grad_norm(a, 1.0);
+            CHECK(norm > 1.0); /* the scale is not 1 */
+            CHECK(tl_optim_step(a, &cfgs[k], 0.01f, t) == TL_OK);
+            CHECK(tl_optim_step_scaled(b, &cfgs[k], 0.01f, t, tl_clip_scale(norm, 1.0)) == TL_OK);
+            CHECK_MSG(tl_params_grads(b)[1] == 30.0f * fake_grad(1, t),
+                      "%s: the stored gradient changed", k ? "SGD" : "AdamW");
+        }
+        CHECK_MSG(memcmp(tl_params_data(a), tl_params_data(b), (size_t)n * sizeof(float)) == 0,
+                  "%s: folded clipping gave other bits", k ? "SGD" : "AdamW");
+        tl_params_free(a);
+        tl_params_free(b);
+    }
+
+    tl_params *p = make_params();
+    tl_optim_config cfg = tl_optim_default();
+    CHECK(tl_optim_step_scaled(p, &cfg, 0.01f, 1, NAN) == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "gradient scale nan") != NULL, "%s", tl_errmsg());
+    CHECK(tl_optim_step_scaled(p, &cfg, 0.01f, 1, -1.0f) == TL_EINVAL);
+    tl_params_free(p);
+}
+
 static void test_schedules(void)
 {
     tl_schedule c = {.kind = TL_SCHEDULE_CONSTANT, .lr = 1e-3f};
@@ -154,6 +195,7 @@ int main(void)
     test_adamw();
     test_sgd();
     test_clip();
+    test_step_scaled();
     test_schedules();
     return gc_finish("optimizers and schedules");
 }

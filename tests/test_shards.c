@@ -114,6 +114,7 @@ static void check_against_whole_batch(void)
         if (!s)
             continue;
         CHECK(tl_shards_count(s) == n);
+        CHECK(isnan(tl_shards_grad_norm(s)));
         for (int run = 0; run < 2; run++) {
             double l = NAN;
             tl_params_zero_grad(m.params);
@@ -127,6 +128,12 @@ static void check_against_whole_batch(void)
             double diff = max_rel_diff(tl_params_grads(m.params), ref, numel);
             CHECK_MSG(diff <= 1e-5, "%d shards: gradients differ from the whole batch by %.3g "
                                     "(relative)", n, diff);
+            /* The norm computed while summing adds the squares in another
+             * order than tl_grad_norm, in double. */
+            double norm = tl_grad_norm(m.params);
+            CHECK_MSG(fabs(tl_shards_grad_norm(s) - norm) <= 1e-12 * norm,
+                      "%d shards: norm %.17g, tl_grad_norm %.17g", n, tl_shards_grad_norm(s),
+                      norm);
             if (run == 0)
                 memcpy(first, tl_params_grads(m.params), (size_t)numel * sizeof(float));
             else
@@ -194,6 +201,7 @@ static void check_errors(void)
         tl_params_zero_grad(m.params);
         tl_status st = tl_shards_backward(s, failing_loss, &m, NULL);
         CHECK(st == TL_ESHAPE);
+        CHECK(isnan(tl_shards_grad_norm(s)));
         CHECK_MSG(strstr(tl_errmsg(), "shard 1 of 2"), "message: %s", tl_errmsg());
         CHECK_MSG(strstr(tl_errmsg(), "deliberate"), "message: %s", tl_errmsg());
         CHECK(tl_shards_backward(s, NULL, &m, NULL) == TL_EINVAL);

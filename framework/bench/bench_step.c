@@ -260,8 +260,11 @@ int main(int argc, char **argv)
             loss = tl_f32(l)[0];
             t2 = now_ms();
         }
-        tl_clip_grad_norm(m.params, 1.0);
-        if (tl_optim_step(m.params, &adamw, 1e-3f, s + 1) != TL_OK) {
+        /* Clipping to norm 1 is folded into the update, and the shards
+         * computed the norm while summing their gradients. */
+        double norm = shards ? tl_shards_grad_norm(shards) : tl_grad_norm(m.params);
+        if (tl_optim_step_scaled(m.params, &adamw, 1e-3f, s + 1, tl_clip_scale(norm, 1.0)) !=
+            TL_OK) {
             fprintf(stderr, "thinklab-bench-step: optimizer failed: %s\n", tl_errmsg());
             return 1;
         }

@@ -30,41 +30,49 @@ tl_status tl_optim_validate(const tl_optim_config *c)
     return TL_OK;
 }
 
-/* AdamW on n elements: x = x decay - step_size m_hat / (sqrt(v_hat) + eps),
- * with the bias corrections folded into step_size and inv_sqrt_bc2. */
+/* AdamW on n elements with gradients gs g: x = x decay - step_size m_hat /
+ * (sqrt(v_hat) + eps), with the bias corrections folded into step_size and
+ * inv_sqrt_bc2. */
 TL_MULTIVERSION
 static void tl_adamw_range(float *restrict x, const float *restrict g, float *restrict m,
                            float *restrict v, int64_t n, const tl_optim_config *c, float decay,
-                           float step_size, float inv_sqrt_bc2)
+                           float step_size, float inv_sqrt_bc2, float gs)
 {
     float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
 #pragma omp simd
     for (int64_t j = 0; j < n; j++) {
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        float gj = g[j] * gs; /* the same product as clipping in place */
+        m[j] = b1 * m[j] + (1.0f - b1) * gj;
+        v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
         float denom = sqrtf(v[j]) * inv_sqrt_bc2 + eps;
         x[j] = x[j] * decay - step_size * m[j] / denom;
     }
 }
 
-/* SGD on n elements, with heavy-ball momentum when mu > 0. */
+/* SGD on n elements with gradients gs g, with heavy-ball momentum when mu > 0. */
 static void tl_sgd_range(float *restrict x, const float *restrict g, float *restrict m, int64_t n,
-                         float mu, float decay, float lr)
+                         float mu, float decay, float lr, float gs)
 {
     if (mu > 0) {
 #pragma omp simd
         for (int64_t j = 0; j < n; j++) {
-            m[j] = mu * m[j] + g[j];
+            m[j] = mu * m[j] + g[j] * gs;
             x[j] = x[j] * decay - lr * m[j];
         }
     } else {
 #pragma omp simd
         for (int64_t j = 0; j < n; j++)
-            x[j] = x[j] * decay - lr * g[j];
+            x[j] = x[j] * decay - lr * (g[j] * gs);
     }
 }
 
 tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_t step)
+{
+    return tl_optim_step_scaled(p, c, lr, step, 1.0f);
+}
+
+tl_status tl_optim_step_scaled(tl_params *p, const tl_optim_config *c, float lr, int64_t step,
+                               float grad_scale)
 {
     if (!tl_params_data(p))
         return tl_seterr(TL_ESTATE, "optimizer step before the parameters were allocated");
@@ -72,6 +80,9 @@ tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_
         return tl_seterr(TL_EINVAL, "optimizer step %lld must count from 1", (long long)step);
     if (!isfinite(lr) || lr < 0)
         return tl_seterr(TL_EINVAL, "learning rate %g must be finite and >= 0", (double)lr);
+    if (!isfinite(grad_scale) || grad_scale < 0)
+        return tl_seterr(TL_EINVAL, "gradient scale %g must be finite and >= 0; a clipping "
+                                    "scale comes from tl_clip_scale", (double)grad_scale);
     float *data = tl_params_data(p), *grad = tl_params_grads(p);
     float *m = tl_params_m(p), *v = tl_params_v(p);
     /* Bias corrections in double: beta2^t underflows float precision slowly. */
@@ -95,9 +106,10 @@ tl_status tl_optim_step(tl_params *p, const tl_optim_config *c, float lr, int64_
         float decay = (flags & TL_PARAM_DECAY) ? 1.0f - lr * c->weight_decay : 1.0f;
         if (c->kind == TL_OPTIM_ADAMW)
             tl_adamw_range(data + off, grad + off, m + off, v + off, hi - lo, c, decay, step_size,
-                           inv_sqrt_bc2);
+                           inv_sqrt_bc2, grad_scale);
         else
-            tl_sgd_range(data + off, grad + off, m + off, hi - lo, c->momentum, decay, lr);
+            tl_sgd_range(data + off, grad + off, m + off, hi - lo, c->momentum, decay, lr,
+                         grad_scale);
     }
     return TL_OK;
 }
@@ -115,12 +127,19 @@ double tl_grad_norm(const tl_params *p)
     return sqrt(s);
 }
 
+float tl_clip_scale(double norm, double max_norm)
+{
+    /* Same rule as torch.nn.utils.clip_grad_norm_: scale by max/(norm+1e-6). */
+    if (max_norm > 0 && norm > max_norm)
+        return (float)(max_norm / (norm + 1e-6));
+    return 1.0f;
+}
+
 double tl_clip_grad_norm(tl_params *p, double max_norm)
 {
     double norm = tl_grad_norm(p);
     if (max_norm > 0 && norm > max_norm) {
-        /* Same rule as torch.nn.utils.clip_grad_norm_: scale by max/(norm+1e-6). */
-        float scale = (float)(max_norm / (norm + 1e-6));
+        float scale = tl_clip_scale(norm, max_norm);
         float *g = tl_params_grads(p);
         int64_t n = tl_params_numel(p);
 #pragma omp parallel for simd if (n > TL_OPTIM_PARALLEL_MIN) schedule(static)

@@ -25,6 +25,7 @@ struct tl_shards {
     int n;
     int64_t numel;
     tl_shard *shard;
+    double grad_norm; /* of the store's gradients after the last sum; NAN before */
 };
 
 tl_shards *tl_shards_new(const tl_params *p, int n, size_t block_bytes)
@@ -57,6 +58,7 @@ tl_shards *tl_shards_new(const tl_params *p, int n, size_t block_bytes)
     s->n = n;
     s->numel = tl_params_numel(p);
     s->shard = shard;
+    s->grad_norm = NAN;
     for (int i = 0; i < n; i++) {
         shard[i].ctx = tl_ctx_new(block_bytes);
         if (!shard[i].ctx) {
@@ -117,6 +119,31 @@ static void tl_shard_run(tl_shard *sh, int i, int n, tl_shard_loss_fn fn, void *
     }
 }
 
+/* Adds the shard buffers into grads over [lo, hi) when add is true and
+ * zeroes the buffers there either way. Returns the sum of squares of the
+ * summed gradients (0 when add is false). */
+TL_MULTIVERSION
+static double tl_shards_sum_range(tl_shards *s, float *grads, int64_t lo, int64_t hi, bool add)
+{
+    double sq = 0.0;
+    if (!add) {
+        for (int i = 1; i < s->n; i++)
+            memset(s->shard[i].grads + lo, 0, (size_t)(hi - lo) * sizeof(float));
+        return sq;
+    }
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = lo; j < hi; j++) {
+        float g = grads[j];
+        for (int i = 1; i < s->n; i++) {
+            g += s->shard[i].grads[j];
+            s->shard[i].grads[j] = 0.0f;
+        }
+        grads[j] = g;
+        sq += (double)g * g;
+    }
+    return sq;
+}
+
 tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, double *loss)
 {
     if (!s)
@@ -127,11 +154,15 @@ tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, doub
     float *grads = tl_params_grads(s->params);
     int64_t numel = s->numel;
     bool failed = false;
+    double sumsq[TL_SHARDS_MAX]; /* per thread, over its range of the gradients */
+    int threads = 1;
+    s->grad_norm = NAN;
 
     /* One region: the shards run, then after the barrier every thread sums
-     * its range of the gradients and zeroes that range of the shard buffers.
-     * The sum is over shards in index order, so a fixed shard count gives the
-     * same bits every run. */
+     * its range of the gradients, adds up their squares for the global norm
+     * and zeroes that range of the shard buffers. The sum is over shards in
+     * index order and the squares are added in thread order, so a fixed
+     * shard count gives the same bits every run. */
 #pragma omp parallel num_threads(n) if (n > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -140,25 +171,20 @@ tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, doub
 #pragma omp barrier
 #pragma omp single
         {
+            threads = nt;
             for (int i = 0; i < n; i++)
                 failed = failed || s->shard[i].status != TL_OK;
         }
-        if (!failed) {
-#pragma omp for simd schedule(static)
-            for (int64_t j = 0; j < numel; j++) {
-                float g = grads[j];
-                for (int i = 1; i < n; i++) {
-                    g += s->shard[i].grads[j];
-                    s->shard[i].grads[j] = 0.0f;
-                }
-                grads[j] = g;
-            }
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t j = 0; j < numel; j++)
-                for (int i = 1; i < n; i++)
-                    s->shard[i].grads[j] = 0.0f;
-        }
+        int64_t lo, hi;
+        tl_thread_range(numel, &lo, &hi);
+        sumsq[t] = tl_shards_sum_range(s, grads, lo, hi, !failed);
+    }
+
+    if (!failed) {
+        double total = 0.0;
+        for (int t = 0; t < threads; t++)
+            total += sumsq[t];
+        s->grad_norm = sqrt(total);
     }
 
     double sum = 0.0;
@@ -193,3 +219,5 @@ size_t tl_shards_arena_peak(const tl_shards *s)
         b += tl_ctx_arena_peak(s->shard[i].ctx);
     return b;
 }
+
+double tl_shards_grad_norm(const tl_shards *s) { return s ? s->grad_norm : NAN; }

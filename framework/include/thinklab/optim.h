@@ -26,12 +26,22 @@ tl_status tl_optim_validate(const tl_optim_config *cfg);
 /* Applies one update with learning rate lr. step counts updates from 1 and sets
  * AdamW's bias correction. Frozen parameters are skipped. */
 tl_status tl_optim_step(tl_params *p, const tl_optim_config *cfg, float lr, int64_t step);
+/* tl_optim_step on the gradients times grad_scale (finite, >= 0), in the same
+ * pass over the parameters; the stored gradients keep their values. With
+ * grad_scale = tl_clip_scale(norm, max_norm) it gives the same bits as
+ * tl_clip_grad_norm followed by tl_optim_step, with one pass over the
+ * gradients fewer. */
+tl_status tl_optim_step_scaled(tl_params *p, const tl_optim_config *cfg, float lr, int64_t step,
+                               float grad_scale);
 
 /* Global L2 norm of all gradients, accumulated in double. */
 double tl_grad_norm(const tl_params *p);
 /* Scales all gradients so that their global norm is at most max_norm, when
  * max_norm > 0. Returns the norm before clipping. */
 double tl_clip_grad_norm(tl_params *p, double max_norm);
+/* The factor tl_clip_grad_norm applies to gradients of global norm `norm`:
+ * max_norm / (norm + 1e-6) when max_norm > 0 and norm > max_norm, else 1. */
+float tl_clip_scale(double norm, double max_norm);
 
 typedef enum tl_schedule_kind {
     TL_SCHEDULE_CONSTANT,

@@ -53,6 +53,13 @@ tl_ctx *tl_shards_ctx(tl_shards *s, int i);
  * before the next step. */
 tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, double *loss);
 
+/* Global L2 norm of the store's gradients after the last successful
+ * tl_shards_backward, computed in double while summing them, so clipping
+ * needs no pass of its own (tl_clip_scale, tl_optim_step_scaled). It equals
+ * tl_grad_norm up to the order of the additions. NAN before the first
+ * successful call and after a failed one. */
+double tl_shards_grad_norm(const tl_shards *s);
+
 /* Resets every shard's context (end of step). */
 void tl_shards_reset(tl_shards *s);
 

@@ -274,10 +274,13 @@ tl_status tl_trainer_step(tl_trainer *tr)
         return st;
     if (routing && (st = tl_train_log_routing(tr)) != TL_OK)
         return st;
-    double norm = tl_clip_grad_norm(tr->params, tr->cfg.clip_norm);
+    /* Clipping is folded into the update: the stored gradients stay as they
+     * are, one pass over them fewer. */
+    double norm = tl_grad_norm(tr->params);
     if (!isfinite(norm))
         return diverged(tr, "gradient norm", norm, lr);
-    st = tl_optim_step(tr->params, &tr->cfg.optim, lr, tr->step + 1);
+    st = tl_optim_step_scaled(tr->params, &tr->cfg.optim, lr, tr->step + 1,
+                              tl_clip_scale(norm, tr->cfg.clip_norm));
     if (st != TL_OK)
         return st;
 
