@@ -6,6 +6,7 @@
 
 #include "internal.h"
 
+/* Bytes of a cache line: arena allocations and contexts start on one. */
 enum { TL_ALIGN = 64 };
 
 typedef struct tl_arena_block {
@@ -54,11 +55,16 @@ static tl_arena_block *tl_arena_block_new(size_t size)
 
 tl_ctx *tl_ctx_new(size_t block_bytes)
 {
-    tl_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) {
+    /* The context gets whole cache lines of its own, because the shards'
+     * contexts are written by different threads on every op, and two of them
+     * in one line would move it between the cores. */
+    size_t bytes = (sizeof(tl_ctx) + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN;
+    tl_ctx *ctx = NULL;
+    if (posix_memalign((void **)&ctx, TL_ALIGN, bytes) != 0) {
         tl_seterr(TL_ENOMEM, "could not allocate a context");
         return NULL;
     }
+    memset(ctx, 0, bytes);
     ctx->block_bytes = block_bytes ? block_bytes : (size_t)64 << 20;
     ctx->grad_enabled = true;
     ctx->first = tl_arena_block_new(ctx->block_bytes);
