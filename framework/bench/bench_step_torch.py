@@ -12,6 +12,7 @@ Usage: /usr/bin/python3 bench_step_torch.py [--threads N ...] [--steps 30] [--wa
 Each --threads value is measured in turn; the best median is reported last.
 """
 import argparse
+import ctypes
 import math
 import resource
 import statistics
@@ -78,6 +79,24 @@ class Model(nn.Module):
         return F.cross_entropy(logits, targets.view(-1))
 
 
+def blas_description():
+    """Names the BLAS library this process loaded and, for OpenBLAS, its own
+    thread count, which torch.set_num_threads does not change."""
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps
+                        if "blas" in line.split()[-1] and ".so" in line})
+    lib = next((p for p in paths if "openblas" in p), paths[0] if paths else None)
+    if lib is None:
+        return "no BLAS library loaded"
+    try:
+        openblas = ctypes.CDLL(lib)
+        kinds = {0: "sequential", 1: "pthreads", 2: "OpenMP"}
+        kind = kinds.get(openblas.openblas_get_parallel(), "unknown threading")
+        return f"{lib} ({kind}, {openblas.openblas_get_num_threads()} threads of its own)"
+    except (OSError, AttributeError):
+        return lib
+
+
 def measure(threads, steps, warmup):
     torch.set_num_threads(threads)
     torch.manual_seed(1)
@@ -116,6 +135,8 @@ def main():
 
     print(f"PyTorch {torch.__version__} step benchmark: GPT-2 style, V {VOCAB}, context "
           f"{CONTEXT}, C {WIDTH}, H {HEADS}, {LAYERS} layers, batch {BATCH}")
+    torch.zeros(1)  # loads the BLAS library
+    print(f"BLAS: {blas_description()}; 'threads' below is torch.set_num_threads")
     best = None
     for threads in args.threads:
         med, low, mean, cpu, loss = measure(threads, args.steps, args.warmup)

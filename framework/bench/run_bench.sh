@@ -1,38 +1,62 @@
 #!/bin/sh
-# Runs the C step benchmark and its PyTorch counterpart side by side and prints
-# the ratio of their median step times.
+# Runs the C step benchmark and its PyTorch counterpart side by side, in
+# rounds, and prints the ratio of their best median step times for each round.
+# A round runs both programs within a few seconds of each other, so both see
+# the same state of the machine; the speed of a shared host can change from
+# one minute to the next.
 #
-# Usage: framework/bench/run_bench.sh [BUILD_DIR] [STEPS]
+# Usage: framework/bench/run_bench.sh [BUILD_DIR] [STEPS] [ROUNDS]
 #   BUILD_DIR  a configured thinklab build (default: build); the benchmark is
 #              built there first
 #   STEPS      timed steps for each run (default 30)
-# Environment: PYTHON (default /usr/bin/python3), THREADS (default "2 1").
+#   ROUNDS     rounds of both programs (default 3)
+# Environment: PYTHON (default /usr/bin/python3), THREADS (default "2 1"),
+# OMP_WAIT_POLICY (default passive, for both programs: waiting threads sleep
+# instead of spinning, which is faster for both on this kind of machine).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
 steps=${2:-30}
+rounds=${3:-3}
 python=${PYTHON:-/usr/bin/python3}
 threads=${THREADS:-"2 1"}
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+export OMP_WAIT_POLICY
 
 cmake --build "$build" --target thinklab-bench-step -j2 >/dev/null
 bench="$build/framework/bench/thinklab-bench-step"
 
-best_c=""
-for n in $threads; do
-    out=$("$bench" --threads "$n" --steps "$steps")
-    echo "$out"
-    ms=$(echo "$out" | sed -n 's/.*median \([0-9.]*\) ms\/step.*/\1/p')
+median_of() {
+    sed -n 's/.*median \([0-9.]*\) ms\/step.*/\1/p' | head -n 1
+}
+
+echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY, $steps timed steps per run, $rounds rounds"
+summary=""
+round=1
+while [ "$round" -le "$rounds" ]; do
     echo
-    if [ -z "$best_c" ] || awk "BEGIN { exit !($ms < $best_c) }"; then
-        best_c=$ms
-    fi
+    echo "== round $round: $(date -u +%H:%M:%S) UTC =="
+    best_c=""
+    for n in $threads; do
+        out=$("$bench" --threads "$n" --steps "$steps")
+        echo "$out"
+        ms=$(echo "$out" | median_of)
+        if [ -z "$best_c" ] || awk "BEGIN { exit !($ms < $best_c) }"; then
+            best_c=$ms
+        fi
+    done
+    # torch.set_num_threads takes the same counts; the script reports the best.
+    out=$("$python" "$here/bench_step_torch.py" --threads $threads --steps "$steps")
+    echo "$out"
+    torch_ms=$(echo "$out" | sed -n 's/^best: .*median \([0-9.]*\) ms\/step.*/\1/p')
+    line=$(awk -v r="$round" -v c="$best_c" -v t="$torch_ms" \
+        'BEGIN { printf "round %d: thinklab %.2f ms/step, PyTorch %.2f ms/step, PyTorch / thinklab = %.2f", r, c, t, t / c }')
+    summary="$summary$line
+"
+    round=$((round + 1))
 done
 
-# torch.set_num_threads takes the same counts; the script reports the best.
-out=$("$python" "$here/bench_step_torch.py" --threads $threads --steps "$steps")
-echo "$out"
-torch_ms=$(echo "$out" | sed -n 's/^best: .*median \([0-9.]*\) ms\/step.*/\1/p')
 echo
-awk -v c="$best_c" -v t="$torch_ms" \
-    'BEGIN { printf "best median: thinklab %.2f ms/step, PyTorch %.2f ms/step, PyTorch / thinklab = %.2f\n", c, t, t / c }'
+echo "best medians of each round:"
+printf "%s" "$summary"
