@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "gradcheck.h"
+#include "internal.h"
 
 static void test_arena(void)
 {
@@ -32,6 +33,26 @@ static void test_arena(void)
     }
     CHECK(tl_ctx_arena_blocks(ctx) == blocks);
     tl_ctx_free(ctx);
+}
+
+/* Large blocks start on a 2 MiB boundary (for huge pages), small ones on a
+ * cache line, and zero = true zeroes them. */
+static void test_alloc_large(void)
+{
+    size_t sizes[3] = {100, (size_t)2 << 20, ((size_t)5 << 20) + 12};
+    for (int i = 0; i < 3; i++) {
+        unsigned char *m = tl_alloc_large(sizes[i], true);
+        CHECK(m != NULL);
+        if (!m)
+            continue;
+        uintptr_t align = sizes[i] >= ((size_t)2 << 20) ? (uintptr_t)2 << 20 : 64;
+        CHECK_MSG((uintptr_t)m % align == 0, "%zu bytes at %p", sizes[i], (void *)m);
+        size_t nonzero = 0;
+        for (size_t j = 0; j < sizes[i]; j++)
+            nonzero += m[j] != 0;
+        CHECK_MSG(nonzero == 0, "%zu of %zu bytes not zeroed", nonzero, sizes[i]);
+        free(m);
+    }
 }
 
 static void test_tensors_and_views(void)
@@ -223,6 +244,7 @@ static void test_status(void)
 int main(void)
 {
     test_arena();
+    test_alloc_large();
     test_tensors_and_views();
     test_autograd_rules();
     test_params();

@@ -43,10 +43,9 @@ static size_t tl_arena_block_header(void)
 
 static tl_arena_block *tl_arena_block_new(size_t size)
 {
-    void *mem = NULL;
-    if (posix_memalign(&mem, TL_ALIGN, tl_arena_block_header() + size) != 0)
+    tl_arena_block *b = tl_alloc_large(tl_arena_block_header() + size, false);
+    if (!b)
         return NULL;
-    tl_arena_block *b = mem;
     b->next = NULL;
     b->size = size;
     b->used = 0;

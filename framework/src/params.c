@@ -111,7 +111,7 @@ tl_status tl_params_alloc(tl_params *p, tl_rng *rng)
     if (p->block)
         return tl_seterr(TL_ESTATE, "the parameter store is already allocated");
     size_t n = (size_t)p->numel;
-    p->block = calloc(4 * (n ? n : 1), sizeof(float));
+    p->block = tl_alloc_large(4 * (size_t)(n ? n : 1) * sizeof(float), true);
     if (!p->block)
         return tl_seterr(TL_ENOMEM, "could not allocate %zu parameters with gradients and moments",
                          n);

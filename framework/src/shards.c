@@ -68,7 +68,7 @@ tl_shards *tl_shards_new(const tl_params *p, int n, size_t block_bytes)
         if (i == 0)
             continue;
         /* Zeroed here; tl_shards_backward zeroes it again after each sum. */
-        shard[i].grads = calloc((size_t)(s->numel ? s->numel : 1), sizeof(float));
+        shard[i].grads = tl_alloc_large((size_t)(s->numel ? s->numel : 1) * sizeof(float), true);
         if (!shard[i].grads) {
             tl_shards_free(s);
             tl_seterr(TL_ENOMEM, "shards: could not allocate a gradient buffer of %lld floats",
