@@ -311,6 +311,19 @@ static double tl_attn_computed(const int32_t *extent, int64_t B, int64_t Tq)
     return n;
 }
 
+/* Copies the (n, D) head block src (leading dimension ld) transposed into dst
+ * (D, n), leading dimension n_dst. S = Qr Kr^T and dP = dO V^T then run as
+ * plain products with the transposed keys or values: OpenBLAS's small-matrix
+ * kernel for a transposed right operand measured 2.8 us per pair (T 64,
+ * D 32, blocks of 16 queries) against 1.6 us for the plain one. */
+static void tl_attn_transpose(float *restrict dst, int64_t n_dst, const float *restrict src,
+                              int64_t ld, int64_t n, int64_t D)
+{
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t d = 0; d < D; d++)
+            dst[d * n_dst + j] = src[j * ld + d];
+}
+
 /* Masks, exponentiates and normalises one row pi of scores in place. e >= 1
  * is 1 + the row's last visible key and e_blk >= e the columns sgemm wrote.
  * When prefix is true the visible keys are exactly [0, e), and m is not read.
@@ -390,7 +403,7 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
                                  const float *k, const float *v, float *qr, float *kr,
                                  const tl_rope_table *rope, const uint8_t *mask,
                                  const int32_t *extent, const int64_t *row_visible, float *p,
-                                 float *out)
+                                 float *kt, float *out)
 {
     int64_t Tq = dm->Tq, Tk = dm->Tk, C = dm->C, D = dm->D, half = D / 2;
     float scale = 1.0f / sqrtf((float)D);
@@ -419,6 +432,7 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
     }
     const float *qb = qr + b * Tq * C + h * D, *kb = kr + b * Tk * C + h * D;
     const float *vb = v + b * Tk * C + h * D;
+    tl_attn_transpose(kt, Tk, kb, C, e_max, D); /* kt (D, Tk): columns [0, e_max) */
     for (int64_t i0 = 0; i0 < Tq; i0 += TL_ATTN_ROW_BLOCK) {
         int64_t rows = Tq - i0 < TL_ATTN_ROW_BLOCK ? Tq - i0 : TL_ATTN_ROW_BLOCK;
         int64_t e_blk = tl_attn_max_extent(ext, i0, i0 + rows);
@@ -429,8 +443,8 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
             memset(pb, 0, (size_t)(rows * Tk) * sizeof(float));
             continue;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)e_blk,
-                    (blasint)D, scale, qb + i0 * C, (blasint)C, kb, (blasint)C, 0.0f, pb,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)e_blk,
+                    (blasint)D, scale, qb + i0 * C, (blasint)C, kt, (blasint)Tk, 0.0f, pb,
                     (blasint)Tk);
         for (int64_t i = i0; i < i0 + rows; i++) {
             float *pi = p + i * Tk;
@@ -463,7 +477,8 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     /* Probabilities (B,H,Tq,Tk), kept for backward; without a gradient they
      * are scratch all the same, since sgemm fills a whole pair at once. */
     float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
-    if (!out || !s || !mask || !extent || !row_visible || !p)
+    float *kt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float)); /* scratch */
+    if (!out || !s || !mask || !extent || !row_visible || !p || !kt)
         return NULL;
     memset(s, 0, sizeof *s);
 
@@ -484,7 +499,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent, row_visible,
-                             p + bh * Tq * Tk, od);
+                             p + bh * Tq * Tk, kt + bh * D * Tk, od);
     }
 
     /* The products run over the computed scores (tl_attn_computed), masked
@@ -515,6 +530,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 /* Per-pair scratch of the backward, each an arena slice owned by one (b,h). */
 typedef struct tl_attn_scratch {
     float *ds;  /* (Tq,Tk) dP, then dS */
+    float *vt;  /* (D,Tk) the pair's values transposed */
     float *dqr; /* (Tq,D) gradient of the rotated queries; NULL without RoPE */
     float *dkr; /* (Tk,D) gradient of the rotated keys; NULL without RoPE */
 } tl_attn_scratch;
@@ -544,6 +560,8 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
     const float *dob = dout + b * Tq * C + h * D, *vb = v + b * Tk * C + h * D;
     const float *qb = s->qr + b * Tq * C + h * D, *kb = s->kr + b * Tk * C + h * D;
     blasint n_d = (blasint)D, ld = (blasint)C, ld_p = (blasint)Tk;
+    if (dq || dk)
+        tl_attn_transpose(w.vt, Tk, vb, C, e_max, D);
     /* Blocks add their share of dKr: with RoPE into scratch zeroed here. */
     if (rotated && dk)
         memset(w.dkr, 0, (size_t)(e_max * D) * sizeof(float));
@@ -565,8 +583,8 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
             continue;
 
         float *ds = w.ds + i0 * Tk;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n_k, n_d, 1.0f, dobb, ld, vb, ld,
-                    0.0f, ds, ld_p);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_k, n_d, 1.0f, dobb, ld, w.vt,
+                    ld_p, 0.0f, ds, ld_p);
         for (int64_t i = 0; i < rows; i++) {
             const float *pi = pb + i * Tk;
             float *dsi = ds + i * Tk;
@@ -615,15 +633,17 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
 
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
     float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
+    float *vt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float));
     float *dqr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tq * D) * sizeof(float)) : NULL;
     float *dkr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tk * D) * sizeof(float)) : NULL;
-    if (!ds || (rotated && (!dqr || !dkr)))
+    if (!ds || !vt || (rotated && (!dqr || !dkr)))
         return; /* tl_backward detects the failed allocation and stops */
 
     const float *vd = tl_f32(v), *dout = node->out->grad;
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        tl_attn_scratch w = {ds + bh * Tq * Tk, rotated ? dqr + bh * Tq * D : NULL,
+        tl_attn_scratch w = {ds + bh * Tq * Tk, vt + bh * D * Tk,
+                             rotated ? dqr + bh * Tq * D : NULL,
                              rotated ? dkr + bh * Tk * D : NULL};
         tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
     }
