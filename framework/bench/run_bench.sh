@@ -60,3 +60,17 @@ done
 echo
 echo "best medians of each round:"
 printf "%s" "$summary"
+# Over the rounds: each program's fastest round, and the middle round of each.
+printf "%s" "$summary" | awk '
+    { c[NR] = $4; t[NR] = $7 }
+    END {
+        n = NR
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) {
+            if (c[j] < c[i]) { x = c[i]; c[i] = c[j]; c[j] = x }
+            if (t[j] < t[i]) { x = t[i]; t[i] = t[j]; t[j] = x }
+        }
+        mc = n % 2 ? c[(n + 1) / 2] : (c[n / 2] + c[n / 2 + 1]) / 2
+        mt = n % 2 ? t[(n + 1) / 2] : (t[n / 2] + t[n / 2 + 1]) / 2
+        printf "fastest rounds: thinklab %.2f ms/step, PyTorch %.2f ms/step, ratio %.2f\n", c[1], t[1], t[1] / c[1]
+        printf "median rounds:  thinklab %.2f ms/step, PyTorch %.2f ms/step, ratio %.2f\n", mc, mt, mt / mc
+    }'
