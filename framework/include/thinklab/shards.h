@@ -9,7 +9,7 @@
  *
  * Threads inside each op synchronise at every op and every sgemm, a few
  * hundred times per step, while shards synchronise twice. On the step
- * benchmark this is the difference between 32.9 and 26.3 ms per step at 2
+ * benchmark this is the difference between 31.0 and 24.6 ms per step at 2
  * threads (framework/bench/BENCHMARKS.md).
  *
  * The layers must not write shared state during forward or backward. The
