@@ -35,6 +35,18 @@ function E.resolve(p)
   for k, v in pairs(s) do
     if r[k] == nil or r[k] == 0 then r[k] = v end
   end
+  -- Checked here, once, rather than by the trainer for every model.
+  for k, v in pairs(s) do
+    if k == "lr" then
+      if type(r.lr) ~= "number" or r.lr <= 0 or r.lr ~= r.lr or r.lr == math.huge then
+        error(string.format("lr must be a number above 0, such as lr=%g; got '%s'", v,
+                            tostring(r.lr)), 0)
+      end
+    elseif math.type(r[k]) ~= "integer" or r[k] < 0 then
+      error(string.format("%s must be a whole number above 0 (0 takes the setting's %d); got '%s'",
+                          k, v, tostring(r[k])), 0)
+    end
+  end
   return r
 end
 

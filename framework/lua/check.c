@@ -2,6 +2,7 @@
 #include <float.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,24 @@ int tl_lua_fail(lua_State *L, const char *what)
 {
     const char *msg = tl_errmsg();
     return luaL_error(L, "%s: %s", what, msg && *msg ? msg : "failed without a message");
+}
+
+int tl_lua_plain_error(lua_State *L)
+{
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, TL_LUA_PLAIN_ERROR);
+    return lua_error(L);
+}
+
+int tl_lua_usage_error(lua_State *L, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    luaL_where(L, 1);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 2);
+    return tl_lua_plain_error(L);
 }
 
 const char *tl_lua_describe(lua_State *L, int idx)

@@ -42,25 +42,17 @@ static const char usage[] =
     "pass threads = n to the trainer. 'mpirun -np N thinklab run SCRIPT' trains one\n"
     "model data-parallel on N ranks, each with its share of this machine's cores.\n";
 
-/* Registry key set before raising an error whose message is complete
- * (a syntax error, a bad command line), so that no traceback is appended. */
-#define PLAIN_ERROR_KEY "thinklab.plain_error"
-
-static int plain_error(lua_State *L)
-{
-    lua_pushboolean(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, PLAIN_ERROR_KEY);
-    return lua_error(L);
-}
-
-/* Message handler for lua_pcall: appends a traceback to the error message. */
+/* Message handler for lua_pcall: appends a traceback to the error message,
+ * unless it is the message last raised by tl_lua_plain_error. Comparing the
+ * message, not a flag, keeps the traceback of a later error when a script
+ * caught the plain one with pcall. */
 static int traceback_handler(lua_State *L)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, PLAIN_ERROR_KEY) != LUA_TNIL) {
-        lua_pop(L, 1);
-        return 1;
-    }
+    lua_getfield(L, LUA_REGISTRYINDEX, TL_LUA_PLAIN_ERROR);
+    bool plain = lua_rawequal(L, 1, -1);
     lua_pop(L, 1);
+    if (plain)
+        return 1;
     const char *msg = lua_tostring(L, 1);
     if (msg == NULL) {
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -116,13 +108,13 @@ static int run_script(lua_State *L)
         const char *eq = strchr(kv, '=');
         if (!eq || eq == kv) {
             lua_pushfstring(L, "argument '%s' is not KEY=VALUE", kv);
-            return plain_error(L);
+            return tl_lua_plain_error(L);
         }
         lua_pushlstring(L, kv, (size_t)(eq - kv));
         lua_pushvalue(L, -1);
         if (lua_rawget(L, -3) != LUA_TNIL) {
             lua_pushfstring(L, "override '%s' given twice", lua_tostring(L, -2));
-            return plain_error(L);
+            return tl_lua_plain_error(L);
         }
         lua_pop(L, 1);
         lua_pushstring(L, eq + 1);
@@ -143,7 +135,7 @@ static int run_script(lua_State *L)
     /* A syntax error comes back as "script:line: message" without a
      * traceback, which is all there is to say about it. */
     if (luaL_loadfile(L, a->script) != LUA_OK)
-        return plain_error(L);
+        return tl_lua_plain_error(L);
     lua_call(L, 0, 0); /* runtime errors reach the outer traceback handler */
 
     if (a->n_overrides > 0 &&
@@ -151,7 +143,7 @@ static int run_script(lua_State *L)
         lua_pushfstring(L, "%s ignored the overrides given: it never called "
                            "thinklab.params{...}",
                         a->script);
-        return plain_error(L);
+        return tl_lua_plain_error(L);
     }
     return 0;
 }

@@ -121,7 +121,7 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
             lua_pushboolean(L, text[0] == 't');
             return;
         }
-        luaL_error(L, "override %s=%s: %s must be true or false", key, text, key);
+        tl_lua_usage_error(L, "override %s=%s: %s must be true or false", key, text, key);
         return;
     case LUA_TNUMBER:
         if (*text && lua_stringtonumber(L, text) != 0) {
@@ -129,8 +129,8 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
                 /* An integral float such as 1e3 is accepted for an integer. */
                 lua_Number f = lua_tonumber(L, -1);
                 if (!(f >= -9.2e18 && f <= 9.2e18) || f != floor(f))
-                    luaL_error(L, "override %s=%s: %s must be an integer (default %I)", key,
-                               text, key, lua_tointeger(L, def));
+                    tl_lua_usage_error(L, "override %s=%s: %s must be an integer (default %I)",
+                                       key, text, key, lua_tointeger(L, def));
                 lua_pop(L, 1);
                 lua_pushinteger(L, (lua_Integer)f);
             }
@@ -142,8 +142,8 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
             }
             return;
         }
-        luaL_error(L, "override %s=%s: %s must be a number (default %s)", key, text, key,
-                   luaL_tolstring(L, def, NULL));
+        tl_lua_usage_error(L, "override %s=%s: %s must be a number (default %s)", key, text, key,
+                           luaL_tolstring(L, def, NULL));
         return;
     case LUA_TSTRING:
         lua_pushstring(L, text);
@@ -212,8 +212,8 @@ static int l_params(lua_State *L)
         lua_pop(L, 1);
         if (lua_getfield(L, 1, lua_tostring(L, -1)) == LUA_TNIL) {
             push_key_list(L, 1);
-            luaL_error(L, "unknown override '%s': this script declares: %s", lua_tostring(L, -3),
-                       lua_tostring(L, -1));
+            tl_lua_usage_error(L, "unknown override '%s': this script declares: %s",
+                               lua_tostring(L, -3), lua_tostring(L, -1));
         }
         lua_pop(L, 1);
     }

@@ -60,6 +60,17 @@ char **tl_lua_string_slot(lua_State *L);
 /* Raises a Lua error "<what>: <tl_errmsg()>". Call only after freeing. */
 int tl_lua_fail(lua_State *L, const char *what);
 
+/* Registry key of the message of the last error raised as complete for the
+ * user (a bad command-line value): the thinklab command prints that message
+ * without a traceback. */
+#define TL_LUA_PLAIN_ERROR "thinklab.plain_error"
+
+/* Raises the message on top of the stack as such an error. */
+int tl_lua_plain_error(lua_State *L);
+/* Formats "<script:line:> <message>" like luaL_error and raises it as such
+ * an error. */
+int tl_lua_usage_error(lua_State *L, const char *fmt, ...);
+
 /* ---- table fields: each check names the key, e.g. "model.d_model" ---- */
 
 /* Checks that argument arg is a table; where names it ("thinklab.model"). */

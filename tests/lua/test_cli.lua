@@ -72,6 +72,10 @@ H.check(H.contains(out, "unknown override 'stepz'") and
 
 out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=2.5")
 H.check(code ~= 0 and H.contains(out, "steps must be an integer"), "fractional value for an integer names the key")
+H.check(not H.contains(out, "stack traceback"), "a bad override prints its message without a traceback")
+out, code = H.run(tl .. " run " .. fx .. "/caught_usage_error.lua steps=x")
+H.check(code ~= 0 and H.contains(out, "a later failure"), "a later error after a caught bad override fails the run")
+H.check(H.contains(out, "stack traceback:"), "a later error after a caught bad override keeps its traceback")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=fast")
 H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a number"), "text for a number names the key")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua flags=yes")
