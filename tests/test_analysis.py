@@ -380,6 +380,52 @@ def test_help(script):
     assert "logs" in r.stdout
 
 
+# ---- elastic inference ---------------------------------------------------------
+
+ELASTIC_CSV = os.path.join(TOP, "experiments", "results_page", "elastic_full_s1.csv")
+
+
+def test_plot_elastic(scratch):
+    for flops in ("model", "layers"):
+        out = os.path.join(scratch, "figures", f"elastic_{flops}.png")
+        r = run_script("plot_elastic.py", ELASTIC_CSV, "-o", out, "--flops", flops)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == out
+        check_png(out)
+
+
+def elastic_variant(scratch, name, edit):
+    """A copy of the shipped elastic CSV with edit(lines) applied."""
+    with open(ELASTIC_CSV) as f:
+        lines = f.read().splitlines()
+    path = os.path.join(scratch, "elastic_cases", name + ".csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(edit(lines)) + "\n")
+    return path
+
+
+def test_plot_elastic_rejects_bad_csv(scratch):
+    no_column = elastic_variant(scratch, "no_column",
+                                lambda ls: [ls[0].replace("val_loss", "loss")] + ls[1:])
+    header_only = elastic_variant(scratch, "header_only", lambda ls: ls[:1])
+    not_number = elastic_variant(scratch, "not_number",
+                                 lambda ls: ls[:2] + [ls[2].replace(ls[2].split(",")[4], "n/a", 1)]
+                                 + ls[3:])
+    cases = [(os.path.join(scratch, "absent.csv"), "file not found"),
+             (no_column, "no column val_loss"),
+             (header_only, "no rows"),
+             (not_number, "line 3: val_loss = 'n/a' is not a number")]
+    for path, fragment in cases:
+        out = os.path.join(scratch, "elastic_rejected.png")
+        r = run_script("plot_elastic.py", path, "-o", out)
+        assert r.returncode == 2, f"{path}: exit {r.returncode}\n{r.stderr}"
+        assert r.stderr.startswith("error: " + path), r.stderr
+        assert fragment in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not os.path.exists(out)
+
+
 # ---- reading a log while its run trains ----------------------------------------
 
 def flushed_rows(path):
