@@ -126,8 +126,9 @@ static bool parse_int(const char *flag, const char *text, long min, long max, in
 {
     char *end = NULL;
     errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || v < min || v > max) {
+    /* Digits only: strtol alone would also take leading spaces and a sign. */
+    long v = text[0] >= '0' && text[0] <= '9' ? strtol(text, &end, 10) : -1;
+    if (errno != 0 || end == NULL || *end != '\0' || v < min || v > max) {
         fprintf(stderr, "thinklab-bench-step: %s '%s' must be a whole number from %ld to %ld\n",
                 flag, text, min, max);
         return false;
@@ -138,9 +139,15 @@ static bool parse_int(const char *flag, const char *text, long min, long max, in
 
 static int usage(FILE *f, int status)
 {
-    fprintf(f, "usage: thinklab-bench-step [--threads N (0 = all cores)] "
-               "[--steps N (timed, default 30)] [--warmup N (default 5)] "
-               "[--phases] [--op-threads]\n");
+    fprintf(f, "usage: thinklab-bench-step [--threads N] [--steps N] [--warmup N] [--phases] "
+               "[--op-threads]\n"
+               "  --threads N   threads, 0 (default) or more than the cores for all cores\n"
+               "  --steps N     timed steps, default 30\n"
+               "  --warmup N    untimed steps before them, default 5\n"
+               "  --phases      also print the median time of forward, backward and the\n"
+               "                optimizer (one figure with shards, which run them together)\n"
+               "  --op-threads  with 2 or more threads, split each op and sgemm over the\n"
+               "                threads instead of running data-parallel shards\n");
     return status;
 }
 
@@ -181,7 +188,10 @@ int main(int argc, char **argv)
     int rc = parse_options(argc, argv, &opt);
     if (rc)
         return rc == 1 ? 0 : rc;
-    tl_threads_set(opt.threads);
+    int threads = tl_threads_set(opt.threads);
+    if (opt.threads > threads)
+        printf("--threads %d is more than the %d cores: running on %d\n", opt.threads,
+               tl_cores_available(), threads);
     char desc[160];
     printf("thinklab step benchmark: GPT-2 style, V %d, context %d, C %d, H %d, %d layers, "
            "batch %d\n%s\n", VOCAB, CONTEXT, WIDTH, HEADS, LAYERS, BATCH,

@@ -9,7 +9,9 @@ One step: zero gradients, forward, backward, clip the global norm to 1.0, AdamW
 (betas 0.9, 0.95, eps 1e-8, weight decay 0.1 on matrices and embeddings only).
 
 Usage: /usr/bin/python3 bench_step_torch.py [--threads N ...] [--steps 30] [--warmup 5]
-Each --threads value is measured in turn; the best median is reported last.
+Each --threads value (1 or more) is measured in turn; the best median is reported last.
+The model's weights and the batches come from torch's random generator, so the losses
+are not those of thinklab-bench-step, which draws its own.
 """
 import argparse
 import ctypes
@@ -132,6 +134,14 @@ def main():
     parser.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: give 1 or more timed steps")
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup}: give 0 or more warm-up steps")
+    for t in args.threads:
+        if t < 1:
+            parser.error(f"--threads {t}: torch.set_num_threads takes 1 or more (unlike "
+                         f"thinklab-bench-step, 0 does not mean all cores)")
 
     print(f"PyTorch {torch.__version__} step benchmark: GPT-2 style, V {VOCAB}, context "
           f"{CONTEXT}, C {WIDTH}, H {HEADS}, {LAYERS} layers, batch {BATCH}")

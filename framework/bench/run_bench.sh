@@ -1,19 +1,23 @@
 #!/bin/sh
 # Runs the C step benchmark and its PyTorch counterpart side by side, in
 # rounds, and prints the ratio of their best median step times for each round.
-# A round runs both programs within a few seconds of each other, so both see
-# the same state of the machine; the speed of a shared host can change from
-# one minute to the next.
+# The speed of a shared host can change from one minute to the next. A round
+# runs both programs back to back (about ten seconds at 40 steps), so that
+# both see the same state of the machine.
 #
 # Usage: framework/bench/run_bench.sh [BUILD_DIR] [STEPS] [ROUNDS]
 #   BUILD_DIR  a configured thinklab build (default: build); the benchmark is
 #              built there first
 #   STEPS      timed steps for each run (default 30)
 #   ROUNDS     rounds of both programs (default 3)
-# Environment: PYTHON (default /usr/bin/python3), THREADS (default "2 1"),
-# OMP_WAIT_POLICY (default passive, for both programs: waiting threads sleep
-# instead of spinning, which is faster for both on this kind of machine).
+# Environment:
+#   PYTHON           default /usr/bin/python3, a python that imports torch
+#   THREADS          default "2 1": thread counts of 1 or more, each given to
+#                    both programs
+#   OMP_WAIT_POLICY  default passive, for both programs. Waiting threads then
+#                    sleep instead of spinning, which is faster for both here.
 set -eu
+set -f # THREADS is split on spaces, never expanded as a file pattern
 
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
@@ -23,6 +27,27 @@ python=${PYTHON:-/usr/bin/python3}
 threads=${THREADS:-"2 1"}
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 export OMP_WAIT_POLICY
+
+fail() {
+    echo "run_bench.sh: $*" >&2
+    exit 2
+}
+# A whole number of at least 1.
+is_count() {
+    case $1 in
+        '' | *[!0-9]* | 0 | 0*) return 1 ;;
+    esac
+}
+is_count "$steps" || fail "STEPS '$steps' must be a whole number of 1 or more"
+is_count "$rounds" || fail "ROUNDS '$rounds' must be a whole number of 1 or more"
+[ -n "$(echo $threads)" ] || fail "THREADS is empty; give thread counts such as \"2 1\""
+for n in $threads; do
+    is_count "$n" || fail "THREADS entry '$n' must be a whole number of 1 or more"
+done
+[ -f "$build/CMakeCache.txt" ] ||
+    fail "BUILD_DIR '$build' is not a configured build; run cmake -S . -B $build first"
+"$python" -c "import torch" 2>/dev/null ||
+    fail "PYTHON '$python' cannot import torch; use /usr/bin/python3 with Debian's python3-torch"
 
 cmake --build "$build" --target thinklab-bench-step -j2 >/dev/null
 bench="$build/framework/bench/thinklab-bench-step"

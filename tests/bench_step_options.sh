@@ -1,0 +1,74 @@
+#!/bin/sh
+# Checks the step benchmark's programs. thinklab-bench-step must reach the
+# same loss after 25 steps in every parallel mode, so a change to any op shows
+# here first. Bad arguments to thinklab-bench-step, bench_step_torch.py and
+# run_bench.sh must stop them with exit status 2 and a message naming the
+# value, before anything is measured.
+#
+# Usage: bench_step_options.sh BENCH RUN_BENCH BUILD_DIR PYTHON
+set -u
+bench=$1
+run_bench=$2
+build=$3
+python=$4
+torch_script=$(dirname "$run_bench")/bench_step_torch.py
+failures=0
+
+check() { # description, then a command that must succeed
+    what=$1
+    shift
+    if "$@"; then
+        echo "ok    $what"
+    else
+        echo "FAIL  $what" >&2
+        failures=$((failures + 1))
+    fi
+}
+
+# Runs a command; expects exit status 2 and the fragment in its output.
+rejects() {
+    fragment=$1
+    shift
+    out=$("$@" 2>&1)
+    code=$?
+    check "$* exits 2 (got $code)" [ "$code" -eq 2 ]
+    case $out in
+        *"$fragment"*) echo "ok    $* names '$fragment'" ;;
+        *) echo "FAIL  $* lacks '$fragment'; output: $out" >&2; failures=$((failures + 1)) ;;
+    esac
+}
+
+# 4.1802 is the loss after 25 steps of the fixed random batches (seeded), the
+# same to 4 decimals whichever way the threads split the work.
+for mode in "--threads 1" "--threads 2" "--threads 2 --op-threads"; do
+    out=$(OMP_WAIT_POLICY=passive "$bench" $mode --steps 20 2>&1)
+    case $out in
+        *"4.1802 at step 24"*) echo "ok    $mode ends at loss 4.1802" ;;
+        *) echo "FAIL  $mode: $(echo "$out" | grep loss)" >&2; failures=$((failures + 1)) ;;
+    esac
+done
+
+check "--help exits 0 and describes --op-threads" sh -c "'$bench' --help | grep -q -- '--op-threads  with'"
+rejects "--steps '0' must be a whole number from 1" "$bench" --steps 0
+rejects "--steps ' 5' must be a whole number" "$bench" --steps " 5"
+rejects "--threads '-1' must be a whole number" "$bench" --threads -1
+rejects "--warmup 'x' must be a whole number" "$bench" --warmup x
+rejects "unknown or incomplete option '--bogus'" "$bench" --bogus
+
+rejects "--steps 0: give 1 or more" "$python" "$torch_script" --steps 0
+rejects "--warmup -1: give 0 or more" "$python" "$torch_script" --warmup -1
+rejects "--threads 0: torch.set_num_threads takes 1 or more" "$python" "$torch_script" --threads 0
+
+rejects "ROUNDS '0' must be a whole number" "$run_bench" "$build" 2 0
+rejects "STEPS 'abc' must be a whole number" "$run_bench" "$build" abc 1
+rejects "THREADS entry '0' must be a whole number" env THREADS=0 "$run_bench" "$build" 2 1
+rejects "THREADS entry '*' must be a whole number" env THREADS='*' "$run_bench" "$build" 2 1
+rejects "BUILD_DIR '/nonexistent' is not a configured build" "$run_bench" /nonexistent 2 1
+rejects "PYTHON '/nonexistent/python' cannot import torch" \
+    env PYTHON=/nonexistent/python "$run_bench" "$build" 2 1
+
+if [ "$failures" -ne 0 ]; then
+    echo "bench_step_options: $failures check(s) failed" >&2
+    exit 1
+fi
+echo "bench_step_options: all checks passed"
