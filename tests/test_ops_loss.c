@@ -171,11 +171,64 @@ static void check_bce(tl_rng *rng)
     tl_ctx_free(ctx);
 }
 
+/* Rows wider than one group of 16 lanes, with a tail (V = 37) and a BPE-sized
+ * vocabulary (V = 1024): per-row losses and gradients against double
+ * references, and a NaN logit giving a NaN loss, which training relies on to
+ * stop. */
+static void check_cross_entropy_wide(tl_rng *rng)
+{
+    enum { R = 3 };
+    static const int64_t widths[2] = {37, 1024};
+    static float x[R * 1024];
+    int32_t t[R] = {0, 36, 17};
+    for (int w = 0; w < 2; w++) {
+        int64_t W = widths[w];
+        gc_randn(rng, x, R * W, 3.0f);
+        tl_ctx *ctx = tl_ctx_new(0);
+        tl_tensor *xt = tl_wrap(ctx, TL_F32, x, 2, (int64_t[]){R, W});
+        tl_set_requires_grad(xt, true);
+        tl_tensor *rows = NULL;
+        tl_tensor *loss = tl_cross_entropy(ctx, xt, tl_wrap(ctx, TL_I32, t, 1, (int64_t[]){R}),
+                                           NULL, &rows);
+        CHECK(loss != NULL);
+        CHECK(tl_backward(ctx, loss) == TL_OK);
+        double worst_loss = 0.0, worst_grad = 0.0;
+        for (int i = 0; loss && i < R; i++) {
+            const float *xi = x + i * W;
+            double max = xi[0], sum = 0.0;
+            for (int64_t c = 1; c < W; c++)
+                max = fmax(max, xi[c]);
+            for (int64_t c = 0; c < W; c++)
+                sum += exp((double)xi[c] - max);
+            double lse = max + log(sum);
+            worst_loss = fmax(worst_loss, fabs(tl_f32(rows)[i] - (lse - xi[t[i]])));
+            for (int64_t c = 0; c < W; c++) {
+                double want = (exp((double)xi[c] - lse) - (c == t[i])) / R;
+                worst_grad = fmax(worst_grad, fabs(xt->grad[i * W + c] - want));
+            }
+        }
+        /* Losses of order 10 in float32: 1e-5 absolute; gradient entries below
+         * 1: 1e-6. */
+        CHECK_MSG(worst_loss < 1e-5, "V = %lld: per-row loss off by %.3g", (long long)W,
+                  worst_loss);
+        CHECK_MSG(worst_grad < 1e-6, "V = %lld: gradient off by %.3g", (long long)W, worst_grad);
+
+        tl_ctx_reset(ctx);
+        x[W + 20] = NAN;
+        loss = tl_cross_entropy(ctx, tl_wrap(ctx, TL_F32, x, 2, (int64_t[]){R, W}),
+                                tl_wrap(ctx, TL_I32, t, 1, (int64_t[]){R}), NULL, NULL);
+        CHECK_MSG(loss && isnan(tl_f32(loss)[0]), "V = %lld: a NaN logit gave loss %g",
+                  (long long)W, loss ? (double)tl_f32(loss)[0] : 0.0);
+        tl_ctx_free(ctx);
+    }
+}
+
 int main(void)
 {
     tl_rng rng;
     tl_rng_seed(&rng, 3);
     check_cross_entropy(&rng);
+    check_cross_entropy_wide(&rng);
     check_bce(&rng);
     return gc_finish("ops loss");
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../internal.h"
+#include "vmath.h"
 
 /* Below this many logits the loss loops run on one thread. */
 enum { TL_LOSS_PARALLEL_WORK = 1 << 15 };
@@ -47,6 +48,43 @@ static bool tl_ce_check(const tl_tensor *logits, const tl_tensor *targets, const
     return true;
 }
 
+/* Log-sum-exp of one row of V logits: the maximum and the sum of exp in 16
+ * lanes (tl_vlanes_*), so that the loops vectorise. A NaN logit gives NaN. */
+TL_MULTIVERSION
+static float tl_ce_lse_row(const float *x, int64_t V)
+{
+    int64_t groups = V / TL_VLANES * TL_VLANES;
+    float lane[TL_VLANES];
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = -INFINITY;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES)
+        for (int l = 0; l < TL_VLANES; l++)
+            lane[l] = x[j0 + l] > lane[l] ? x[j0 + l] : lane[l];
+    for (int64_t j = groups; j < V; j++)
+        lane[j - groups] = x[j] > lane[j - groups] ? x[j] : lane[j - groups];
+    float max = tl_vlanes_max(lane);
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = 0.0f;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES)
+        for (int l = 0; l < TL_VLANES; l++)
+            lane[l] += tl_vexpf(x[j0 + l] - max);
+    for (int64_t j = groups; j < V; j++)
+        lane[j - groups] += tl_vexpf(x[j] - max);
+    /* A NaN logit fails every comparison above, so the maximum skips it;
+     * its exp is NaN and so is the sum. */
+    return max + logf(tl_vlanes_sum(lane));
+}
+
+/* dx[c] += g * exp(x[c] - lse) over one row of V logits. */
+TL_MULTIVERSION
+static void tl_ce_backward_row(float *restrict dx, const float *restrict x, float lse, float g,
+                               int64_t V)
+{
+#pragma omp simd
+    for (int64_t c = 0; c < V; c++)
+        dx[c] += g * tl_vexpf(x[c] - lse);
+}
+
 /* Logits (N,V), leading dims flattened, int32 targets (N), optional float
  * mask (N). Saves the log-sum-exp of every row for backward. */
 tl_tensor *tl_cross_entropy(tl_ctx *ctx, tl_tensor *logits, tl_tensor *targets,
@@ -76,13 +114,7 @@ tl_tensor *tl_cross_entropy(tl_ctx *ctx, tl_tensor *logits, tl_tensor *targets,
             lse[i] = 0.0f;
             continue;
         }
-        float max = -INFINITY;
-        for (int64_t c = 0; c < V; c++)
-            max = fmaxf(max, xi[c]);
-        double sum = 0.0;
-        for (int64_t c = 0; c < V; c++)
-            sum += expf(xi[c] - max);
-        lse[i] = max + (float)log(sum);
+        lse[i] = tl_ce_lse_row(xi, V);
         loss[i] = lse[i] - xi[t[i]];
     }
 
@@ -129,10 +161,8 @@ void tl_cross_entropy_backward(tl_ctx *ctx, tl_node *node)
     for (int64_t i = 0; i < N; i++) {
         if (m && m[i] == 0.0f)
             continue;
-        const float *xi = x + i * V;
         float *dxi = dx + i * V;
-        for (int64_t c = 0; c < V; c++)
-            dxi[c] += g * expf(xi[c] - lse[i]);
+        tl_ce_backward_row(dxi, x + i * V, lse[i], g, V);
         dxi[t[i]] -= g;
     }
     tl_count_flops(ctx, TL_OP_CROSS_ENTROPY, 4.0 * (double)counted * (double)V);
