@@ -244,9 +244,10 @@ tl_status tl_trainer_step(tl_trainer *tr)
     bool records = records_due(tr), routing = routing_due(tr);
     /* TODO: run forward and backward as data-parallel shards
      * (thinklab/shards.h), which use 2 cores far better than threads inside
-     * each op. It needs layers that keep their routing statistics per shard
-     * (the plugin ABI keeps one set per layer) and gradient records merged
-     * across shards. */
+     * each op. It needs a model forward that keeps its layer outputs and FLOP
+     * counts per call instead of in the model, layers that keep their routing
+     * statistics per shard (the plugin ABI keeps one set per layer), and
+     * gradient records merged across shards. */
     tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT, .collect_stats = routing};
     tl_model_output out;
     st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
