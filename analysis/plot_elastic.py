@@ -38,6 +38,8 @@ def read_rows(path, key):
     if not rows:
         tllog.fail(f"{path}: no rows; the elastic run wrote its header only")
     for n, r in enumerate(rows, start=2):  # line 1 is the header
+        if None in r or None in r.values():
+            tllog.fail(f"{path}, line {n}: {len(reader.fieldnames)} fields expected, as in the header")
         for col in ("val_loss", key):
             try:
                 r[col] = float(r[col])
@@ -56,6 +58,8 @@ def main():
                     help="relative FLOPs of the whole model or of the layers only (default model)")
     args = ap.parse_args()
 
+    if not args.out.endswith(".png") or os.path.isdir(args.out):
+        tllog.fail(f"-o {args.out}: give the path of a .png file to write")
     key = "rel_flops_" + args.flops
     rows = read_rows(args.csv, key)
     uniform = sorted((r for r in rows if r["setting"].startswith("uniform")), key=lambda r: r[key])
@@ -78,9 +82,12 @@ def main():
     ax.legend(fontsize=8)
     fig.tight_layout()
     out_dir = os.path.dirname(args.out)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    try:
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        fig.savefig(args.out, dpi=110)
+    except OSError as e:
+        tllog.fail(f"-o {args.out}: cannot write the figure ({e.strerror or e})")
     print(args.out)
 
 

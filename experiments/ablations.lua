@@ -67,6 +67,10 @@ for name in pairs(requested) do
                                   "itt_no_tse, itt_no_atr, itt_tanh\n", name))
   os.exit(2)
 end
+if #specs == 0 then
+  io.stderr:write("ablations.lua: models is empty; give variants such as models=dense,itt\n")
+  os.exit(2)
+end
 E.mkdir(out)
 local summary_path = out .. "/summary.tsv"
 thinklab.threads(p.threads)
@@ -91,16 +95,14 @@ if p.analyze then
                                                  p.corpus, p.setting, r.steps, r.batch_size, r.context, r.d_model)))
   local logs = {}
   for _, row in ipairs(rows) do
-    if E.exists(row.log) then logs[#logs + 1] = "'" .. row.log .. "'" end
+    if E.exists(row.log) then logs[#logs + 1] = E.q(row.log) end
   end
   local an = here .. "/../analysis"
-  if not E.sh(string.format("%s %s/compare_runs.py -o '%s/comparison' %s", p.python, an, out,
-                            table.concat(logs, " "))) then
-    failures[#failures + 1] = "compare_runs.py failed"
-  end
-  if not E.sh(string.format("%s %s/plot_curves.py -o '%s/curves.png' %s", p.python, an, out,
-                            table.concat(logs, " "))) then
-    failures[#failures + 1] = "plot_curves.py failed"
+  for _, run in ipairs{{"compare_runs.py", out .. "/comparison"}, {"plot_curves.py", out .. "/curves.png"}} do
+    if not E.sh(string.format("%s %s -o %s %s", E.q(p.python), E.q(an .. "/" .. run[1]), E.q(run[2]),
+                              table.concat(logs, " "))) then
+      failures[#failures + 1] = run[1] .. " failed"
+    end
   end
   print("\nresults in " .. out .. " (seeds.md, comparison.md, curves.png)")
 end

@@ -36,6 +36,22 @@ function E.resolve(p)
     if r[k] == nil or r[k] == 0 then r[k] = v end
   end
   -- Checked here, once, rather than by the trainer for every model.
+  local function whole(k, min, note)
+    if r[k] ~= nil and (math.type(r[k]) ~= "integer" or r[k] < min) then
+      error(string.format("%s must be a whole number of %d or more%s; got '%s'", k, min, note,
+                          tostring(r[k])), 0)
+    end
+  end
+  whole("warmup", 0, " (0 takes a tenth of the steps)")
+  whole("threads", 0, " (0 takes every core)")
+  whole("seed", 0, "")
+  whole("bpe_vocab", 1, "")
+  if r.threads ~= nil and r.threads > 4096 then
+    error(string.format("threads must be at most 4096; got '%s'", tostring(r.threads)), 0)
+  end
+  if r.corpus ~= nil and not E.corpora[r.corpus] then
+    error(string.format("corpus must be shakespeare, wikitext or kjv, got '%s'", tostring(r.corpus)), 0)
+  end
   for k, v in pairs(s) do
     if k == "lr" then
       if type(r.lr) ~= "number" or r.lr <= 0 or r.lr ~= r.lr or r.lr == math.huge then
@@ -64,10 +80,14 @@ end
 -- "1,2" or 1 -> {1, 2}, each a whole number; raises an error naming the value
 -- otherwise.
 function E.seeds(v)
+  if type(v) == "string" and (v:find(",,", 1, true) or v:find("^,") or v:find(",$")) then
+    error(string.format("seeds has an empty entry; give whole numbers separated by commas, such "
+                        .. "as 1,2,3; got '%s'", v), 0)
+  end
   local out = E.list(v)
   for _, s in ipairs(out) do
-    if math.type(s) ~= "integer" then
-      error(string.format("seeds must be whole numbers separated by commas, such as 1,2,3; got '%s'",
+    if math.type(s) ~= "integer" or s < 0 then
+      error(string.format("seeds must be whole numbers of 0 or more separated by commas, such as 1,2,3; got '%s'",
                           tostring(v)), 0)
     end
   end
@@ -89,6 +109,9 @@ end
 --   wikitext:    train on the WikiText-2 valid split, evaluate on test;
 --                characters of both files (test has characters valid lacks).
 --   kjv:         last 10% for validation, BPE trained on the training split.
+-- The corpora that load_corpus loads.
+E.corpora = {shakespeare = true, wikitext = true, kjv = true}
+
 function E.load_corpus(name, data_dir, bpe_vocab)
   local corpus, tok
   if name == "shakespeare" then
@@ -150,8 +173,13 @@ function E.exists(path)
   return false
 end
 
+-- s quoted for the shell: inside single quotes, with each ' written as '\''.
+function E.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
 function E.mkdir(path)
-  local ok = os.execute("mkdir -p '" .. path .. "'")
+  local ok = os.execute("mkdir -p " .. E.q(path))
   if not ok then error("cannot create the folder " .. path, 0) end
 end
 

@@ -63,6 +63,10 @@ for name in pairs(requested) do
   io.stderr:write(string.format("compare.lua: unknown model '%s'; choose from dense, loop, itt, mod, dense3x\n", name))
   os.exit(2)
 end
+if #specs == 0 then
+  io.stderr:write("compare.lua: models is empty; give models such as models=dense,itt\n")
+  os.exit(2)
+end
 E.mkdir(out)
 local summary_path = out .. "/summary.tsv"
 
@@ -99,23 +103,24 @@ if p.analyze then
   local logs, routed = {}, {}
   for _, row in ipairs(rows) do
     if E.exists(row.log) then
-      logs[#logs + 1] = "'" .. row.log .. "'"
-      if row.model == "itt" or row.model == "mod" then routed[#routed + 1] = "'" .. row.log .. "'" end
+      logs[#logs + 1] = E.q(row.log)
+      if row.model == "itt" or row.model == "mod" then routed[#routed + 1] = E.q(row.log) end
     end
   end
   local an = here .. "/../analysis"
-  local py = p.python
+  local function analysis(script, target, inputs)
+    return E.sh(string.format("%s %s -o %s %s", E.q(p.python), E.q(an .. "/" .. script), E.q(target),
+                              table.concat(inputs, " ")))
+  end
   local steps_ok = {
-    E.sh(string.format("%s %s/compare_runs.py -o '%s/comparison' %s", py, an, out, table.concat(logs, " "))),
-    E.sh(string.format("%s %s/plot_curves.py -o '%s/curves.png' %s", py, an, out, table.concat(logs, " "))),
+    analysis("compare_runs.py", out .. "/comparison", logs),
+    analysis("plot_curves.py", out .. "/curves.png", logs),
   }
   if #routed > 0 then
-    steps_ok[#steps_ok + 1] = E.sh(string.format("%s %s/plot_routing.py -o '%s' %s", py, an, out,
-                                                 table.concat(routed, " ")))
+    steps_ok[#steps_ok + 1] = analysis("plot_routing.py", out, routed)
   end
   if p.token_grads and #routed > 0 then
-    steps_ok[#steps_ok + 1] = E.sh(string.format("%s %s/plot_token_grads.py -o '%s' %s", py, an, out,
-                                                 table.concat(routed, " ")))
+    steps_ok[#steps_ok + 1] = analysis("plot_token_grads.py", out, routed)
   end
   for i, ok in ipairs(steps_ok) do
     if not ok then failures[#failures + 1] = "analysis command " .. i .. " failed (see above)" end

@@ -122,8 +122,8 @@ f:close()
 f = assert(io.open(out .. "/elastic.csv", "w"))
 f:write(table.concat(csv, "\n"), "\n")
 f:close()
-local ok = E.sh(string.format("%s %s/../analysis/plot_elastic.py -o '%s/elastic.png' '%s/elastic.csv'", p.python,
-                              here, out, out))
+local ok = E.sh(string.format("%s %s -o %s %s", E.q(p.python), E.q(here .. "/../analysis/plot_elastic.py"),
+                              E.q(out .. "/elastic.png"), E.q(out .. "/elastic.csv")))
 print("\nresults in " .. out .. " (elastic.md, elastic.csv" .. (ok and ", elastic.png)" or "; the plot failed)"))
 tr:close()
 if not ok then os.exit(1) end

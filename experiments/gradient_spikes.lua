@@ -41,7 +41,7 @@ local p = thinklab.params{
   easy_quantile = 0.8,  -- easy = loss at most this quantile (0.8: every sequence not hard)
   routing = "topk",     -- routing of ITT layers during the analysis: topk, causal or calibrated
   quick = false,        -- a few-minute setting: 60 steps, 24 sequences, batch 8
-  out = "gradient_spikes", -- folder for the log and the figures
+  out = "",             -- folder for the log and the figures; empty = results/gradient_spikes_<model> beside this script
   python = "/usr/bin/python3",
 }
 
@@ -50,10 +50,53 @@ if p.quick then
 end
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
+local E = dofile(here .. "/common.lua")
+
+-- Every option is checked before anything loads or trains, so that a typo in
+-- an analysis option does not cost a training run.
+local function check(o)
+  local function whole(k, min)
+    if math.type(o[k]) ~= "integer" or o[k] < min then
+      error(string.format("%s must be a whole number of %d or more; got '%s'", k, min,
+                          tostring(o[k])), 0)
+    end
+  end
+  for _, k in ipairs{"d_model", "n_head", "n_layers", "context", "batch_size", "steps", "sequences",
+                     "seq_len"} do
+    whole(k, 1)
+  end
+  for _, k in ipairs{"seed", "threads", "grads_every", "answer_tokens"} do whole(k, 0) end
+  if o.threads > 4096 then error(string.format("threads must be at most 4096; got '%d'", o.threads), 0) end
+  if not (o.lr > 0 and o.lr < math.huge) then
+    error(string.format("lr must be a number above 0, such as lr=2e-3; got '%s'", tostring(o.lr)), 0)
+  end
+  if o.seq_len > o.context then
+    error(string.format("seq_len %d must be at most context %d", o.seq_len, o.context), 0)
+  end
+  if o.answer_tokens > o.seq_len then
+    error(string.format("answer_tokens %d must be at most seq_len %d", o.answer_tokens, o.seq_len), 0)
+  end
+  if not (o.hard_quantile >= 0 and o.hard_quantile <= 1) then
+    error(string.format("hard_quantile must lie in [0, 1]; got '%s'", tostring(o.hard_quantile)), 0)
+  end
+  if not (o.easy_quantile >= 0 and o.easy_quantile <= o.hard_quantile) then
+    error(string.format("easy_quantile must lie in [0, hard_quantile = %g] (0 takes hard_quantile); "
+                        .. "got '%s'", o.hard_quantile, tostring(o.easy_quantile)), 0)
+  end
+  if o.model ~= "dense" and o.model ~= "itt" then
+    error(string.format("model must be dense or itt, got '%s'", o.model), 0)
+  end
+  if o.routing ~= "topk" and o.routing ~= "causal" and o.routing ~= "calibrated" then
+    error(string.format("routing must be topk, causal or calibrated, got '%s'", o.routing), 0)
+  end
+end
+E.or_usage_error("gradient_spikes.lua", check, p)
+
 local path = p.data ~= "" and p.data or here .. "/data/tinyshakespeare.txt"
 local analysis = here .. "/../analysis"
-os.execute("mkdir -p '" .. p.out .. "'")
-local log = p.out .. "/" .. p.model .. ".h5"
+local out = p.out ~= "" and p.out or here .. "/results/gradient_spikes_" .. p.model
+E.mkdir(out)
+local log = out .. "/" .. p.model .. ".h5"
 
 thinklab.threads(p.threads)
 local corpus = thinklab.corpus{path = path, val_fraction = 0.1}
@@ -116,15 +159,15 @@ local function run(cmd)
   local ok = os.execute(cmd)
   if not ok then error("failed: " .. cmd, 0) end
 end
-local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local q = E.q
 for _, label in ipairs{"loss", "answer"} do
   for _, metric in ipairs{"nuclear", "frobenius"} do
     run(string.format("%s %s %s -o %s --label %s --metric %s", q(p.python),
-                      q(analysis .. "/plot_spikes.py"), q(log), q(p.out .. "/" .. label), label,
+                      q(analysis .. "/plot_spikes.py"), q(log), q(out .. "/" .. label), label,
                       metric))
   end
 end
 if trained then
   run(string.format("%s %s %s -o %s", q(p.python), q(analysis .. "/plot_token_grads.py"), q(log),
-                    q(p.out)))
+                    q(out)))
 end

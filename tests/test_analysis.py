@@ -412,10 +412,13 @@ def test_plot_elastic_rejects_bad_csv(scratch):
     not_number = elastic_variant(scratch, "not_number",
                                  lambda ls: ls[:2] + [ls[2].replace(ls[2].split(",")[4], "n/a", 1)]
                                  + ls[3:])
+    extra_field = elastic_variant(scratch, "extra_field",
+                                  lambda ls: ls[:2] + [ls[2] + ",9"] + ls[3:])
     cases = [(os.path.join(scratch, "absent.csv"), "file not found"),
              (no_column, "no column val_loss"),
              (header_only, "no rows"),
-             (not_number, "line 3: val_loss = 'n/a' is not a number")]
+             (not_number, "line 3: val_loss = 'n/a' is not a number"),
+             (extra_field, "line 3: 10 fields expected")]
     for path, fragment in cases:
         out = os.path.join(scratch, "elastic_rejected.png")
         r = run_script("plot_elastic.py", path, "-o", out)
@@ -424,6 +427,21 @@ def test_plot_elastic_rejects_bad_csv(scratch):
         assert fragment in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
         assert not os.path.exists(out)
+
+
+def test_plot_elastic_rejects_bad_output(scratch):
+    blocker = os.path.join(scratch, "elastic_blocker")
+    with open(blocker, "w") as f:
+        f.write("a file, not a folder\n")
+    cases = [(os.path.join(blocker, "sub", "x.png"), "cannot write the figure"),
+             (os.path.join(scratch, "elastic.txt"), "give the path of a .png file"),
+             (scratch, "give the path of a .png file")]
+    for out, fragment in cases:
+        r = run_script("plot_elastic.py", ELASTIC_CSV, "-o", out)
+        assert r.returncode == 2, f"{out}: exit {r.returncode}\n{r.stderr}"
+        assert r.stderr.startswith(f"error: -o {out}: "), r.stderr
+        assert fragment in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
 
 # ---- reading a log while its run trains ----------------------------------------

@@ -13,6 +13,22 @@ local cases = {
   {"compare.lua", "steps=abc", "override steps=abc: steps must be a number"},
   {"ablations.lua", "steps=-5", "steps must be a whole number above 0"},
   {"elastic.lua", "context=-64", "context must be a whole number above 0"},
+  {"elastic.lua", "seed=-1", "seed must be a whole number of 0 or more"},
+  {"compare.lua", "threads=-1", "threads must be a whole number of 0 or more"},
+  {"compare.lua", "threads=5000", "threads must be at most 4096"},
+  {"compare.lua", "warmup=-5", "warmup must be a whole number of 0 or more"},
+  {"compare.lua", "corpus=bogus", "corpus must be shakespeare, wikitext or kjv"},
+  {"elastic.lua", "corpus=bogus", "corpus must be shakespeare, wikitext or kjv"},
+  {"compare.lua", "seeds=1,,2", "seeds has an empty entry"},
+  {"compare.lua", "seeds=-1", "seeds must be whole numbers of 0 or more"},
+  {"compare.lua", "models=", "models is empty"},
+  {"ablations.lua", "models=", "models is empty"},
+  {"gradient_spikes.lua", "routing=bogus", "routing must be topk, causal or calibrated"},
+  {"gradient_spikes.lua", "model=bogus", "model must be dense or itt"},
+  {"gradient_spikes.lua", "steps=-5", "steps must be a whole number of 1 or more"},
+  {"gradient_spikes.lua", "sequences=0", "sequences must be a whole number of 1 or more"},
+  {"gradient_spikes.lua", "hard_quantile=2", "hard_quantile must lie in [0, 1]"},
+  {"gradient_spikes.lua", "answer_tokens=99", "answer_tokens 99 must be at most seq_len 64"},
 }
 for _, c in ipairs(cases) do
   local script, arg_text, want = c[1], c[2], c[3]
@@ -26,5 +42,20 @@ for _, c in ipairs(cases) do
   local _, lines = out:gsub("[^\n]+", "")
   H.check(lines == 1, label .. " prints only the error, so nothing started (" .. lines .. " lines)")
 end
+
+-- A results folder whose name contains a quote and shell syntax is created as
+-- named, and the shell runs nothing from it. train=false analyze=false makes
+-- compare.lua stop after creating it.
+local odd = p.scratch .. "/it's; touch " .. p.scratch .. "/INJECTED; '"
+os.remove(p.scratch .. "/INJECTED") -- left by an earlier failing run, if any
+local out, code = H.run(p.thinklab .. " run " .. experiments .. "/compare.lua train=false analyze=false "
+                        .. "'out=" .. odd:gsub("'", "'\\''") .. "'")
+H.check(code == 0, "compare.lua with a quote in out exits 0 (" .. out:gsub("\n.*", "") .. ")")
+local f = io.open(p.scratch .. "/INJECTED", "r")
+H.check(f == nil, "a quote in out runs no shell command")
+if f then f:close() end
+local probe = io.open(odd .. "/probe", "w")
+H.check(probe ~= nil, "the folder named in out exists")
+if probe then probe:close() end
 
 H.done()
