@@ -38,7 +38,8 @@ enum { UV_CALLBACK = 1, UV_MODEL = 2, UV_DATA = 3, UV_COUNT = 3 };
 static const char *const trainer_keys[] = {
     "model",        "data",           "batch_size",    "context",       "steps",
     "tokens",       "optimizer",      "schedule",      "clip",          "eval_every",
-    "eval_batches", "seed",           "threads",       "callback",      "callback_every",
+    "eval_batches", "seed",           "threads",       "shards",        "callback",
+    "callback_every",
     "log",          "log_overwrite",  "log_flush_every", "log_grads_every", "log_token_seqs",
     "log_routing_every",
     "checkpoint",   "checkpoint_every", "progress_every", "resume",      "name",
@@ -207,6 +208,7 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
      * Ranks on one machine are held to their share of its cores. */
     cfg->threads = tl_dist_threads(
         (int)tl_lua_opt_int(L, t, w, "threads", tl_threads_get(), 0, 4096));
+    cfg->shards = tl_lua_opt_bool(L, t, w, "shards", cfg->shards);
     cfg->callback_every = tl_lua_opt_int(L, t, w, "callback_every", 10, 1, INT64_MAX);
     cfg->log_path = tl_lua_opt_str(L, t, w, "log", NULL);
     cfg->log_overwrite = tl_lua_opt_bool(L, t, w, "log_overwrite", false);
@@ -487,6 +489,8 @@ static int trainer_config(lua_State *L)
     set_int(L, "eval_batches", c->eval_batches);
     set_int(L, "seed", (int64_t)c->seed);
     set_int(L, "threads", c->threads);
+    lua_pushboolean(L, c->shards);
+    lua_setfield(L, -2, "shards");
     set_int(L, "callback_every", c->callback_every);
     set_int(L, "progress_every", c->progress_every);
     set_int(L, "checkpoint_every", c->checkpoint_every);

@@ -67,7 +67,14 @@ local bc = budget:config()
 H.check(bc.steps == 11 and bc.tokens == 1281, "token budget 1281 at 4 x 32 gives 11 steps")
 H.check(bc.schedule.warmup == 1 and bc.schedule.kind == "cosine", "default warm-up of a short run is a tenth")
 H.check(bc.optimizer.kind == "adamw" and math.abs(bc.optimizer.lr - 1e-3) < 1e-9, "optimizer settings arrive")
+H.check(bc.shards == true, "shards are on by default")
 budget:close()
+local unsharded = thinklab.trainer{model = m2, data = ds, steps = 2, batch_size = 4, context = 32,
+                                   progress_every = 0, eval_batches = 2, shards = false}
+H.check(unsharded:config().shards == false, "shards = false arrives")
+unsharded:close()
+H.expect_error("shards must be a boolean", {"shards"}, thinklab.trainer,
+               {model = m2, data = ds, steps = 2, batch_size = 4, context = 32, shards = "yes"})
 
 -- 3. Resume: run A trains 20 steps straight; run B stops at 10 and saves;
 -- run C builds a fresh model, loads B's checkpoint and trains to 20. The

@@ -13,8 +13,9 @@
  * threads (framework/bench/BENCHMARKS.md).
  *
  * The layers must not write shared state during forward or backward. The
- * framework's ops and blocks do not. The plugins keep routing statistics in
- * their state, so the trainer does not use shards yet. */
+ * framework's ops and blocks do not, and plugins write their state only when
+ * asked for statistics, so the trainer runs its steps as shards except those
+ * that record gradients or routing statistics. */
 #ifndef THINKLAB_SHARDS_H
 #define THINKLAB_SHARDS_H
 

@@ -105,6 +105,12 @@ typedef struct tl_train_config {
     int64_t eval_calibration_batches;
     uint64_t seed;            /* seeds batch sampling (parameters are seeded by the model) */
     int threads;              /* applied with tl_threads_set() at tl_trainer_new; 0 = all cores */
+    /* With 2 or more threads, run forward and backward as data-parallel
+     * shards (thinklab/shards.h), one per thread, on the steps that record no
+     * gradients or routing statistics. Layers must then leave their state
+     * alone in forward unless collect_stats is set, as the framework's
+     * plugins do. On by default. */
+    bool shards;
 
     const char *log_path;     /* HDF5 run log; NULL or "" for none */
     bool log_overwrite;       /* replace an existing log file */
@@ -144,7 +150,8 @@ typedef struct tl_train_config {
 /* Returns the defaults: B 16, T 128, 1000 steps, AdamW defaults, warm-up
  * cosine lr 3e-4 with warm-up 100 and floor 3e-5, clip 1.0. Evaluation every
  * 200 steps over 20 batches with 4 calibration batches. Seed 1, threads 0,
- * K 0, one logged sequence, progress every 10 steps, callback every step. */
+ * shards on, K 0, one logged sequence, progress every 10 steps, callback
+ * every step. */
 tl_train_config tl_train_config_default(void);
 
 /* Checks every field (the message names the field and the fix) and fills

@@ -204,8 +204,12 @@ static tl_tensor *tl_model_embed(tl_model *m, tl_ctx *ctx, tl_tensor *ids)
     return tl_add(ctx, x, tl_embedding(ctx, m->pos_emb, pos));
 }
 
-tl_status tl_model_forward(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *targets,
-                           const tl_layer_args *args, tl_model_output *out)
+/* The forward. With keep false it leaves the model's per-call state (layer
+ * outputs, FLOP counts, token count) alone, so that shards can run it at the
+ * same time on contexts of their own. */
+static tl_status tl_model_forward_impl(tl_model *m, tl_ctx *ctx, tl_tensor *ids,
+                                       tl_tensor *targets, const tl_layer_args *args,
+                                       tl_model_output *out, bool keep)
 {
     memset(out, 0, sizeof *out);
     if (!ids || ids->dtype != TL_I32 || ids->ndim != 2)
@@ -222,20 +226,24 @@ tl_status tl_model_forward(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *
     la.aux_loss = NULL;
     la.n_aux_terms = 0;
     double flops_start = tl_ctx_flops_forward(ctx);
-    m->tokens = B * T;
+    if (keep)
+        m->tokens = B * T;
 
     tl_tensor *x = tl_model_embed(m, ctx, ids);
     if (!x)
         return tl_lasterr();
-    m->hidden[0] = x;
+    if (keep)
+        m->hidden[0] = x;
     for (int l = 0; l < m->n_layers; l++) {
         tl_model_layer *layer = &m->layers[l];
         double before = tl_ctx_flops_forward(ctx);
         x = layer->plugin->forward(ctx, layer->state, x, &la);
         if (!x)
             return tl_layer_error(l, layer->plugin->header.name);
-        m->layer_flops[l] = tl_ctx_flops_forward(ctx) - before;
-        m->hidden[l + 1] = x;
+        if (keep) {
+            m->layer_flops[l] = tl_ctx_flops_forward(ctx) - before;
+            m->hidden[l + 1] = x;
+        }
     }
 
     tl_tensor *h = m->cfg.style == TL_BLOCK_GPT2
@@ -259,8 +267,24 @@ tl_status tl_model_forward(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *
         if (!out->loss)
             return tl_lasterr();
     }
-    m->flops = tl_ctx_flops_forward(ctx) - flops_start;
+    if (keep)
+        m->flops = tl_ctx_flops_forward(ctx) - flops_start;
     return TL_OK;
+}
+
+tl_status tl_model_forward(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *targets,
+                           const tl_layer_args *args, tl_model_output *out)
+{
+    return tl_model_forward_impl(m, ctx, ids, targets, args, out, true);
+}
+
+tl_status tl_model_forward_shard(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *targets,
+                                 const tl_layer_args *args, tl_model_output *out)
+{
+    if (args && args->collect_stats)
+        return tl_seterr(TL_EINVAL, "model forward of a shard: collect_stats must be false, "
+                                    "since the layers keep one set of statistics");
+    return tl_model_forward_impl(m, ctx, ids, targets, args, out, false);
 }
 
 tl_tensor *tl_model_hidden(const tl_model *m, int l)

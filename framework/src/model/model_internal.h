@@ -44,6 +44,13 @@ struct tl_model {
 /* Frees the scores of a calibration in progress. */
 void tl_model_calib_clear(tl_model *m);
 
+/* tl_model_forward that leaves the model's per-call state alone (layer
+ * outputs for tl_model_hidden, performed FLOPs), so that data-parallel shards
+ * can run it at the same time on contexts of their own. args must not
+ * request statistics: the layers keep one set. */
+tl_status tl_model_forward_shard(tl_model *m, tl_ctx *ctx, tl_tensor *ids, tl_tensor *targets,
+                                 const tl_layer_args *args, tl_model_output *out);
+
 bool tl_model_tied(const tl_model_config *cfg);
 /* The block configuration every layer receives; checks the model fields. */
 tl_status tl_model_block_config(const tl_model_config *cfg, tl_block_config *out);

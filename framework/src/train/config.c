@@ -22,6 +22,7 @@ tl_train_config tl_train_config_default(void)
         .eval_batches = 20,
         .eval_calibration_batches = 4,
         .seed = 1,
+        .shards = true,
         .log_token_seqs = 1,
         .log_routing_every = 10,
         .progress_every = 10,
@@ -292,6 +293,7 @@ void tl_train_config_json_into(tl_json *j, const char *key, const tl_train_confi
     tl_json_key_int(j, "eval_calibration_batches", c->eval_calibration_batches);
     tl_json_key_uint(j, "seed", c->seed);
     tl_json_key_int(j, "threads", c->threads);
+    tl_json_key_bool(j, "shards", c->shards);
     tl_json_key_string(j, "log_path", c->log_path);
     tl_json_key_int(j, "log_flush_every", c->log_flush_every);
     tl_json_key_int(j, "log_grads_every", c->log_grads_every);

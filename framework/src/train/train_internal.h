@@ -2,6 +2,7 @@
 #ifndef THINKLAB_TRAIN_INTERNAL_H
 #define THINKLAB_TRAIN_INTERNAL_H
 
+#include "thinklab/shards.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -52,6 +53,13 @@ struct tl_trainer {
     tl_rng rng;          /* batch sampling */
     tl_sampler sampler;
     int threads;         /* in force */
+    /* Data-parallel shards of the batch, NULL when a step runs on ctx alone
+     * (one thread, shards off, or no shard count that divides the batch). */
+    tl_shards *shards;
+    struct tl_train_shard_loss {
+        double ce, aux; /* the shard's mean cross-entropy and weighted auxiliary loss */
+        bool done;      /* its forward finished, so ce and aux are set */
+    } *shard_loss;       /* one per shard */
 
     int64_t step;        /* optimizer steps completed */
     tl_train_stats stats;

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "model/model_internal.h"
 #include "train/train_internal.h"
 
 double tl_train_now(void)
@@ -130,10 +131,6 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
         goto fail;
 
     tr->threads = tl_threads_set(tr->cfg.threads);
-    if (tr->cfg.rank == 0) {
-        char desc[160];
-        fprintf(stderr, "thinklab: %s\n", tl_threads_describe(desc, sizeof desc));
-    }
 
     tl_rng_seed(&tr->rng, tr->cfg.seed);
     if (tl_sampler_init(&tr->sampler, data->train, (int)tr->cfg.batch_size, (int)tr->cfg.context,
@@ -142,6 +139,29 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
     tr->ctx = tl_ctx_new(0);
     if (!tr->ctx)
         goto fail;
+    if (tr->cfg.shards && tr->threads > 1) {
+        /* The largest shard count, at most one per thread, that splits the batch evenly. */
+        int n = tr->threads;
+        while (n > 1 && tr->cfg.batch_size % n != 0)
+            n--;
+        if (n > 1) {
+            tr->shards = tl_shards_new(tr->params, n, 0);
+            tr->shard_loss = calloc((size_t)n, sizeof *tr->shard_loss);
+            if (!tr->shards || !tr->shard_loss) {
+                if (tr->shards)
+                    tl_seterr(TL_ENOMEM, "no memory for the per-shard losses");
+                goto fail;
+            }
+        }
+    }
+    if (tr->cfg.rank == 0) {
+        char desc[160], shards[96] = "";
+        if (tr->shards)
+            snprintf(shards, sizeof shards, "; %d data-parallel shards of %lld sequences",
+                     tl_shards_count(tr->shards),
+                     (long long)(tr->cfg.batch_size / tl_shards_count(tr->shards)));
+        fprintf(stderr, "thinklab: %s%s\n", tl_threads_describe(desc, sizeof desc), shards);
+    }
 
     tr->n_token_log = tr->cfg.log_token_seqs * tr->cfg.context;
     if (alloc_buffers(tr) != TL_OK || tl_train_config_text(tr) != TL_OK)
@@ -175,6 +195,8 @@ void tl_trainer_free(tl_trainer *tr)
             tl_seterr(status, "%s", message);
     }
     tl_ctx_free(tr->ctx);
+    tl_shards_free(tr->shards);
+    free(tr->shard_loss);
     free(tr->inputs);
     free(tr->targets);
     free(tr->token_norms);
@@ -220,6 +242,60 @@ static tl_status diverged(const tl_trainer *tr, const char *quantity, double val
                      tr->cfg.clip_norm > 0 ? "" : " or set clip_norm");
 }
 
+/* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
+ * records its losses for the trainer's statistics. */
+static tl_tensor *train_shard_loss(tl_ctx *ctx, int shard, int n, void *user)
+{
+    tl_trainer *tr = user;
+    int64_t rows = tr->cfg.batch_size / n, T = tr->cfg.context;
+    int64_t off = (int64_t)shard * rows * T, shape[2] = {rows, T};
+    tl_tensor *ids = tl_wrap(ctx, TL_I32, tr->inputs + off, 2, shape);
+    tl_tensor *targets = tl_wrap(ctx, TL_I32, tr->targets + off, 2, shape);
+    if (!ids || !targets)
+        return NULL;
+    tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT};
+    tl_model_output out;
+    if (tl_model_forward_shard(tr->model, ctx, ids, targets, &args, &out) != TL_OK)
+        return NULL;
+    struct tl_train_shard_loss *sl = &tr->shard_loss[shard];
+    sl->ce = tl_f32(out.ce)[0];
+    sl->aux = out.aux ? tl_model_config_of(tr->model)->aux_weight * tl_f32(out.aux)[0] : 0.0;
+    sl->done = true;
+    return out.loss;
+}
+
+/* Forward and backward of the step's batch as data-parallel shards. The
+ * shards hold equal rows, so the means of their mean losses are the batch
+ * means, which go to *loss and *aux. */
+static tl_status shards_forward_backward(tl_trainer *tr, float lr, double *loss, double *aux)
+{
+    int n = tl_shards_count(tr->shards);
+    for (int i = 0; i < n; i++) {
+        tl_ctx *c = tl_shards_ctx(tr->shards, i);
+        tl_ctx_reset(c);
+        tl_ctx_reset_flops(c);
+        tr->shard_loss[i] = (struct tl_train_shard_loss){.ce = NAN};
+    }
+    tl_status st = tl_shards_backward(tr->shards, train_shard_loss, tr, NULL);
+    double ce = 0.0, ax = 0.0;
+    for (int i = 0; i < n; i++) {
+        /* A non-finite loss stops its shard's backward; report it as the step
+         * on one context does. */
+        const struct tl_train_shard_loss *sl = &tr->shard_loss[i];
+        if (sl->done && !isfinite(sl->ce))
+            return diverged(tr, "loss", sl->ce, lr);
+        if (sl->done && !isfinite(sl->aux))
+            return diverged(tr, "auxiliary routing loss", sl->aux, lr);
+        ce += sl->ce;
+        ax += sl->aux;
+    }
+    if (st != TL_OK)
+        return st;
+    *loss = ce / n;
+    *aux = ax / n;
+    return TL_OK;
+}
+
 tl_status tl_trainer_step(tl_trainer *tr)
 {
     if (tr->step >= tr->cfg.steps)
@@ -242,28 +318,33 @@ tl_status tl_trainer_step(tl_trainer *tr)
         return tl_lasterr();
 
     bool records = records_due(tr), routing = routing_due(tr);
-    /* TODO: run forward and backward as data-parallel shards
-     * (thinklab/shards.h), which use 2 cores far better than threads inside
-     * each op. It needs a model forward that keeps its layer outputs and FLOP
-     * counts per call instead of in the model, layers that keep their routing
-     * statistics per shard (the plugin ABI keeps one set per layer), and
-     * gradient records merged across shards. */
-    tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT, .collect_stats = routing};
-    tl_model_output out;
-    st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
-    if (st != TL_OK)
-        return st;
     float lr = tl_schedule_lr(&tr->cfg.schedule, tr->step);
-    double loss = tl_f32(out.ce)[0];
-    double aux = out.aux ? tl_model_config_of(tr->model)->aux_weight * tl_f32(out.aux)[0] : 0.0;
-    if (!isfinite(loss))
-        return diverged(tr, "loss", loss, lr);
-    if (!isfinite(aux))
-        return diverged(tr, "auxiliary routing loss", aux, lr);
-
-    st = tl_backward(ctx, out.loss);
-    if (st != TL_OK)
-        return st;
+    double loss = NAN, aux = 0.0;
+    /* Steps that record gradients or routing statistics run on one context:
+     * the records read the model's layer outputs and the layers' statistics,
+     * which exist once. */
+    bool sharded = tr->shards && !records && !routing;
+    tl_model_output out;
+    if (sharded) {
+        st = shards_forward_backward(tr, lr, &loss, &aux);
+        if (st != TL_OK)
+            return st;
+    } else {
+        tl_layer_args args = {.train = true, .routing = TL_ROUTING_DEFAULT,
+                              .collect_stats = routing};
+        st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
+        if (st != TL_OK)
+            return st;
+        loss = tl_f32(out.ce)[0];
+        aux = out.aux ? tl_model_config_of(tr->model)->aux_weight * tl_f32(out.aux)[0] : 0.0;
+        if (!isfinite(loss))
+            return diverged(tr, "loss", loss, lr);
+        if (!isfinite(aux))
+            return diverged(tr, "auxiliary routing loss", aux, lr);
+        st = tl_backward(ctx, out.loss);
+        if (st != TL_OK)
+            return st;
+    }
     /* Data parallelism averages the gradients of all ranks here, so that
      * logging, clipping and the update see the global gradient. */
     if (tr->cfg.reduce_grads) {
@@ -287,7 +368,8 @@ tl_status tl_trainer_step(tl_trainer *tr)
 
     double dt = tl_train_now() - t0;
     int64_t tokens = tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
-    double flops = tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
+    double flops = sharded ? tl_shards_flops(tr->shards)
+                           : tl_ctx_flops_forward(ctx) + tl_ctx_flops_backward(ctx);
     tr->step++;
     tl_train_stats *s = &tr->stats;
     s->step = tr->step;
