@@ -12,7 +12,7 @@ local E = {}
 --          the other corpora, a few minutes for six models.
 --   quick: the full model (d 128, 4 layers, 16 x 128 tokens, 0.82M
 --          parameters) for 700 steps: the five models of compare.lua in about
---          ten minutes on 2 cores, what experiments/run_main.sh runs.
+--          eight minutes on 2 cores, what experiments/run_main.sh runs.
 --   full:  the same model for 1200 steps, for the results page.
 E.settings = {
   small = {d_model = 64, n_head = 4, n_layers = 4, context = 64, batch_size = 16, steps = 300,
