@@ -107,10 +107,8 @@ local layers
 if p.model == "itt" then
   layers = thinklab.pattern{n = p.n_layers, default = {plugin = "transformer"},
                             odd = {plugin = "itt", steps = 3, ratios = {0.5, 0.5}}}
-elseif p.model == "dense" then
+else -- dense; check() has rejected every other model
   layers = thinklab.pattern{n = p.n_layers, default = {plugin = "transformer"}}
-else
-  error("model=" .. p.model .. " is unknown: use dense or itt", 0)
 end
 local model = thinklab.model{tokenizer = tok, d_model = p.d_model, n_head = p.n_head,
                              context = p.context, seed = p.seed, layers = layers}

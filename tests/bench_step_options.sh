@@ -54,6 +54,7 @@ rejects "--steps ' 5' must be a whole number" "$bench" --steps " 5"
 rejects "--threads '-1' must be a whole number" "$bench" --threads -1
 rejects "--warmup 'x' must be a whole number" "$bench" --warmup x
 rejects "unknown or incomplete option '--bogus'" "$bench" --bogus
+rejects "--shards 5 does not divide the batch of 12" "$bench" --shards 5
 
 rejects "--steps 0: give 1 or more" "$python" "$torch_script" --steps 0
 rejects "--warmup -1: give 0 or more" "$python" "$torch_script" --warmup -1

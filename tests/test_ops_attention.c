@@ -428,10 +428,10 @@ int main(void)
     attn_case causal_sub = {1, 4, 4, 3, 4, TL_ROPE_HALF, 10000.0f, sub_pos, sub_pos, NULL, NULL};
     check_causality(&rng, causal_sub, 2);
 
-    /* Longer than one block of 16 queries, where each block runs over keys up
-     * to its own extent: causal, padded on both sides, and with positions out
-     * of order, which makes the visible keys no prefix and the blocks'
-     * extents not increasing. */
+    /* Sequences longer than one block of 16 queries, where each block runs
+     * over keys up to its own extent: causal, padded on both sides, and with
+     * positions out of order. Out of order, the visible keys are no prefix
+     * and the blocks' extents do not increase. */
     attn_case blocks = {1, 37, 37, 2, 4, TL_ROPE_NONE, 10000.0f, NULL, NULL, NULL, NULL};
     check_case(&rng, "attention 37 tokens", blocks, true, true, true);
     static const int32_t long_q_len[2] = {35, 20}, long_k_len[2] = {18, 35};

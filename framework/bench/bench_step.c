@@ -36,6 +36,7 @@ typedef struct bench_model {
 
 typedef struct bench_options {
     int threads, steps, warmup;
+    int shards; /* 0: one per thread */
     bool phases, op_threads;
 } bench_options;
 
@@ -139,11 +140,14 @@ static bool parse_int(const char *flag, const char *text, long min, long max, in
 
 static int usage(FILE *f, int status)
 {
-    fprintf(f, "usage: thinklab-bench-step [--threads N] [--steps N] [--warmup N] [--phases] "
-               "[--op-threads]\n"
+    fprintf(f, "usage: thinklab-bench-step [--threads N] [--steps N] [--warmup N] [--shards N] "
+               "[--phases] [--op-threads]\n"
                "  --threads N   threads, 0 (default) or more than the cores for all cores\n"
                "  --steps N     timed steps, default 30\n"
                "  --warmup N    untimed steps before them, default 5\n"
+               "  --shards N    data-parallel shards, a divisor of the batch of 12; 0 (default)\n"
+               "                takes one per thread. More shards than threads (under\n"
+               "                taskset, say) times the sharded work on fewer cores\n"
                "  --phases      also print the median time of forward, backward and the\n"
                "                optimizer (one figure with shards, which run them together)\n"
                "  --op-threads  with 2 or more threads, split each op and sgemm over the\n"
@@ -174,6 +178,14 @@ static int parse_options(int argc, char **argv, bench_options *o)
         } else if (has_value && strcmp(a, "--warmup") == 0) {
             if (!parse_int(a, argv[++i], 0, 1000000, &o->warmup))
                 return 2;
+        } else if (has_value && strcmp(a, "--shards") == 0) {
+            if (!parse_int(a, argv[++i], 0, BATCH, &o->shards))
+                return 2;
+            if (o->shards > 0 && BATCH % o->shards != 0) {
+                fprintf(stderr, "thinklab-bench-step: --shards %d does not divide the batch of %d; "
+                                "use 1, 2, 3, 4, 6 or 12\n", o->shards, BATCH);
+                return 2;
+            }
         } else {
             fprintf(stderr, "thinklab-bench-step: unknown or incomplete option '%s'\n", a);
             return usage(stderr, 2);
@@ -203,11 +215,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "thinklab-bench-step: setup failed: %s\n", tl_errmsg());
         return 1;
     }
-    /* With more than one thread the step runs as data-parallel shards unless
-     * --op-threads requests threads inside each op instead. */
-    int n_shards = tl_threads_get();
-    while (BATCH % n_shards)
-        n_shards--;
+    /* With more than one thread (or --shards above 1) the step runs as
+     * data-parallel shards unless --op-threads requests threads inside each
+     * op instead. */
+    int n_shards = opt.shards;
+    if (n_shards == 0) {
+        n_shards = tl_threads_get();
+        while (BATCH % n_shards)
+            n_shards--;
+    }
     tl_shards *shards = NULL;
     if (n_shards > 1 && !opt.op_threads) {
         shards = tl_shards_new(m.params, n_shards, 0);

@@ -58,12 +58,11 @@ tl_ctx *tl_ctx_new(size_t block_bytes)
      * contexts are written by different threads on every op, and two of them
      * in one line would move it between the cores. */
     size_t bytes = (sizeof(tl_ctx) + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN;
-    tl_ctx *ctx = NULL;
-    if (posix_memalign((void **)&ctx, TL_ALIGN, bytes) != 0) {
+    tl_ctx *ctx = tl_alloc_large(bytes, true);
+    if (!ctx) {
         tl_seterr(TL_ENOMEM, "could not allocate a context");
         return NULL;
     }
-    memset(ctx, 0, bytes);
     ctx->block_bytes = block_bytes ? block_bytes : (size_t)64 << 20;
     ctx->grad_enabled = true;
     ctx->first = tl_arena_block_new(ctx->block_bytes);

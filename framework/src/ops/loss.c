@@ -48,30 +48,20 @@ static bool tl_ce_check(const tl_tensor *logits, const tl_tensor *targets, const
     return true;
 }
 
-/* Log-sum-exp of one row of V logits: the maximum and the sum of exp in 16
- * lanes (tl_vlanes_*), so that the loops vectorise. A NaN logit gives NaN. */
+/* Log-sum-exp of one row of V logits, with the maximum and the sum of exp in
+ * 16 lanes (tl_vmax, tl_vlanes_sum) so that the loops vectorise. A NaN logit
+ * is skipped by the maximum, but its exp is NaN, and so is the result. */
 TL_MULTIVERSION
 static float tl_ce_lse_row(const float *x, int64_t V)
 {
+    float max = tl_vmax(x, V);
+    float lane[TL_VLANES] = {0};
     int64_t groups = V / TL_VLANES * TL_VLANES;
-    float lane[TL_VLANES];
-    for (int l = 0; l < TL_VLANES; l++)
-        lane[l] = -INFINITY;
-    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES)
-        for (int l = 0; l < TL_VLANES; l++)
-            lane[l] = x[j0 + l] > lane[l] ? x[j0 + l] : lane[l];
-    for (int64_t j = groups; j < V; j++)
-        lane[j - groups] = x[j] > lane[j - groups] ? x[j] : lane[j - groups];
-    float max = tl_vlanes_max(lane);
-    for (int l = 0; l < TL_VLANES; l++)
-        lane[l] = 0.0f;
     for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES)
         for (int l = 0; l < TL_VLANES; l++)
             lane[l] += tl_vexpf(x[j0 + l] - max);
     for (int64_t j = groups; j < V; j++)
         lane[j - groups] += tl_vexpf(x[j] - max);
-    /* A NaN logit fails every comparison above, so the maximum skips it;
-     * its exp is NaN and so is the sum. */
     return max + logf(tl_vlanes_sum(lane));
 }
 

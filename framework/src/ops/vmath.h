@@ -9,6 +9,7 @@
 #ifndef THINKLAB_OPS_VMATH_H
 #define THINKLAB_OPS_VMATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -87,13 +88,13 @@ static inline float tl_vtanhf(float x)
 
 /* ---- short reductions ------------------------------------------------------ */
 
-/* Rows of a few dozen floats (attention scores, norms over C) are reduced in
- * TL_VLANES independent partial results kept in a local array, each lane
- * loop a plain elementwise loop that GCC turns into one vector operation,
- * then folded pairwise. GCC lowers `omp simd reduction` instead through a
- * per-lane array that it stores and reloads on every iteration and folds in
- * a scalar loop, which on such rows costs more than the arithmetic. The
- * order of the additions is fixed, so results are the same on every run. */
+/* Rows of a few dozen floats (attention scores, norms over C, logits) are
+ * reduced in TL_VLANES partial results kept in a local array. Each lane loop
+ * is a plain elementwise loop that GCC turns into one vector operation, and
+ * the lanes are then folded pairwise. GCC lowers `omp simd reduction` through
+ * a per-lane array that it stores and reloads on every iteration and folds in
+ * a scalar loop, which on such rows costs more than the arithmetic. The order
+ * of the additions is fixed, so results are the same on every run. */
 enum { TL_VLANES = 16 }; /* the folds below are written for 16 */
 
 /* Pairwise folds of the TL_VLANES partial results, one loop of constant
@@ -131,6 +132,22 @@ static inline float tl_vdot(const float *x, const float *y, int64_t n)
     for (int64_t j = j0; j < n; j++)
         lane[j - j0] += x[j] * y[j];
     return tl_vlanes_sum(lane);
+}
+
+/* max_j x[j] for j < n, -inf for n = 0; NaN entries are skipped, because
+ * they fail every comparison. */
+static inline float tl_vmax(const float *x, int64_t n)
+{
+    float lane[TL_VLANES];
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = -INFINITY;
+    int64_t j0 = 0;
+    for (; j0 + TL_VLANES <= n; j0 += TL_VLANES)
+        for (int l = 0; l < TL_VLANES; l++)
+            lane[l] = x[j0 + l] > lane[l] ? x[j0 + l] : lane[l];
+    for (int64_t j = j0; j < n; j++)
+        lane[j - j0] = x[j] > lane[j - j0] ? x[j] : lane[j - j0];
+    return tl_vlanes_max(lane);
 }
 
 /* sum_j x[j] for j < n. */

@@ -2,7 +2,6 @@
 #ifndef THINKLAB_TRAIN_INTERNAL_H
 #define THINKLAB_TRAIN_INTERNAL_H
 
-#include "thinklab/shards.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -10,6 +9,7 @@
 #include "thinklab/thinklab.h"
 #include "thinklab/log.h"
 #include "thinklab/model.h"
+#include "thinklab/shards.h"
 #include "thinklab/train.h"
 
 /* ---- JSON writer ---------------------------------------------------------- */
