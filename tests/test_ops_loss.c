@@ -47,6 +47,11 @@ static void check_cross_entropy(tl_rng *rng)
     gc_check("cross_entropy masked", fwd_ce, mask_some, in, 1, TOL);
     gc_input in3[1] = {{TL_F32, 3, {2, 3, V}, logits, true}};
     gc_check("cross_entropy (B,T,V) logits", fwd_ce, mask_some, in3, 1, TOL);
+    /* 37 logits per row: two full groups of 16 lanes and a tail. */
+    static float wide[N * 37];
+    gc_randn(rng, wide, N * 37, 2.0f);
+    gc_input in_wide[1] = {{TL_F32, 2, {N, 37}, wide, true}};
+    gc_check("cross_entropy 37 logits", fwd_ce, NULL, in_wide, 1, TOL);
 
     /* Values: per-row losses and the masked mean against double. 1e-5
      * relative covers float32 exp and log over V = 9 terms. */
