@@ -88,7 +88,7 @@ static void test_tensors_and_views(void)
     CHECK(x->grad != NULL);
     for (int i = 0; i < 24; i++)
         CHECK_MSG(x->grad[i] == (i >= 8 && i < 20 ? 2.0f : 0.0f), "grad[%d] = %g", i, (double)x->grad[i]);
-    /* Intermediate gradients stay readable after backward. */
+    /* A view's gradient stays readable after backward. */
     CHECK(rows->grad != NULL);
     CHECK(rows->grad[0] == 2.0f);
     /* A second backward on the same step is rejected. */
@@ -137,6 +137,72 @@ static void test_autograd_rules(void)
     CHECK(strstr(tl_errmsg(), "nan") != NULL);
     CHECK(tl_backward(ctx, NULL) == TL_EINVAL);
     tl_ctx_free(ctx);
+}
+
+/* Runs a chain of L tanh layers on a leaf of n elements and backward through
+ * it, with every intermediate kept (keep_all) or only layer `mid`, and a view
+ * of layer mid + 1 read after backward. Copies dL/dx, dL/dh_mid and the view's
+ * grad into out (3 n floats) and returns the arena bytes in use at the end. */
+static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *released)
+{
+    tl_ctx *ctx = tl_ctx_new(0);
+    tl_tensor *x = tl_new1(ctx, n);
+    for (int i = 0; i < n; i++)
+        tl_f32(x)[i] = 0.01f * (float)(i % 97) - 0.4f;
+    tl_set_requires_grad(x, true);
+    tl_tensor *h = x, *kept = NULL, *view = NULL, *dropped = NULL;
+    for (int l = 0; l < L; l++) {
+        tl_tensor *s = tl_scale(ctx, h, 1.1f);
+        h = tl_tanh(ctx, s);
+        if (keep_all) {
+            tl_keep_grad(s);
+            tl_keep_grad(h);
+        }
+        if (l == mid)
+            tl_keep_grad(h);
+        if (l == mid)
+            kept = h;
+        if (l == mid + 1) {
+            view = tl_reshape(ctx, h, 2, (int64_t[]){2, n / 2});
+            h = view;
+        }
+        if (l == mid + 3)
+            dropped = h;
+    }
+    CHECK(tl_backward(ctx, tl_sum(ctx, h)) == TL_OK);
+    *released = dropped->grad == NULL;
+    CHECK(x->grad && kept->grad && view->grad);
+    if (x->grad && kept->grad && view->grad) {
+        memcpy(out, x->grad, (size_t)n * sizeof(float));
+        memcpy(out + n, kept->grad, (size_t)n * sizeof(float));
+        memcpy(out + 2 * n, view->grad, (size_t)n * sizeof(float));
+    }
+    size_t used = tl_ctx_arena_used(ctx);
+    tl_ctx_free(ctx);
+    return used;
+}
+
+/* Backward hands the gradient of an op's output to later gradients once its
+ * node has run, unless tl_keep_grad marked it; leaves, kept tensors and views
+ * keep theirs, and reuse changes no bit of any gradient. */
+static void test_grad_reuse(void)
+{
+    enum { L = 40, N = 1000, MID = 20 };
+    float *kept_all = calloc(3 * N, sizeof(float)), *reused = calloc(3 * N, sizeof(float));
+    bool released_all, released;
+    size_t used_all = run_chain(L, N, MID, true, kept_all, &released_all);
+    size_t used = run_chain(L, N, MID, false, reused, &released);
+    CHECK_MSG(!released_all, "a kept gradient was released");
+    CHECK_MSG(released, "an unkept intermediate gradient is still set after backward");
+    CHECK_MSG(memcmp(kept_all, reused, 3 * N * sizeof(float)) == 0,
+              "gradients differ when buffers are reused");
+    /* 2 L op outputs (scale and tanh); all but a few share the same two
+     * buffers, so at least 2 L - 8 gradients of N floats are not allocated. */
+    size_t saved = used_all > used ? used_all - used : 0;
+    CHECK_MSG(saved >= (size_t)(2 * L - 8) * N * sizeof(float),
+              "reuse saved %zu bytes of %zu", saved, used_all);
+    free(kept_all);
+    free(reused);
 }
 
 static void test_params(void)
@@ -247,6 +313,7 @@ int main(void)
     test_alloc_large();
     test_tensors_and_views();
     test_autograd_rules();
+    test_grad_reuse();
     test_params();
     test_rng();
     test_threads();

@@ -41,12 +41,23 @@ float *tl_grad(tl_ctx *ctx, tl_tensor *t)
         return tl_ctx_param_grad(ctx, t);
     if (!t->grad) {
         size_t bytes = (size_t)tl_numel(t) * sizeof(float);
-        t->grad = tl_ctx_alloc(ctx, bytes);
+        t->grad = tl_ctx_alloc_reuse(ctx, bytes);
         if (!t->grad)
             return NULL;
+        /* A buffer allocated during backward has no view aliasing it (views
+         * allocate their source's buffer when they are made, in forward), so
+         * backward may hand it on once the tensor's own node has run. */
+        if (tl_ctx_in_backward(ctx))
+            t->flags |= TL_GRAD_TRANSIENT;
         memset(t->grad, 0, bytes);
     }
     return t->grad;
+}
+
+void tl_keep_grad(tl_tensor *t)
+{
+    if (t)
+        t->flags |= TL_KEEP_GRAD;
 }
 
 tl_status tl_backward(tl_ctx *ctx, tl_tensor *loss)
@@ -80,6 +91,14 @@ tl_status tl_backward(tl_ctx *ctx, tl_tensor *loss)
         if (tl_ctx_alloc_failed(ctx)) {
             tl_ctx_set_backward(ctx, false, true);
             return TL_ENOMEM;
+        }
+        /* Every node that adds to out's gradient comes later on the tape, so
+         * it has run: the buffer is free for the gradients still to come,
+         * which keeps backward's writes in buffers the cache still holds. */
+        tl_tensor *out = node->out;
+        if ((out->flags & (TL_GRAD_TRANSIENT | TL_KEEP_GRAD | TL_PARAM)) == TL_GRAD_TRANSIENT) {
+            tl_ctx_release(ctx, out->grad, (size_t)tl_numel(out) * sizeof(float));
+            out->grad = NULL;
         }
     }
     tl_ctx_set_backward(ctx, false, true);

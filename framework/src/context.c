@@ -8,6 +8,8 @@
 
 /* Bytes of a cache line: arena allocations and contexts start on one. */
 enum { TL_ALIGN = 64 };
+/* Released gradient buffers a context keeps for reuse. */
+enum { TL_CTX_SPARE = 32 };
 
 typedef struct tl_arena_block {
     struct tl_arena_block *next;
@@ -34,6 +36,11 @@ struct tl_ctx {
     float *grad_dst;
     const float *grad_src;
     int64_t grad_n;
+    /* Gradient buffers released during backward, reused by later requests of
+     * the same rounded size (last released first, the one most likely still
+     * in cache). Emptied by reset. */
+    struct { size_t size; void *p; } spare[TL_CTX_SPARE];
+    int n_spare;
 };
 
 static size_t tl_arena_block_header(void)
@@ -100,6 +107,7 @@ void tl_ctx_reset(tl_ctx *ctx)
     ctx->backward_done = false;
     ctx->in_backward = false;
     ctx->alloc_failed = false;
+    ctx->n_spare = 0;
 }
 
 tl_node **tl_ctx_tape(tl_ctx *ctx) { return &ctx->tape; }
@@ -161,6 +169,36 @@ void *tl_ctx_alloc(tl_ctx *ctx, size_t size)
     if (ctx->used > ctx->peak)
         ctx->peak = ctx->used;
     return p;
+}
+
+static size_t tl_round_size(size_t size)
+{
+    size = (size + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN;
+    return size ? size : TL_ALIGN;
+}
+
+void tl_ctx_release(tl_ctx *ctx, void *p, size_t size)
+{
+    if (ctx->n_spare == TL_CTX_SPARE)
+        return; /* the buffer stays in the arena, unused until reset */
+    ctx->spare[ctx->n_spare].size = tl_round_size(size);
+    ctx->spare[ctx->n_spare].p = p;
+    ctx->n_spare++;
+}
+
+void *tl_ctx_alloc_reuse(tl_ctx *ctx, size_t size)
+{
+    size = tl_round_size(size);
+    for (int i = ctx->n_spare - 1; i >= 0; i--) {
+        if (ctx->spare[i].size == size) {
+            void *p = ctx->spare[i].p;
+            memmove(&ctx->spare[i], &ctx->spare[i + 1],
+                    (size_t)(ctx->n_spare - 1 - i) * sizeof ctx->spare[0]);
+            ctx->n_spare--;
+            return p;
+        }
+    }
+    return tl_ctx_alloc(ctx, size);
 }
 
 size_t tl_ctx_arena_used(const tl_ctx *ctx) { return ctx->used; }

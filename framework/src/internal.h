@@ -41,6 +41,10 @@ tl_node **tl_ctx_tape(tl_ctx *ctx);
 void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done);
 bool tl_ctx_backward_done(const tl_ctx *ctx);
 bool tl_ctx_alloc_failed(const tl_ctx *ctx);
+/* Hands a gradient buffer of size bytes back for reuse within this step. */
+void tl_ctx_release(tl_ctx *ctx, void *p, size_t size);
+/* tl_ctx_alloc, preferring a released buffer of the same rounded size. */
+void *tl_ctx_alloc_reuse(tl_ctx *ctx, size_t size);
 
 /* Sends the parameter gradients this context accumulates to grads, a buffer
  * laid out like tl_params_grads(p), instead of the store's own; NULL undoes

@@ -6,8 +6,11 @@
  *
  * Ops run eagerly and, when an input requires a gradient and gradients are
  * enabled, record a node on the context's tape. tl_backward() walks the tape in
- * reverse and accumulates into every tensor's grad. After backward, the grad of
- * any intermediate tensor that required one can be read until the next reset.
+ * reverse and accumulates into every tensor's grad. After backward, the grads
+ * of leaves, parameters and views can be read until the next reset; the grad
+ * of an op's output only if tl_keep_grad() marked it before backward, because
+ * backward hands the others to later gradients of the same size as soon as
+ * the op that produced the tensor has consumed them.
  *
  * Shape letters used across thinklab: B batch, T sequence length, C channels
  * (model width), H heads, D head size (C = H*D), V vocabulary, N rows of a
@@ -32,6 +35,8 @@ typedef enum tl_dtype { TL_F32, TL_I32, TL_DTYPE_COUNT } tl_dtype;
 enum tl_tensor_flags {
     TL_REQUIRES_GRAD = 1u << 0,
     TL_PARAM = 1u << 1, /* owned by a tl_params store, grad is persistent */
+    TL_KEEP_GRAD = 1u << 2, /* grad outlives backward (tl_keep_grad) */
+    TL_GRAD_TRANSIENT = 1u << 3, /* set by autograd: grad allocated during backward */
 };
 
 typedef struct tl_node tl_node;
@@ -108,6 +113,11 @@ tl_tensor *tl_wrap(tl_ctx *ctx, tl_dtype dtype, void *data, int ndim, const int6
 /* Marks an arena leaf tensor as requiring a gradient (for inputs of gradient
  * checks and analyses). */
 void tl_set_requires_grad(tl_tensor *t, bool requires);
+
+/* Keeps t's gradient readable after tl_backward (until the next reset). Call
+ * it on an op's output before backward, when dL/dt itself is wanted: the
+ * gradient analyses read dL/dh of every layer output this way. */
+void tl_keep_grad(tl_tensor *t);
 
 /* ---- views: share data, and alias the gradient of their source ----------- */
 

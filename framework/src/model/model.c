@@ -232,8 +232,10 @@ static tl_status tl_model_forward_impl(tl_model *m, tl_ctx *ctx, tl_tensor *ids,
     tl_tensor *x = tl_model_embed(m, ctx, ids);
     if (!x)
         return tl_lasterr();
-    if (keep)
+    if (keep) {
         m->hidden[0] = x;
+        tl_keep_grad(x); /* dL/dh is what tl_model_hidden offers */
+    }
     for (int l = 0; l < m->n_layers; l++) {
         tl_model_layer *layer = &m->layers[l];
         double before = tl_ctx_flops_forward(ctx);
@@ -243,6 +245,7 @@ static tl_status tl_model_forward_impl(tl_model *m, tl_ctx *ctx, tl_tensor *ids,
         if (keep) {
             m->layer_flops[l] = tl_ctx_flops_forward(ctx) - before;
             m->hidden[l + 1] = x;
+            tl_keep_grad(x);
         }
     }
 

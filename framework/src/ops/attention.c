@@ -477,7 +477,8 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     /* Probabilities (B,H,Tq,Tk), kept for backward; without a gradient they
      * are scratch all the same, since sgemm fills a whole pair at once. */
     float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
-    float *kt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float)); /* scratch */
+    size_t kt_bytes = (size_t)(B * H * D * Tk) * sizeof(float);
+    float *kt = tl_ctx_alloc_reuse(ctx, kt_bytes); /* scratch, released below */
     if (!out || !s || !mask || !extent || !row_visible || !p || !kt)
         return NULL;
     memset(s, 0, sizeof *s);
@@ -501,6 +502,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
         tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent, row_visible,
                              p + bh * Tq * Tk, kt + bh * D * Tk, od);
     }
+    tl_ctx_release(ctx, kt, kt_bytes);
 
     /* The products run over the computed scores (tl_attn_computed), masked
      * ones included: 2D each for the score and for the product with v.
@@ -632,10 +634,14 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
     bool rotated = dm.pairing != TL_ROPE_NONE;
 
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
-    float *ds = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
-    float *vt = tl_ctx_alloc(ctx, (size_t)(B * H * D * Tk) * sizeof(float));
-    float *dqr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tq * D) * sizeof(float)) : NULL;
-    float *dkr = rotated ? tl_ctx_alloc(ctx, (size_t)(B * H * Tk * D) * sizeof(float)) : NULL;
+    /* Scratch, released at the end for the next layer's backward. */
+    size_t ds_bytes = (size_t)(B * H * Tq * Tk) * sizeof(float);
+    size_t q_bytes = (size_t)(B * H * Tq * D) * sizeof(float);
+    size_t k_bytes = (size_t)(B * H * Tk * D) * sizeof(float);
+    float *ds = tl_ctx_alloc_reuse(ctx, ds_bytes);
+    float *vt = tl_ctx_alloc_reuse(ctx, k_bytes);
+    float *dqr = rotated ? tl_ctx_alloc_reuse(ctx, q_bytes) : NULL;
+    float *dkr = rotated ? tl_ctx_alloc_reuse(ctx, k_bytes) : NULL;
     if (!ds || !vt || (rotated && (!dqr || !dkr)))
         return; /* tl_backward detects the failed allocation and stops */
 
@@ -646,6 +652,12 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
                              rotated ? dqr + bh * Tq * D : NULL,
                              rotated ? dkr + bh * Tk * D : NULL};
         tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
+    }
+    tl_ctx_release(ctx, ds, ds_bytes);
+    tl_ctx_release(ctx, vt, k_bytes);
+    if (rotated) {
+        tl_ctx_release(ctx, dqr, q_bytes);
+        tl_ctx_release(ctx, dkr, k_bytes);
     }
 
     /* Per computed score and head: 2D for dP and 2D for each of dq, dk and dv
