@@ -52,9 +52,10 @@ def summarize(path, tail):
         nominal = tllog.config(f).get("model", {}).get("flops_per_token")
         row["flops_per_token"] = float(nominal) if isinstance(nominal, (int, float)) else math.nan
         row["train_flops_per_token"] = tllog.train_flops_per_token(f)
-        loss = f["train/loss"][:] if "train/loss" in f else np.array([])
+        steps, loss = (tllog.columns(f["train"], "step", "loss") if "train/loss" in f
+                       else (np.array([]), np.array([])))
         row["train_loss"] = float(np.mean(loss[-tail:])) if len(loss) else math.nan
-        row["steps"] = int(f["train/step"][-1]) + 1 if len(loss) else 0
+        row["steps"] = int(steps[-1]) + 1 if len(loss) else 0
         rows = tllog.eval_rows(f)
     for mode in MODES:
         r = last_eval(rows, mode)

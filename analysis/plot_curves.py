@@ -38,7 +38,7 @@ def main(argv=None):
             name = tllog.run_name(f, path)
             if "train/step" not in f or f["train/step"].shape[0] == 0:
                 tllog.fail(f"{path}: no training steps recorded yet; wait for the first flush")
-            steps, loss = f["train/step"][:], f["train/loss"][:]
+            steps, loss = tllog.columns(f["train"], "step", "loss")
             line, = ax.plot(steps, tllog.smooth(loss, args.smooth), lw=1.2, label=f"{name} train")
             ev = [r for r in tllog.eval_rows(f)
                   if r.get("split") == "val" and r.get("routing_mode") in (args.routing, "none")]

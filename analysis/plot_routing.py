@@ -42,12 +42,15 @@ def main(argv=None):
                 continue
             layers, layers_agreement = [], []
             for name, g in f["routing"].items():
-                if g["step"].shape[0] == 0:
+                n = tllog.rows(g, "step", "fraction", "score_mean", "score_std",
+                               "topk_agreement", "histogram")
+                if n == 0:
                     continue
-                layers.append((name, g.attrs.get("kind", ""), g["step"][:], g["fraction"][:],
-                               g["score_mean"][:], g["score_std"][:], g["histogram"][-1],
-                               g["bin_edges"][:]))
-                layers_agreement.append(g["topk_agreement"][:])
+                step, frac, mean, std, agree = (g[k][:n] for k in (
+                    "step", "fraction", "score_mean", "score_std", "topk_agreement"))
+                layers.append((name, g.attrs.get("kind", ""), step, frac, mean, std,
+                               g["histogram"][len(step) - 1], g["bin_edges"][:]))
+                layers_agreement.append(agree)
             title = tllog.run_name(f, path)
         if not layers:
             skipped.append(f"{path}: routed layers are registered but no routing row was "

@@ -43,7 +43,7 @@ def routing_marks(f, step):
     if "routing" not in f:
         return marks
     for name, g in f["routing"].items():
-        steps = g["step"][:]
+        steps = g["step"][:tllog.rows(g, "step", "mask")]
         hit = np.nonzero(steps == step)[0]
         layer = layer_index(name)
         if len(hit) == 0 or layer is None:
@@ -62,7 +62,7 @@ def chosen_by_router(f, steps, n_tok):
         return None
     out = np.full((len(steps), n_tok), np.nan)
     for g in f["routing"].values():
-        rsteps = g["step"][:]
+        rsteps = g["step"][:tllog.rows(g, "step", "mask")]
         for r, step in enumerate(steps):
             hit = np.nonzero(rsteps == step)[0]
             if len(hit) == 0:
@@ -77,13 +77,12 @@ def chosen_by_router(f, steps, n_tok):
 
 def summary_figure(f, title):
     """The all-rows summary figure, or None when only step 0 was logged."""
-    g = f["token_grads"]
-    steps = g["step"][:]
+    steps, norms, losses = tllog.columns(f["token_grads"], "step", "norms", "losses")
     keep = steps > 0
     if not keep.any():
         return None
-    norms = g["norms"][:][keep]                        # (R, S, N)
-    losses = g["losses"][:][keep].astype(float)        # (R, N)
+    norms = norms[keep]                                # (R, S, N)
+    losses = losses[keep].astype(float)                # (R, N)
     chosen = chosen_by_router(f, steps[keep], losses.shape[1])
     logn = np.log10(norms.astype(float) + 1e-12)
     mean_log = logn.mean(axis=1)                       # (R, N)
@@ -155,7 +154,7 @@ def main(argv=None):
                 tllog.fail(f"{path}: no token gradients recorded; set the trainer key "
                            "`log_grads_every` to K > 0 to record them every K steps")
             g = f["token_grads"]
-            n_rows = g["step"].shape[0]
+            n_rows = tllog.rows(g, "step", "norms", "losses")
             row = args.row if args.row >= 0 else n_rows + args.row
             if not 0 <= row < n_rows:
                 tllog.fail(f"{path}: --row {args.row} is outside the {n_rows} logged rows")

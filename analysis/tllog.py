@@ -44,6 +44,22 @@ def open_log(path):
     return f
 
 
+def rows(g, *names):
+    """Return how many rows all of the datasets `names` of group g have.
+
+    A log opened while its run flushes can show some datasets of a group
+    already extended by the flush in progress and others not yet; the rows
+    they share belong together.
+    """
+    return min(g[name].shape[0] for name in names)
+
+
+def columns(g, *names):
+    """Read datasets `names` of group g, cut to the rows all of them have."""
+    n = rows(g, *names)
+    return tuple(g[name][:n] for name in names)
+
+
 def config(f):
     """Return the run's resolved configuration as a dict ({} if absent)."""
     if "meta/config_json" not in f:

@@ -446,6 +446,42 @@ def test_plot_elastic_rejects_bad_output(scratch):
 
 # ---- reading a log while its run trains ----------------------------------------
 
+def extend_one_column(path, dataset, extra=2):
+    """Give one dataset `extra` more rows than the rest of its group, as a
+    reader sees a log whose flush is half done."""
+    with h5py.File(path, "a") as f:
+        ds = f[dataset]
+        n = ds.shape[0]
+        ds.resize(n + extra, axis=0)
+        ds[n:] = ds[n - 1]
+
+
+@pytest.mark.parametrize("script,dataset,log", [
+    ("plot_curves.py", "train/loss", "dense"),
+    ("compare_runs.py", "train/loss", "dense"),
+    ("plot_routing.py", "routing/layers.1/fraction", "itt"),
+    ("plot_token_grads.py", "token_grads/norms", "itt"),
+])
+def test_scripts_read_a_log_caught_mid_flush(logs, scratch, script, dataset, log):
+    folder, _ = logs
+    mid = os.path.join(scratch, "mid_flush")
+    os.makedirs(mid, exist_ok=True)
+    path = os.path.join(mid, f"{log}.h5")
+    with open(os.path.join(folder, f"{log}.h5"), "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    extend_one_column(path, dataset)
+    group, name = dataset.rsplit("/", 1)
+    with h5py.File(path, "r") as f:
+        g = f[group]
+        others = [k for k in g if k != name and isinstance(g[k], h5py.Dataset)
+                  and g[k].shape[0] == g[name].shape[0] - 2]
+        assert others, f"{group} has no dataset of the old length"
+        cut = tllog.columns(g, name, others[0])
+        assert len(cut[0]) == len(cut[1]) == g[others[0]].shape[0]
+    out = os.path.join(mid, script.replace(".py", ""))
+    r = run_script(script, path, "-o", out + (".png" if script == "plot_curves.py" else ""))
+    assert r.returncode == 0, r.stderr
+
 def flushed_rows(path):
     """Rows of /train after the last finished flush, or 0 when the file
     cannot be opened yet (created but not flushed, or mid-flush)."""
