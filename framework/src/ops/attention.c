@@ -3,15 +3,15 @@
  * q (B,Tq,C), k and v (B,Tk,C) with C = H*D; head h occupies columns
  * [h*D, (h+1)*D) of every row. The whole op is one graph node: the (Tq,Tk)
  * scores live in arena scratch and never become tensors. Work is split over
- * (b,h) pairs, and each pair's products are sgemm calls on strided views of
- * its columns. Each pair writes only its own columns of the outputs and
+ * (b,h) pairs, and each pair's products run on strided views of its
+ * columns (tl_small_gemm). Each pair writes only its own columns of the outputs and
  * gradients, so the parallel loops need no reductions and give the same bits
  * for any thread count. */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 #include "../internal.h"
+#include "smallgemm.h"
 #include "vmath.h"
 
 /* Below this many multiply-adds (B*H*Tq*Tk*D) the op runs on one thread. */
@@ -19,8 +19,9 @@ enum { TL_ATTN_PARALLEL_WORK = 1 << 16 };
 /* Queries per block of the products. Each block runs over keys up to its own
  * last visible one, so under a causal mask at T = 64 the products compute
  * 2560 of the 4096 scores (2080 visible) instead of all of them. On
- * thinklab-bench-ops (B 6, T 64, C 128, H 4) forward plus backward took
- * 0.55 ms with one block of 64, 0.47 ms with 32, 0.44 ms with 16, 0.50 ms with 8. */
+ * thinklab-bench-ops (B 6, T 64, C 128, H 4; AVX2, one thread) forward plus
+ * backward took 0.75 ms with one block of 64, 0.64 ms with 32, 0.60 ms with
+ * 16 and 0.88 ms with 8. */
 enum { TL_ATTN_ROW_BLOCK = 16 };
 
 /* cos and sin of the RoPE angles. Row r contains the D/2 pair angles of one
@@ -313,9 +314,8 @@ static double tl_attn_computed(const int32_t *extent, int64_t B, int64_t Tq)
 
 /* Copies the (n, D) head block src (leading dimension ld) transposed into dst
  * (D, n), leading dimension n_dst. S = Qr Kr^T and dP = dO V^T then run as
- * plain products with the transposed keys or values: OpenBLAS's small-matrix
- * kernel for a transposed right operand measured 2.8 us per pair (T 64,
- * D 32, blocks of 16 queries) against 1.6 us for the plain one. */
+ * plain products with the transposed keys or values, whose rows are the
+ * contiguous right operand tl_small_gemm loads. */
 static void tl_attn_transpose(float *restrict dst, int64_t n_dst, const float *restrict src,
                               int64_t ld, int64_t n, int64_t D)
 {
@@ -325,7 +325,7 @@ static void tl_attn_transpose(float *restrict dst, int64_t n_dst, const float *r
 }
 
 /* Masks, exponentiates and normalises one row pi of scores in place. e >= 1
- * is 1 + the row's last visible key and e_blk >= e the columns sgemm wrote.
+ * is 1 + the row's last visible key and e_blk >= e the columns the product wrote.
  * When prefix is true the visible keys are exactly [0, e), and m is not read.
  * The loops run over w columns, e rounded up to whole groups of TL_VLANES
  * but not past e_blk, so that for the usual sizes they have no scalar tail.
@@ -391,13 +391,12 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
 
 /* Computes one (b,h) pair of the forward: rotates its q and k columns, then,
  * for each block of TL_ATTN_ROW_BLOCK queries with largest extent e_blk,
- * S = Qr Kr^T / sqrt(D) and O = softmax(S) V as two sgemm calls over keys
+ * S = Qr Kr^T / sqrt(D) and O = softmax(S) V as two products over keys
  * [0, e_blk), with the mask applied between them. Under a causal mask the
  * blocks skip most of the masked half of the scores. The head's rows are
  * strided views of q, k, v and out (leading dimension C), so nothing is
  * copied. p is the pair's (Tq,Tk) block of probabilities: zero where masked
- * or padded and past each query's extent, which backward relies on. Inside a
- * parallel region sgemm runs on the calling thread. */
+ * or padded and past each query's extent, which backward relies on. */
 TL_MULTIVERSION
 static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, const float *q,
                                  const float *k, const float *v, float *qr, float *kr,
@@ -443,9 +442,7 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
             memset(pb, 0, (size_t)(rows * Tk) * sizeof(float));
             continue;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)e_blk,
-                    (blasint)D, scale, qb + i0 * C, (blasint)C, kt, (blasint)Tk, 0.0f, pb,
-                    (blasint)Tk);
+        tl_small_gemm(rows, e_blk, D, scale, qb + i0 * C, C, 1, kt, Tk, false, pb, Tk);
         for (int64_t i = i0; i < i0 + rows; i++) {
             float *pi = p + i * Tk;
             if (ext[i] == 0) /* padded query, or no visible key */
@@ -454,8 +451,7 @@ static void tl_attn_forward_pair(const tl_attn_dims *dm, int64_t b, int64_t h, c
                 tl_attn_softmax_row(pi, mask + (b * Tq + i) * Tk, ext[i], e_blk, Tk,
                                     row_visible[b * Tq + i] == ext[i]);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)D,
-                    (blasint)e_blk, 1.0f, pb, (blasint)Tk, vb, (blasint)C, 0.0f, ob, (blasint)C);
+        tl_small_gemm(rows, D, e_blk, 1.0f, pb, Tk, 1, vb, C, false, ob, C);
     }
 }
 
@@ -475,7 +471,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     int32_t *extent = tl_ctx_alloc(ctx, (size_t)(B * Tq) * sizeof(int32_t));
     int64_t *row_visible = tl_ctx_alloc(ctx, (size_t)(B * Tq) * sizeof(int64_t));
     /* Probabilities (B,H,Tq,Tk), kept for backward; without a gradient they
-     * are scratch all the same, since sgemm fills a whole pair at once. */
+     * are scratch all the same, since the products fill a whole pair at once. */
     float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
     size_t kt_bytes = (size_t)(B * H * D * Tk) * sizeof(float);
     float *kt = tl_ctx_alloc_reuse(ctx, kt_bytes); /* scratch, released below */
@@ -539,8 +535,8 @@ typedef struct tl_attn_scratch {
 
 /* Computes one (b,h) pair of the backward. With S = Qr Kr^T / sqrt(D), P = softmax(S),
  * O = P V:  dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
- * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D). The four products are sgemm
- * calls per block of TL_ATTN_ROW_BLOCK queries, over the keys [0, e_blk) the
+ * dQr = dS Kr / sqrt(D), dKr = dS^T Qr / sqrt(D). The four products run per
+ * block of TL_ATTN_ROW_BLOCK queries, over the keys [0, e_blk) the
  * forward used for that block. Masked and padded entries have P = 0, so their
  * dS is 0 and they contribute nothing. Without RoPE dQr and dKr accumulate
  * straight into dq and dk; with it they go through scratch and are rotated
@@ -561,7 +557,6 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
         return; /* P is 0 everywhere */
     const float *dob = dout + b * Tq * C + h * D, *vb = v + b * Tk * C + h * D;
     const float *qb = s->qr + b * Tq * C + h * D, *kb = s->kr + b * Tk * C + h * D;
-    blasint n_d = (blasint)D, ld = (blasint)C, ld_p = (blasint)Tk;
     if (dq || dk)
         tl_attn_transpose(w.vt, Tk, vb, C, e_max, D);
     /* Blocks add their share of dKr: with RoPE into scratch zeroed here. */
@@ -576,17 +571,15 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
                 memset(w.dqr + i0 * D, 0, (size_t)(rows * D) * sizeof(float));
             continue;
         }
-        blasint n_q = (blasint)rows, n_k = (blasint)e_blk;
         const float *pb = p + i0 * Tk, *dobb = dob + i0 * C;
-        if (dv)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, pb, ld_p,
-                        dobb, ld, 1.0f, dv + b * Tk * C + h * D, ld);
+        if (dv) /* dV (e_blk, D) += P^T dO */
+            tl_small_gemm(e_blk, D, rows, 1.0f, pb, 1, Tk, dobb, C, true, dv + b * Tk * C + h * D,
+                          C);
         if (!dq && !dk)
             continue;
 
         float *ds = w.ds + i0 * Tk;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_k, n_d, 1.0f, dobb, ld, w.vt,
-                    ld_p, 0.0f, ds, ld_p);
+        tl_small_gemm(rows, e_blk, D, 1.0f, dobb, C, 1, w.vt, Tk, false, ds, Tk); /* dP */
         for (int64_t i = 0; i < rows; i++) {
             const float *pi = pb + i * Tk;
             float *dsi = ds + i * Tk;
@@ -597,13 +590,12 @@ static void tl_attn_backward_pair(const tl_attn_dims *dm, int64_t b, int64_t h,
         }
         if (dq) {
             float *dst = rotated ? w.dqr + i0 * D : dq + (b * Tq + i0) * C + h * D;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, n_d, n_k, 1.0f, ds, ld_p,
-                        kb, ld, rotated ? 0.0f : 1.0f, dst, rotated ? n_d : ld);
+            tl_small_gemm(rows, D, e_blk, 1.0f, ds, Tk, 1, kb, C, !rotated, dst, rotated ? D : C);
         }
         if (dk) {
             float *dst = rotated ? w.dkr : dk + b * Tk * C + h * D;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_k, n_d, n_q, 1.0f, ds, ld_p,
-                        qb + i0 * C, ld, 1.0f, dst, rotated ? n_d : ld);
+            tl_small_gemm(e_blk, D, rows, 1.0f, ds, 1, Tk, qb + i0 * C, C, true, dst,
+                          rotated ? D : C);
         }
     }
 
