@@ -139,10 +139,11 @@ static void test_autograd_rules(void)
     tl_ctx_free(ctx);
 }
 
-/* Runs a chain of L tanh layers on a leaf of n elements and backward through
- * it, with every intermediate kept (keep_all) or only layer `mid`, and a view
- * of layer mid + 1 read after backward. Copies dL/dx, dL/dh_mid and the view's
- * grad into out (3 n floats) and returns the arena bytes in use at the end. */
+/* Runs a chain of L residual layers h + f(1.1 h), f alternately tanh and
+ * GELU, on a leaf of n elements and backward through it, with every
+ * intermediate kept (keep_all) or only layer `mid`, and a view of layer
+ * mid + 1 read after backward. Copies dL/dx, dL/dh_mid and the view's grad
+ * into out (3 n floats) and returns the arena bytes in use at the end. */
 static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *released)
 {
     tl_ctx *ctx = tl_ctx_new(0);
@@ -153,9 +154,11 @@ static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *
     tl_tensor *h = x, *kept = NULL, *view = NULL, *dropped = NULL;
     for (int l = 0; l < L; l++) {
         tl_tensor *s = tl_scale(ctx, h, 1.1f);
-        h = tl_tanh(ctx, s);
+        tl_tensor *f = l % 2 ? tl_gelu(ctx, s, true) : tl_tanh(ctx, s);
+        h = tl_add(ctx, f, h);
         if (keep_all) {
             tl_keep_grad(s);
+            tl_keep_grad(f);
             tl_keep_grad(h);
         }
         if (l == mid)
@@ -183,8 +186,9 @@ static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *
 }
 
 /* Backward hands the gradient of an op's output to later gradients once its
- * node has run, unless tl_keep_grad marked it; leaves, kept tensors and views
- * keep theirs, and reuse changes no bit of any gradient. */
+ * node has run, and an add passes its output's gradient on as the first
+ * gradient of an operand, unless tl_keep_grad marked them. Leaves, kept
+ * tensors and views keep theirs, and neither changes a bit of any gradient. */
 static void test_grad_reuse(void)
 {
     enum { L = 40, N = 1000, MID = 20 };
@@ -196,10 +200,11 @@ static void test_grad_reuse(void)
     CHECK_MSG(released, "an unkept intermediate gradient is still set after backward");
     CHECK_MSG(memcmp(kept_all, reused, 3 * N * sizeof(float)) == 0,
               "gradients differ when buffers are reused");
-    /* 2 L op outputs (scale and tanh); all but a few share the same two
-     * buffers, so at least 2 L - 8 gradients of N floats are not allocated. */
+    /* 3 L op outputs (scale, activation, add) and the GELU derivatives;
+     * all but a few gradients share a handful of buffers, so at least
+     * 3 L - 10 gradients of N floats are not allocated. */
     size_t saved = used_all > used ? used_all - used : 0;
-    CHECK_MSG(saved >= (size_t)(2 * L - 8) * N * sizeof(float),
+    CHECK_MSG(saved >= (size_t)(3 * L - 10) * N * sizeof(float),
               "reuse saved %zu bytes of %zu", saved, used_all);
     free(kept_all);
     free(reused);

@@ -33,15 +33,15 @@ tl_node *tl_record(tl_ctx *ctx, tl_op op, tl_tensor *out, int n_in, tl_tensor *c
     return node;
 }
 
-float *tl_grad(tl_ctx *ctx, tl_tensor *t)
+float *tl_grad_dst(tl_ctx *ctx, tl_tensor *t, bool *fresh)
 {
+    *fresh = false;
     if (!t || !tl_requires_grad(t))
         return NULL;
     if (t->flags & TL_PARAM)
         return tl_ctx_param_grad(ctx, t);
     if (!t->grad) {
-        size_t bytes = (size_t)tl_numel(t) * sizeof(float);
-        t->grad = tl_ctx_alloc_reuse(ctx, bytes);
+        t->grad = tl_ctx_alloc_reuse(ctx, (size_t)tl_numel(t) * sizeof(float));
         if (!t->grad)
             return NULL;
         /* A buffer allocated during backward has no view aliasing it (views
@@ -49,9 +49,36 @@ float *tl_grad(tl_ctx *ctx, tl_tensor *t)
          * backward may hand it on once the tensor's own node has run. */
         if (tl_ctx_in_backward(ctx))
             t->flags |= TL_GRAD_TRANSIENT;
-        memset(t->grad, 0, bytes);
+        *fresh = true;
     }
     return t->grad;
+}
+
+float *tl_grad(tl_ctx *ctx, tl_tensor *t)
+{
+    bool fresh;
+    float *g = tl_grad_dst(ctx, t, &fresh);
+    if (g && fresh)
+        memset(g, 0, (size_t)tl_numel(t) * sizeof(float));
+    return g;
+}
+
+/* A buffer backward owns: allocated during backward, not kept, and not a
+ * parameter's. */
+static bool tl_grad_owned(const tl_tensor *t)
+{
+    return (t->flags & (TL_GRAD_TRANSIENT | TL_KEEP_GRAD | TL_PARAM)) == TL_GRAD_TRANSIENT;
+}
+
+bool tl_grad_take(tl_tensor *t, tl_tensor *from)
+{
+    if (!tl_requires_grad(t) || (t->flags & TL_PARAM) || t->grad || !from->grad ||
+        !tl_grad_owned(from) || tl_numel(t) != tl_numel(from))
+        return false;
+    t->grad = from->grad;
+    t->flags |= TL_GRAD_TRANSIENT;
+    from->grad = NULL;
+    return true;
 }
 
 void tl_keep_grad(tl_tensor *t)
@@ -96,7 +123,7 @@ tl_status tl_backward(tl_ctx *ctx, tl_tensor *loss)
          * it has run: the buffer is free for the gradients still to come,
          * which keeps backward's writes in buffers the cache still holds. */
         tl_tensor *out = node->out;
-        if ((out->flags & (TL_GRAD_TRANSIENT | TL_KEEP_GRAD | TL_PARAM)) == TL_GRAD_TRANSIENT) {
+        if (out->grad && tl_grad_owned(out)) {
             tl_ctx_release(ctx, out->grad, (size_t)tl_numel(out) * sizeof(float));
             out->grad = NULL;
         }

@@ -41,6 +41,15 @@ tl_node **tl_ctx_tape(tl_ctx *ctx);
 void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done);
 bool tl_ctx_backward_done(const tl_ctx *ctx);
 bool tl_ctx_alloc_failed(const tl_ctx *ctx);
+/* tl_grad without zeroing: when the buffer is new, *fresh is set and the
+ * caller must write every element of it instead of adding. */
+float *tl_grad_dst(tl_ctx *ctx, tl_tensor *t, bool *fresh);
+/* Moves from's gradient buffer to t, for an op whose gradient for t equals
+ * its output's (an add of equal shapes). Call it only in the backward of
+ * from's node, after which nothing reads from->grad. Moves only when t has no
+ * buffer yet and backward owns from's (made during backward, not kept), and
+ * returns whether it did; from->grad is then NULL. */
+bool tl_grad_take(tl_tensor *t, tl_tensor *from);
 /* Hands a gradient buffer of size bytes back for reuse within this step. */
 void tl_ctx_release(tl_ctx *ctx, void *p, size_t size);
 /* tl_ctx_alloc, preferring a released buffer of the same rounded size. */

@@ -91,14 +91,21 @@ static void tl_act_forward_deriv_range(tl_act kind, const float *restrict x, flo
     }
 }
 
-/* dx += dy * d, with d the derivative saved by the forward. */
+/* dx += dy * d, with d the derivative saved by the forward, or dx = dy * d
+ * into a fresh buffer. */
 TL_MULTIVERSION
 static void tl_act_backward_saved_range(const float *restrict d, const float *restrict dy,
-                                        float *restrict dx, int64_t n)
+                                        float *restrict dx, int64_t n, bool fresh)
 {
+    if (fresh) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++)
-        dx[i] += dy[i] * d[i];
+        for (int64_t i = 0; i < n; i++)
+            dx[i] = dy[i] * d[i];
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++)
+            dx[i] += dy[i] * d[i];
+    }
 }
 
 /* dx += dy * f'(x), given the forward output y. */
@@ -161,16 +168,17 @@ static void tl_act_forward(tl_act kind, const float *x, float *y, float *d, int6
     }
 }
 
-/* With a saved derivative d the kind is not needed. */
+/* With a saved derivative d the kind is not needed. fresh: dx is a new
+ * buffer to write, which only the saved-derivative path is given. */
 static void tl_act_backward(tl_act kind, const float *x, const float *y, const float *d,
-                            const float *dy, float *dx, int64_t n)
+                            const float *dy, float *dx, int64_t n, bool fresh)
 {
 #pragma omp parallel if (n > TL_ACT_PARALLEL_MIN)
     {
         int64_t lo, hi;
         tl_thread_range(n, &lo, &hi);
         if (d)
-            tl_act_backward_saved_range(d + lo, dy + lo, dx + lo, hi - lo);
+            tl_act_backward_saved_range(d + lo, dy + lo, dx + lo, hi - lo, fresh);
         else
             tl_act_backward_range(kind, x + lo, y + lo, dy + lo, dx + lo, hi - lo);
     }
@@ -223,12 +231,13 @@ static void tl_unary_backward(tl_ctx *ctx, tl_node *node)
 {
     tl_tensor *x = node->in[0];
     tl_act kind = (tl_act)node->ints[0];
-    float *dx = tl_grad(ctx, x);
+    const float *d = node->saved[0];
+    bool fresh = false;
+    float *dx = d ? tl_grad_dst(ctx, x, &fresh) : tl_grad(ctx, x);
     if (!dx)
         return;
     int64_t n = tl_numel(x);
-    const float *d = node->saved[0];
-    tl_act_backward(kind, tl_f32(x), tl_f32(node->out), d, node->out->grad, dx, n);
+    tl_act_backward(kind, tl_f32(x), tl_f32(node->out), d, node->out->grad, dx, n, fresh);
     tl_count_flops(ctx, node->op,
                    (d ? tl_act_deriv_flops[kind][1] : tl_act_flops[kind][1]) * (double)n);
 }

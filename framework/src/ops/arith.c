@@ -97,10 +97,24 @@ static void tl_binary_backward(tl_ctx *ctx, tl_node *node, bool add)
     tl_tensor *a = node->in[0], *b = node->in[1];
     tl_bcast kind = (tl_bcast)node->ints[0];
     const float *dz = node->out->grad, *x = tl_f32(a), *y = tl_f32(b);
-    float *da = tl_grad(ctx, a), *db = tl_grad(ctx, b);
     int64_t N = tl_rows_of(a), C = tl_cols(a);
+    bool same_add = add && kind == TL_BCAST_SAME;
+    double terms = 0.0; /* operands whose gradient was added to, for the FLOP count */
+
+    /* For a + b of equal shapes, dL/da is dz itself: the first gradient a
+     * receives takes dz's buffer, and one that b receives first is a copy,
+     * where either would otherwise be zeroed and then added to. */
+    bool a_took = same_add && tl_grad_take(a, node->out);
+    bool b_fresh = false;
+    float *da = a_took ? NULL : tl_grad(ctx, a);
+    float *db = same_add ? tl_grad_dst(ctx, b, &b_fresh) : tl_grad(ctx, b);
+    if (b_fresh) {
+        memcpy(db, dz, (size_t)(N * C) * sizeof(float));
+        db = NULL;
+    }
 
     if (da) {
+        terms += 1.0;
 #pragma omp parallel for if (N * C > 32768) schedule(static)
         for (int64_t i = 0; i < N; i++) {
             const float *dzi = dz + i * C;
@@ -123,6 +137,7 @@ static void tl_binary_backward(tl_ctx *ctx, tl_node *node, bool add)
         }
     }
     if (db) {
+        terms += 1.0;
         if (kind == TL_BCAST_SAME) {
             if (add) {
 #pragma omp parallel for simd if (N * C > 32768) schedule(static)
@@ -156,7 +171,7 @@ static void tl_binary_backward(tl_ctx *ctx, tl_node *node, bool add)
             }
         }
     }
-    tl_count_flops(ctx, node->op, (add ? 1.0 : 2.0) * (double)N * C * ((da != NULL) + (db != NULL)));
+    tl_count_flops(ctx, node->op, (add ? 1.0 : 2.0) * (double)N * C * terms);
 }
 
 void tl_add_backward(tl_ctx *ctx, tl_node *node) { tl_binary_backward(ctx, node, true); }
