@@ -29,7 +29,11 @@ static inline float tl_vmath_float(uint32_t u)
 
 /* exp(x). Range reduction x = n ln2 + r with |r| <= ln2/2, where ln2 is split
  * into a 9-bit high part (n * hi is exact for |n| < 2^15) and a low part
- * (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r). The
+ * (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r),
+ * evaluated with fmaf: one rounding per multiply-add, and the same bits on
+ * every target, because fmaf is exact by definition. The x86-64-v3 and v4
+ * versions of the library's loops turn it into vector FMA instructions
+ * (9 of them); baseline x86-64 calls libm's fmaf and does not vectorise. The
  * result is p * 2^n1 * 2^n2 with n1 + n2 = n, both halves normal powers of two,
  * so results down to the subnormal range and up to overflow come out right
  * without a branch. */
@@ -42,17 +46,17 @@ static inline float tl_vexpf(float x)
     /* Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n, which then
      * sits in the low mantissa bits of t. */
     const float shifter = 0x1.8p23f;
-    float t = x * 1.44269504088896341f + shifter;
+    float t = fmaf(x, 1.44269504088896341f, shifter);
     float n = t - shifter;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
     /* Unsigned arithmetic: a NaN input gives meaningless bits, not undefined
      * behaviour, and p is NaN anyway. */
     uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(shifter);
