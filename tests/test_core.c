@@ -174,6 +174,16 @@ static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *
     }
     CHECK(tl_backward(ctx, tl_sum(ctx, h)) == TL_OK);
     *released = dropped->grad == NULL;
+    if (*released) {
+        /* A released gradient reads as an error, not as a new zeroed buffer,
+         * also through a view made now or a late tl_keep_grad. */
+        tl_keep_grad(dropped);
+        CHECK(tl_grad(ctx, dropped) == NULL);
+        CHECK(tl_lasterr() == TL_ESTATE && strstr(tl_errmsg(), "tl_keep_grad") != NULL);
+        tl_tensor *late = tl_reshape(ctx, dropped, 2, (int64_t[]){2, n / 2});
+        CHECK(late != NULL && late->grad == NULL && !tl_requires_grad(late));
+    }
+    CHECK(tl_grad(ctx, kept) == kept->grad);
     CHECK(x->grad && kept->grad && view->grad);
     if (x->grad && kept->grad && view->grad) {
         memcpy(out, x->grad, (size_t)n * sizeof(float));

@@ -40,6 +40,14 @@ float *tl_grad_dst(tl_ctx *ctx, tl_tensor *t, bool *fresh)
         return NULL;
     if (t->flags & TL_PARAM)
         return tl_ctx_param_grad(ctx, t);
+    if (!t->grad && t->node && tl_ctx_backward_done(ctx)) {
+        /* Backward released it, or never reached the tensor: a zeroed buffer
+         * now would read as a true gradient of 0. */
+        tl_seterr(TL_ESTATE, "grad: the gradient of this %s output was released during backward "
+                             "or never computed; call tl_keep_grad() on it before tl_backward() "
+                             "to read it afterwards", tl_op_name(t->node->op));
+        return NULL;
+    }
     if (!t->grad) {
         t->grad = tl_ctx_alloc_reuse(ctx, (size_t)tl_numel(t) * sizeof(float));
         if (!t->grad)

@@ -383,7 +383,10 @@ static tl_tensor *tl_view(tl_ctx *ctx, tl_tensor *x, int64_t offset, int ndim, c
     if (!v)
         return NULL;
     v->data = (char *)x->data + offset * 4;
-    if (ctx->grad_enabled && tl_requires_grad(x)) {
+    /* After backward an op's output whose gradient was released gives a view
+     * without one, instead of one onto a new zeroed buffer. */
+    bool released = ctx->backward_done && x->node && !x->grad;
+    if (ctx->grad_enabled && tl_requires_grad(x) && !released) {
         float *g = tl_grad(ctx, x);
         if (!g)
             return NULL;

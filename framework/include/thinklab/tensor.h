@@ -7,10 +7,10 @@
  * Ops run eagerly and, when an input requires a gradient and gradients are
  * enabled, record a node on the context's tape. tl_backward() walks the tape in
  * reverse and accumulates into every tensor's grad. After backward, the grads
- * of leaves, parameters and views can be read until the next reset; the grad
- * of an op's output only if tl_keep_grad() marked it before backward, because
- * backward hands the others to later gradients of the same size as soon as
- * the op that produced the tensor has consumed them.
+ * of leaves, parameters and views can be read until the next reset. The grad
+ * of an op's output can be read only if tl_keep_grad() marked it before
+ * backward: backward hands the others on to later gradients as soon as the
+ * op that produced the tensor has consumed them.
  *
  * Shape letters used across thinklab: B batch, T sequence length, C channels
  * (model width), H heads, D head size (C = H*D), V vocabulary, N rows of a
@@ -116,7 +116,9 @@ void tl_set_requires_grad(tl_tensor *t, bool requires);
 
 /* Keeps t's gradient readable after tl_backward (until the next reset). Call
  * it on an op's output before backward, when dL/dt itself is wanted: the
- * gradient analyses read dL/dh of every layer output this way. */
+ * gradient analyses read dL/dh of every layer output this way. Called after
+ * backward it has no effect: the gradient is gone, t->grad is NULL and
+ * tl_grad() reports TL_ESTATE. */
 void tl_keep_grad(tl_tensor *t);
 
 /* ---- views: share data, and alias the gradient of their source ----------- */
@@ -135,7 +137,9 @@ tl_tensor *tl_detach(tl_ctx *ctx, tl_tensor *x);
 tl_status tl_backward(tl_ctx *ctx, tl_tensor *loss);
 
 /* Returns the gradient buffer of t, allocating a zeroed one in the arena if it
- * has none yet, or NULL when t requires no gradient. */
+ * has none yet, or NULL when t requires no gradient. After tl_backward, for an
+ * op's output that was not kept (tl_keep_grad), returns NULL and sets
+ * TL_ESTATE instead: its gradient was released. */
 float *tl_grad(tl_ctx *ctx, tl_tensor *t);
 
 #ifdef __cplusplus
