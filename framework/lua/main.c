@@ -97,6 +97,14 @@ struct run_args {
     char **overrides;
 };
 
+/* print on ranks other than 0 under MPI: every rank runs the same script,
+ * and one copy of its output is what a user reads. */
+static int quiet_print(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
 /* Protected body of `thinklab run`. */
 static int run_script(lua_State *L)
 {
@@ -131,6 +139,10 @@ static int run_script(lua_State *L)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setglobal(L, "arg");
+    if (tl_dist_rank() != 0) {
+        lua_pushcfunction(L, quiet_print);
+        lua_setglobal(L, "print");
+    }
 
     /* A syntax error comes back as "script:line: message" without a
      * traceback, which is all there is to say about it. */

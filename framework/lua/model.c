@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "thinklab/dist.h"
 #include "thinklab/model.h"
 #include "tl_lua.h"
 
@@ -514,7 +515,7 @@ static int model_summary(lua_State *L)
     lua_pushinteger(L, total - layer_params);
     lua_setfield(L, -2, "embedding_params");
 
-    if (print) {
+    if (print && tl_dist_rank() == 0) { /* under MPI, rank 0 prints for all */
         printf("model: %s style, vocab %lld, d_model %lld, %d heads, context %lld, %d layers\n",
                style_names[cfg->style], (long long)cfg->vocab, (long long)cfg->d_model,
                cfg->n_head, (long long)cfg->context, L_);

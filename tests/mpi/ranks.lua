@@ -25,6 +25,7 @@ local tok = thinklab.tokenizer{kind = "char", corpus = c}
 local ds = c:encode(tok)
 local m = thinklab.model{tokenizer = tok, d_model = 32, n_head = 2, context = 32, seed = 3,
                          layers = thinklab.pattern{n = 2, default = {plugin = "transformer"}}}
+m:summary() -- printed by rank 0 only
 local checkpoint = p.scratch .. "/ranks_w" .. world .. ".h5"
 if rank == 0 then os.remove(checkpoint) end
 local stats = thinklab.train{model = m, data = ds, steps = 12, batch_size = p.batch, context = 32,
@@ -35,9 +36,11 @@ local stats = thinklab.train{model = m, data = ds, steps = 12, batch_size = p.ba
                                check(s.tokens == s.step * p.batch * 32 * world,
                                      "stats.tokens counts the tokens of every rank")
                              end}
--- The evaluation runs on every rank over the whole validation split.
-print(string.format("rank %d of %d: train loss %.9f eval loss %.9f", rank, world, stats.loss,
-                    stats.eval_loss))
+-- The evaluation runs on every rank over the whole validation split. print
+-- writes on rank 0 only, so each rank reports through io.stdout.
+io.stdout:write(string.format("rank %d of %d: train loss %.9f eval loss %.9f\n", rank, world,
+                              stats.loss, stats.eval_loss))
+print("print from the script")
 if rank == 0 then
   local f = io.open(checkpoint, "rb")
   check(f ~= nil, "rank 0 wrote the checkpoint " .. checkpoint)

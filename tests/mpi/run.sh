@@ -153,6 +153,11 @@ lua_ranks)
   awk -v a="$l1" -v b="$l20" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5) }' ||
     fail "2 ranks x 4 end at loss $l20, 1 rank x 8 at $l1"
   ok "2 ranks x 4 (loss $l20) match 1 rank x 8 (loss $l1) within 1e-5"
+  n=$(grep -c "^print from the script" two.log || true)
+  [ "$n" = 1 ] || fail "print wrote $n lines under 2 ranks, expected 1 (rank 0 only)"
+  n=$(grep -c "^model: " two.log || true)
+  [ "$n" = 1 ] || fail "the model summary was printed $n times under 2 ranks, expected 1"
+  ok "print writes on rank 0 only"
   ;;
 
 lua_error)
