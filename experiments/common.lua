@@ -225,10 +225,11 @@ function E.append_summary(path, row)
   end
   local f = assert(io.open(path, "w"))
   f:write(table.concat(other_rows, "\n"), "\n")
+  -- Floats keep every digit, so the tables computed from this file round once.
   local cells = {}
   for i, k in ipairs(E.summary_fields) do
     local v = row[k]
-    if v == nil then cells[i] = "" elseif math.type(v) == "float" then cells[i] = string.format("%.6g", v)
+    if v == nil then cells[i] = "" elseif math.type(v) == "float" then cells[i] = string.format("%.17g", v)
     else cells[i] = tostring(v) end
   end
   f:write(table.concat(cells, "\t"), "\n")

@@ -58,4 +58,14 @@ local probe = io.open(odd .. "/probe", "w")
 H.check(probe ~= nil, "the folder named in out exists")
 if probe then probe:close() end
 
+-- summary.tsv keeps every digit of a float, so the tables round once.
+local E = dofile(experiments .. "/common.lua")
+local tsv = p.scratch .. "/summary_digits.tsv"
+os.remove(tsv)
+local loss = 1.7954512345678901
+E.append_summary(tsv, {model = "mod", label = "MoD", seed = 1, val_topk = loss})
+local rows = E.read_summary(tsv)
+H.check(#rows == 1 and rows[1].val_topk == loss,
+        "summary.tsv gives back " .. tostring(rows[1] and rows[1].val_topk) .. " for " .. loss)
+
 H.done()
