@@ -25,7 +25,8 @@ check() { # description, then a command that must succeed
     fi
 }
 
-# Runs a command; expects exit status 2 and the fragment in its output.
+# Runs a command and expects exit status 2, the fragment in its output, and no
+# header of a program that has started measuring.
 rejects() {
     fragment=$1
     shift
@@ -35,6 +36,11 @@ rejects() {
     case $out in
         *"$fragment"*) echo "ok    $* names '$fragment'" ;;
         *) echo "FAIL  $* lacks '$fragment'; output: $out" >&2; failures=$((failures + 1)) ;;
+    esac
+    case $out in
+        *"step benchmark"* | *"timed steps per run"*)
+            echo "FAIL  $* started measuring before it stopped; output: $out" >&2
+            failures=$((failures + 1)) ;;
     esac
 }
 
@@ -55,13 +61,48 @@ rejects "--threads '-1' must be a whole number" "$bench" --threads -1
 rejects "--warmup 'x' must be a whole number" "$bench" --warmup x
 rejects "unknown or incomplete option '--bogus'" "$bench" --bogus
 rejects "--shards 5 does not divide the batch of 12" "$bench" --shards 5
+rejects "--shards 2 cannot be combined with --op-threads" \
+    "$bench" --op-threads --shards 2 --steps 1 --warmup 0
+rejects "--shards 3 cannot be combined with --op-threads" \
+    "$bench" --shards 3 --threads 2 --op-threads --steps 1 --warmup 0
+check "--shards 12 reports shards of 1 sequence" sh -c \
+    "'$bench' --threads 1 --shards 12 --steps 1 --warmup 0 |
+     grep -qx 'parallel: 12 data-parallel shards of 1 sequence'"
 
-rejects "--steps 0: give 1 or more" "$python" "$torch_script" --steps 0
-rejects "--warmup -1: give 0 or more" "$python" "$torch_script" --warmup -1
+rejects "--steps 0: give 1 to 1000000" "$python" "$torch_script" --steps 0
+rejects "--warmup -1: give 0 to 1000000" "$python" "$torch_script" --warmup -1
 rejects "--threads 0: torch.set_num_threads takes 1 or more" "$python" "$torch_script" --threads 0
+# The trailing --threads 0 stops a version without the upper limits before it
+# measures anything.
+rejects "--steps 1000001: give 1 to 1000000" \
+    "$python" "$torch_script" --steps 1000001 --threads 0
+rejects "--threads 1025: give 1 to 1024" "$python" "$torch_script" --threads 1025 0
 
-rejects "ROUNDS '0' must be a whole number" "$run_bench" "$build" 2 0
-rejects "STEPS 'abc' must be a whole number" "$run_bench" "$build" abc 1
+# run_bench.sh checks everything before it builds or runs anything. PYTHON
+# names no interpreter in the cases below that pass every other check, so that
+# a version which misses the bad value stops there instead of measuring.
+no_python=PYTHON=/nonexistent/python
+rejects "ROUNDS '0' must be a whole number from 1 to 1000" "$run_bench" "$build" 2 0
+rejects "STEPS 'abc' must be a whole number from 1 to 1000000" "$run_bench" "$build" abc 1
+rejects "ROUNDS '99999999999999999999' must be a whole number from 1 to 1000" \
+    env $no_python "$run_bench" "$build" 5 99999999999999999999
+rejects "STEPS '99999999999999999999' must be a whole number from 1 to 1000000" \
+    env $no_python "$run_bench" "$build" 99999999999999999999 1
+rejects "STEPS '1000001' must be a whole number from 1 to 1000000" \
+    env $no_python "$run_bench" "$build" 1000001 1
+rejects "THREADS entry '5000' must be a whole number from 1 to 1024" \
+    env THREADS="2 5000" $no_python "$run_bench" "$build" 2 1
+# Leading zeros are read as decimal. So STEPS 0000000000007 and THREADS entry 02
+# pass, and the check of the value after them fails.
+rejects "ROUNDS '0' must be a whole number" "$run_bench" "$build" 0000000000007 0
+rejects "THREADS entry '0' must be a whole number" env THREADS="02 0" "$run_bench" "$build" 2 1
+rejects "STEPS '000' must be a whole number from 1 to 1000000" "$run_bench" "$build" 000 1
+rejects "unexpected argument(s) after ROUNDS: 'extra'; usage: $run_bench [BUILD_DIR]" \
+    env $no_python "$run_bench" "$build" 2 1 extra
+# From another folder the advice names the repository, not '.'.
+repo=$(cd "$(dirname "$run_bench")/../.." && pwd)
+rejects "run cmake -S $repo -B /nonexistent first" \
+    sh -c 'cd / && exec "$0" /nonexistent 2 1' "$run_bench"
 rejects "THREADS entry '0' must be a whole number" env THREADS=0 "$run_bench" "$build" 2 1
 rejects "THREADS entry '*' must be a whole number" env THREADS='*' "$run_bench" "$build" 2 1
 rejects "BUILD_DIR '/nonexistent' is not a configured build" "$run_bench" /nonexistent 2 1

@@ -151,7 +151,8 @@ static int usage(FILE *f, int status)
                "  --phases      also print the median time of forward, backward and the\n"
                "                optimizer (one figure with shards, which run them together)\n"
                "  --op-threads  with 2 or more threads, split each op and sgemm over the\n"
-               "                threads instead of running data-parallel shards\n");
+               "                threads instead of running data-parallel shards (so not\n"
+               "                with --shards above 1)\n");
     return status;
 }
 
@@ -190,6 +191,13 @@ static int parse_options(int argc, char **argv, bench_options *o)
             fprintf(stderr, "thinklab-bench-step: unknown or incomplete option '%s'\n", a);
             return usage(stderr, 2);
         }
+    }
+    /* --op-threads runs the whole batch as one shard and would ignore more. */
+    if (o->op_threads && o->shards > 1) {
+        fprintf(stderr, "thinklab-bench-step: --shards %d cannot be combined with --op-threads, "
+                        "which runs the whole batch on one context; drop one of them\n",
+                o->shards);
+        return 2;
     }
     return 0;
 }
@@ -231,7 +239,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "thinklab-bench-step: setup failed: %s\n", tl_errmsg());
             return 1;
         }
-        printf("parallel: %d data-parallel shards of %d sequences\n", n_shards, BATCH / n_shards);
+        printf("parallel: %d data-parallel shards of %d sequence%s\n", n_shards, BATCH / n_shards,
+               BATCH / n_shards == 1 ? "" : "s");
     } else if (tl_threads_get() > 1) {
         printf("parallel: threads inside each op and sgemm\n");
     } else {

@@ -9,7 +9,8 @@ One step: zero gradients, forward, backward, clip the global norm to 1.0, AdamW
 (betas 0.9, 0.95, eps 1e-8, weight decay 0.1 on matrices and embeddings only).
 
 Usage: /usr/bin/python3 bench_step_torch.py [--threads N ...] [--steps 30] [--warmup 5]
-Each --threads value (1 or more) is measured in turn; the best median is reported last.
+Each --threads value (1 to 1024) is measured in turn; the best median is reported last.
+--steps takes 1 to 1000000 and --warmup 0 to 1000000, the limits of thinklab-bench-step.
 The model's weights and the batches come from torch's random generator, so the losses
 are not those of thinklab-bench-step, which draws its own.
 """
@@ -25,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VOCAB, CONTEXT, WIDTH, HEADS, LAYERS, BATCH = 65, 64, 128, 4, 4, 12
+# thinklab-bench-step's upper limits, so that run_bench.sh can give both programs the same.
+MAX_STEPS, MAX_THREADS = 1000000, 1024
 
 
 class Block(nn.Module):
@@ -134,14 +137,17 @@ def main():
     parser.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error(f"--steps {args.steps}: give 1 or more timed steps")
-    if args.warmup < 0:
-        parser.error(f"--warmup {args.warmup}: give 0 or more warm-up steps")
+    if not 1 <= args.steps <= MAX_STEPS:
+        parser.error(f"--steps {args.steps}: give 1 to {MAX_STEPS} timed steps")
+    if not 0 <= args.warmup <= MAX_STEPS:
+        parser.error(f"--warmup {args.warmup}: give 0 to {MAX_STEPS} warm-up steps")
     for t in args.threads:
         if t < 1:
             parser.error(f"--threads {t}: torch.set_num_threads takes 1 or more (unlike "
                          f"thinklab-bench-step, 0 does not mean all cores)")
+        if t > MAX_THREADS:
+            parser.error(f"--threads {t}: give 1 to {MAX_THREADS}, the limit of "
+                         f"thinklab-bench-step")
 
     print(f"PyTorch {torch.__version__} step benchmark: GPT-2 style, V {VOCAB}, context "
           f"{CONTEXT}, C {WIDTH}, H {HEADS}, {LAYERS} layers, batch {BATCH}")

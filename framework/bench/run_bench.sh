@@ -8,18 +8,24 @@
 # Usage: framework/bench/run_bench.sh [BUILD_DIR] [STEPS] [ROUNDS]
 #   BUILD_DIR  a configured thinklab build (default: build); the benchmark is
 #              built there first
-#   STEPS      timed steps for each run (default 30)
-#   ROUNDS     rounds of both programs (default 3)
+#   STEPS      timed steps for each run, 1 to 1000000 (default 30)
+#   ROUNDS     rounds of both programs, 1 to 1000 (default 3)
 # Environment:
 #   PYTHON           default /usr/bin/python3, a python that imports torch
-#   THREADS          default "2 1": thread counts of 1 or more, each given to
-#                    both programs
+#   THREADS          default "2 1": thread counts from 1 to 1024, each given
+#                    to both programs
 #   OMP_WAIT_POLICY  default passive, for both programs. Waiting threads then
 #                    sleep instead of spinning, which is faster for both here.
+# Numbers are decimal, and leading zeros are dropped. The limits are those of
+# thinklab-bench-step, and threads start at 1 because bench_step_torch.py
+# rejects 0 (which means every core to the C program). All of these are checked
+# before anything is built or measured.
 set -eu
 set -f # THREADS is split on spaces, never expanded as a file pattern
 
 here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+usage="usage: $0 [BUILD_DIR] [STEPS] [ROUNDS]"
 build=${1:-build}
 steps=${2:-30}
 rounds=${3:-3}
@@ -32,20 +38,48 @@ fail() {
     echo "run_bench.sh: $*" >&2
     exit 2
 }
-# A whole number of at least 1.
-is_count() {
-    case $1 in
-        '' | *[!0-9]* | 0 | 0*) return 1 ;;
-    esac
+
+[ $# -le 3 ] || {
+    shift 3
+    fail "unexpected argument(s) after ROUNDS: '$*'; $usage"
 }
-is_count "$steps" || fail "STEPS '$steps' must be a whole number of 1 or more"
-is_count "$rounds" || fail "ROUNDS '$rounds' must be a whole number of 1 or more"
+
+# Sets count to $2, the value of $1, or fails unless it is a whole number from
+# $3 to $4. Leading zeros are dropped, so 007 is 7 and not octal. The digits are
+# counted before any comparison, because test ([) fails on a number beyond its
+# integer range.
+parse_count() {
+    count=$2
+    case $count in
+        '' | *[!0-9]*) count=x ;;
+    esac
+    while :; do
+        case $count in
+            0?*) count=${count#0} ;;
+            *) break ;;
+        esac
+    done
+    if [ "$count" = x ] || [ ${#count} -gt ${#4} ] || [ "$count" -lt "$3" ] ||
+        [ "$count" -gt "$4" ]; then
+        fail "$1 '$2' must be a whole number from $3 to $4"
+    fi
+}
+
+parse_count STEPS "$steps" 1 1000000
+steps=$count
+# Neither program limits the rounds. At about ten seconds a round (40 steps),
+# 1000 rounds take nearly three hours.
+parse_count ROUNDS "$rounds" 1 1000
+rounds=$count
 [ -n "$(echo $threads)" ] || fail "THREADS is empty; give thread counts such as \"2 1\""
+checked=""
 for n in $threads; do
-    is_count "$n" || fail "THREADS entry '$n' must be a whole number of 1 or more"
+    parse_count "THREADS entry" "$n" 1 1024
+    checked="$checked $count"
 done
+threads=${checked# }
 [ -f "$build/CMakeCache.txt" ] ||
-    fail "BUILD_DIR '$build' is not a configured build; run cmake -S . -B $build first"
+    fail "BUILD_DIR '$build' is not a configured build; run cmake -S $repo -B $build first"
 "$python" -c "import torch" 2>/dev/null ||
     fail "PYTHON '$python' cannot import torch; use /usr/bin/python3 with Debian's python3-torch"
 
