@@ -398,7 +398,8 @@ function E.train_run(m, seed, data, tok, r, o)
       if st.step % print_every == 0 or st.step == st.total then
         print(string.format("  step %5d/%d  loss %.4f  %6.0f tok/s  eta %4.0f s%s", st.step, st.total, st.loss,
                             st.tokens_per_s, st.eta_s,
-                            st.eval_loss and string.format("  val %.4f", st.eval_loss) or ""))
+                            st.eval_loss and string.format("  val %.4f (step %d)", st.eval_loss,
+                                                           st.eval_step) or ""))
       end
     end,
   }

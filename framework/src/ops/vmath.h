@@ -31,9 +31,9 @@ static inline float tl_vmath_float(uint32_t u)
  * into a 9-bit high part (n * hi is exact for |n| < 2^15) and a low part
  * (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r),
  * evaluated with fmaf: one rounding per multiply-add, and the same bits on
- * every target, because fmaf is exact by definition. The x86-64-v3 and v4
- * versions of the library's loops turn it into vector FMA instructions
- * (9 of them); baseline x86-64 calls libm's fmaf and does not vectorise. The
+ * every target, because fmaf is exact by definition. In the x86-64-v3 and
+ * v4 versions of the library's loops it becomes 9 vector FMA instructions.
+ * Baseline x86-64 has no FMA, so there it calls libm's fmaf, unvectorised. The
  * result is p * 2^n1 * 2^n2 with n1 + n2 = n, both halves normal powers of two,
  * so results down to the subnormal range and up to overflow come out right
  * without a branch. */
