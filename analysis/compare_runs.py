@@ -26,18 +26,12 @@ COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_l
 MODES = ("topk", "causal", "calibrated")
 
 
-def routed(row):
-    """Return whether an evaluation row comes from a model with routed layers."""
-    frac = row.get("selected_fraction")
-    return frac is not None and not math.isnan(frac)
-
-
 def last_eval(rows, mode):
     """Return the last validation row evaluated under mode. Rows of a model
     without routing (mode 'none', or NaN selected fraction) count for every
     mode."""
     hits = [r for r in rows if r.get("split") == "val" and
-            (r.get("routing_mode") == mode or r.get("routing_mode") == "none" or not routed(r))]
+            (r.get("routing_mode") == mode or not tllog.routed(r))]
     return hits[-1] if hits else None
 
 
@@ -78,6 +72,23 @@ def fmt(value):
     return str(value)
 
 
+def check_table_path(out):
+    """Check the -o value before any log is read: a path without extension,
+    to which .md and .csv are added, in a folder that exists or can be
+    created. Creates that folder."""
+    advice = "give a path without extension, such as results/comparison"
+    if os.path.isdir(out) or not os.path.basename(out):
+        example = os.path.join(out, "comparison")
+        tllog.fail(f"-o {out}: this names a folder; give a path without extension in it, such as "
+                   f"{example} (which writes {example}.md and {example}.csv)")
+    if out.lower().endswith((".md", ".csv")):
+        tllog.fail(f"-o {out}: the tables would be {out}.md and {out}.csv; {advice}")
+    for ext in (".md", ".csv"):
+        if os.path.isdir(out + ext):
+            tllog.fail(f"-o {out}: {out + ext} is a folder; give another path")
+    tllog.make_folder(os.path.dirname(out), out, advice)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("logs", nargs="+", help="thinklab run logs (.h5)")
@@ -88,6 +99,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.tail < 1:
         tllog.fail(f"--tail {args.tail} must be at least 1")
+    check_table_path(args.out)
 
     rows = []
     for path in args.logs:
@@ -95,17 +107,19 @@ def main(argv=None):
             rows.append(summarize(path, args.tail))
         except tllog.LogError as e:
             tllog.fail(str(e))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in COLUMNS})
-    with open(args.out + ".md", "w") as fh:
-        fh.write("| " + " | ".join(COLUMNS) + " |\n")
-        fh.write("| --- |" + " ---: |" * (len(COLUMNS) - 1) + "\n")
-        for r in rows:
-            fh.write("| " + " | ".join(fmt(r.get(k)) for k in COLUMNS) + " |\n")
+    try:
+        with open(args.out + ".csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k) for k in COLUMNS})
+        with open(args.out + ".md", "w") as fh:
+            fh.write("| " + " | ".join(COLUMNS) + " |\n")
+            fh.write("| --- |" + " ---: |" * (len(COLUMNS) - 1) + "\n")
+            for r in rows:
+                fh.write("| " + " | ".join(fmt(r.get(k)) for k in COLUMNS) + " |\n")
+    except OSError as e:
+        tllog.fail(f"-o {args.out}: cannot write {e.filename or 'the table'} ({e.strerror or e})")
     print(args.out + ".md")
     print(args.out + ".csv")
 

@@ -17,6 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
 
+# The routing modes of the trainer's evaluations (/eval/routing_mode).
+MODES = ("topk", "causal", "calibrated")
+
+
+def validation_points(rows, mode):
+    """Return the validation rows to draw under routing `mode`: those
+    evaluated under it, and every row of a model without routed layers,
+    because such a model routes nothing whatever the mode."""
+    return [r for r in rows if r.get("routing_mode") == mode or not tllog.routed(r)]
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
@@ -25,8 +35,15 @@ def main(argv=None):
     ap.add_argument("--smooth", type=int, default=20,
                     help="moving-average window over training steps (default 20)")
     ap.add_argument("--routing", default="topk",
-                    help="routing mode of the validation points to draw (default topk)")
+                    help="routing mode of the validation points to draw: topk, causal or "
+                         "calibrated (default topk)")
     args = ap.parse_args(argv)
+    if args.smooth < 1:
+        tllog.fail(f"--smooth {args.smooth} must be at least 1 (1 draws the raw losses)")
+    if args.routing not in MODES:
+        tllog.fail(f"--routing {args.routing} is not a routing mode of the evaluations; give "
+                   f"{', '.join(MODES[:-1])} or {MODES[-1]}")
+    tllog.check_figure_path(args.out)
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for path in args.logs:
@@ -40,8 +57,12 @@ def main(argv=None):
                 tllog.fail(f"{path}: no training steps recorded yet; wait for the first flush")
             steps, loss = tllog.columns(f["train"], "step", "loss")
             line, = ax.plot(steps, tllog.smooth(loss, args.smooth), lw=1.2, label=f"{name} train")
-            ev = [r for r in tllog.eval_rows(f)
-                  if r.get("split") == "val" and r.get("routing_mode") in (args.routing, "none")]
+            val = [r for r in tllog.eval_rows(f) if r.get("split") == "val"]
+            ev = validation_points(val, args.routing)
+            if val and not ev:
+                modes = sorted({str(r.get("routing_mode")) for r in val})
+                print(f"{path}: no validation loss under {args.routing} routing (the log has "
+                      f"{', '.join(modes)}); drawing its training loss only", file=sys.stderr)
             if ev:
                 ax.plot([r["step"] for r in ev], [r["loss"] for r in ev], "o--",
                         color=line.get_color(), ms=4, lw=0.8, label=f"{name} val")
@@ -52,8 +73,7 @@ def main(argv=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=120)
+    tllog.save_figure(fig, args.out, args.out, dpi=120)
     print(args.out)
 
 

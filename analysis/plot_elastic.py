@@ -50,16 +50,15 @@ def read_rows(path, key):
     return rows
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("csv", help="elastic.csv from experiments/elastic.lua")
     ap.add_argument("-o", "--out", default="elastic.png", help="output PNG path (default elastic.png)")
     ap.add_argument("--flops", choices=["model", "layers"], default="model",
                     help="relative FLOPs of the whole model or of the layers only (default model)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    if not args.out.endswith(".png") or os.path.isdir(args.out):
-        tllog.fail(f"-o {args.out}: give the path of a .png file to write")
+    tllog.check_figure_path(args.out)
     key = "rel_flops_" + args.flops
     rows = read_rows(args.csv, key)
     uniform = sorted((r for r in rows if r["setting"].startswith("uniform")), key=lambda r: r[key])
@@ -81,13 +80,7 @@ def main():
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_dir = os.path.dirname(args.out)
-    try:
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-        fig.savefig(args.out, dpi=110)
-    except OSError as e:
-        tllog.fail(f"-o {args.out}: cannot write the figure ({e.strerror or e})")
+    tllog.save_figure(fig, args.out, args.out, dpi=110)
     print(args.out)
 
 

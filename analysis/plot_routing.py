@@ -20,11 +20,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
 
 
+def no_routing_groups(f):
+    """Return why a log has no /routing/<layer> group, judged from the run's
+    configuration and the steps flushed so far."""
+    every = {key: tllog.trainer_key(f, key) or 0
+             for key in ("log_routing_every", "log_grads_every")}
+    if not any(v > 0 for v in every.values()):
+        return ("no routing statistics recorded: the run sets neither `log_routing_every` nor "
+                "`log_grads_every` above 0; set one of these trainer keys above 0 to record "
+                "them for the ITT and MoD layers")
+    keys = ", ".join(f"`{k}` = {v}" for k, v in every.items() if v > 0)
+    # Routing rows are due at the steps that are multiples of either key.
+    steps = tllog.flushed_steps(f)
+    due = any(np.any(steps % v == 0) for v in every.values() if v > 0)
+    if not due:
+        return (f"no routing row has been flushed yet; the run records the routing statistics "
+                f"of its ITT and MoD layers ({keys}); {tllog.wait_for_flush(f)}")
+    return ("no routed layers in this run: routing statistics exist for ITT and MoD layers "
+            "only")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("logs", nargs="+", help="thinklab run logs (.h5)")
     ap.add_argument("-o", "--out-dir", default=".", help="folder for the PNG files (default .)")
     args = ap.parse_args(argv)
+    tllog.check_out_dir(args.out_dir)
 
     written, skipped = 0, []
     for path in args.logs:
@@ -34,11 +55,7 @@ def main(argv=None):
             tllog.fail(str(e))
         with f:
             if "routing" not in f or len(f["routing"]) == 0:
-                skipped.append(f"{path}: no routed layers in this run, or none recorded "
-                               "(routing statistics exist for ITT and MoD layers only and are "
-                               "written every `log_routing_every` steps and with every "
-                               "`log_grads_every` gradient record; set one of these trainer "
-                               "keys above 0)")
+                skipped.append(f"{path}: {no_routing_groups(f)}")
                 continue
             layers, layers_agreement = [], []
             for name, g in f["routing"].items():
@@ -52,9 +69,10 @@ def main(argv=None):
                                g["histogram"][len(step) - 1], g["bin_edges"][:]))
                 layers_agreement.append(agree)
             title = tllog.run_name(f, path)
+            flush_advice = tllog.wait_for_flush(f)
         if not layers:
-            skipped.append(f"{path}: routed layers are registered but no routing row was "
-                           "flushed yet")
+            skipped.append(f"{path}: routed layers are registered but no routing row has been "
+                           f"flushed yet; {flush_advice}")
             continue
 
         fig, axes = plt.subplots(len(layers), 3, figsize=(13, 3.2 * len(layers)), squeeze=False)
@@ -93,7 +111,7 @@ def main(argv=None):
         fig.suptitle(f"{title}: routing statistics")
         fig.tight_layout()
         out = tllog.output_path(args.out_dir, path, "_routing.png")
-        fig.savefig(out, dpi=110)
+        tllog.save_figure(fig, out, args.out_dir, dpi=110)
         plt.close(fig)
         print(out)
         written += 1

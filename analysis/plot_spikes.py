@@ -52,6 +52,7 @@ def main(argv=None):
                     help="easy/hard labels: by loss quantile or by answer correctness "
                          "(default loss)")
     args = ap.parse_args(argv)
+    tllog.check_out_dir(args.out_dir)
 
     written, skipped = 0, []
     for path in args.logs:
@@ -87,7 +88,7 @@ def main(argv=None):
                      f"({LABEL_TEXT[args.label]}; faint lines: single sequences)")
         fig.tight_layout()
         out = tllog.output_path(args.out_dir, path, f"_spikes_{args.metric}.png")
-        fig.savefig(out, dpi=120)
+        tllog.save_figure(fig, out, args.out_dir, dpi=120)
         plt.close(fig)
         print(out)
         written += 1

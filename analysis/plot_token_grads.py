@@ -134,6 +134,20 @@ def summary_figure(f, title):
     return fig
 
 
+def no_token_grads(f):
+    """Return why a log has no /token_grads row, judged from the run's
+    configuration."""
+    every = tllog.trainer_key(f, "log_grads_every")
+    if (every or 0) <= 0:
+        return ("no token gradients recorded: the run's trainer key `log_grads_every` is 0 "
+                "(the default); set it to K > 0 to record them every K steps")
+    if tllog.trainer_key(f, "log_token_seqs") == 0:
+        return ("no token gradients recorded: the run sets the trainer key `log_token_seqs` = 0; "
+                "set it to 1 or more to record the gradients of that many sequences")
+    return (f"no token-gradient row has been flushed yet, though the run records one every "
+            f"{every} steps (`log_grads_every`); {tllog.wait_for_flush(f)}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("logs", nargs="+", help="thinklab run logs (.h5)")
@@ -143,6 +157,10 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=128,
                     help="maximum token positions to draw (default 128)")
     args = ap.parse_args(argv)
+    if args.tokens < 1:
+        tllog.fail(f"--tokens {args.tokens} must be at least 1 (the number of token positions "
+                   "to draw, from the first)")
+    tllog.check_out_dir(args.out_dir)
 
     for path in args.logs:
         try:
@@ -150,9 +168,9 @@ def main(argv=None):
         except tllog.LogError as e:
             tllog.fail(str(e))
         with f:
-            if "token_grads" not in f or f["token_grads/step"].shape[0] == 0:
-                tllog.fail(f"{path}: no token gradients recorded; set the trainer key "
-                           "`log_grads_every` to K > 0 to record them every K steps")
+            if "token_grads" not in f or tllog.rows(f["token_grads"], "step", "norms",
+                                                    "losses") == 0:
+                tllog.fail(f"{path}: {no_token_grads(f)}")
             g = f["token_grads"]
             n_rows = tllog.rows(g, "step", "norms", "losses")
             row = args.row if args.row >= 0 else n_rows + args.row
@@ -199,12 +217,12 @@ def main(argv=None):
             ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
         fig.suptitle(f"{title}: activation-gradient norms per token and layer at training step {step}")
         out = tllog.output_path(args.out_dir, path, "_token_grads.png")
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+        tllog.save_figure(fig, out, args.out_dir, dpi=120, bbox_inches="tight")
         plt.close(fig)
         print(out)
         if summary is not None:
             out = tllog.output_path(args.out_dir, path, "_token_grads_summary.png")
-            summary.savefig(out, dpi=110)
+            tllog.save_figure(summary, out, args.out_dir, dpi=110)
             plt.close(summary)
             print(out)
 

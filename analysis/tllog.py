@@ -132,6 +132,14 @@ def eval_rows(f):
     return rows
 
 
+def routed(row):
+    """Return whether an evaluation row comes from a model with routed layers
+    (a row without routing has mode 'none' or a NaN selected fraction)."""
+    frac = row.get("selected_fraction")
+    return (row.get("routing_mode") != "none" and frac is not None
+            and not np.isnan(frac))
+
+
 def smooth(y, window):
     """Trailing moving average over window points (window <= 1 returns y)."""
     y = np.asarray(y, dtype=float)
@@ -165,3 +173,96 @@ def output_path(out_dir, path, suffix):
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
     return os.path.join(out_dir, stem + suffix)
+
+
+def _file_in_the_way(folder):
+    """Return the first existing path on the way to folder that is not a
+    folder, or None."""
+    parts = []
+    head = os.path.abspath(folder)
+    while True:
+        parts.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for p in reversed(parts):
+        if not os.path.exists(p):
+            return None
+        if not os.path.isdir(p):
+            return p
+    return None
+
+
+def make_folder(folder, out, advice):
+    """Create `folder`, where the -o value `out` writes. If that fails, exit
+    with a message naming `out`, the reason and `advice` (what to give
+    instead)."""
+    folder = folder or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        blocker = _file_in_the_way(folder)
+        if blocker is not None:
+            fail(f"-o {out}: {blocker} is a file, not a folder; {advice}")
+        fail(f"-o {out}: cannot create the folder {folder} ({e.strerror or e}); {advice}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"-o {out}: no permission to write in the folder {folder}; {advice}")
+
+
+def check_figure_path(out):
+    """Check the -o value of a script that writes one PNG figure, and create
+    its folder. Call it before reading any log. The value must name a .png
+    file in a folder that exists or can be created."""
+    advice = "give the path of a .png file to write, in a folder you can write to"
+    if os.path.isdir(out):
+        fail(f"-o {out}: this is a folder; {advice}")
+    if not out.lower().endswith(".png"):
+        fail(f"-o {out}: the figure is written as PNG; {advice}")
+    make_folder(os.path.dirname(out), out, advice)
+
+
+def check_out_dir(out_dir):
+    """Check the -o value of a script that writes one PNG per log into a
+    folder, and create the folder. Call it before reading any log."""
+    advice = "give a folder you can write to (each PNG file is named after its log)"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        fail(f"-o {out_dir}: this is a file, not a folder; {advice}")
+    if not os.path.exists(out_dir) and out_dir.lower().endswith(".png"):
+        fail(f"-o {out_dir}: this names a .png file, but the script writes into a folder; "
+             f"{advice}")
+    make_folder(out_dir, out_dir, advice)
+
+
+def save_figure(fig, path, out, **kwargs):
+    """Save fig to path with fig.savefig(path, **kwargs). If the file cannot
+    be written, exit with a message naming the -o value `out`."""
+    try:
+        fig.savefig(path, **kwargs)
+    except OSError as e:
+        fail(f"-o {out}: cannot write the figure {path} ({e.strerror or e})")
+
+
+def trainer_key(f, key):
+    """Return the trainer key `key` as the run's configuration records it
+    (train.<key> of the configuration JSON), or None when absent."""
+    value = config(f).get("train", {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def flushed_steps(f):
+    """Return the training steps of /train written by the flushes so far."""
+    if "train/step" not in f:
+        return np.array([], dtype=np.int64)
+    return f["train/step"][:]
+
+
+def wait_for_flush(f):
+    """Return the advice for records that a run is set to write but that no
+    flush has written yet."""
+    every = f["meta"].attrs.get("flush_every") if "meta" in f else None
+    when = f" (every {int(every)} training steps)" if every else ""
+    return (f"wait for the next flush{when} and run this again (a run that has ended "
+            "stopped before writing one)")

@@ -8,7 +8,8 @@ read from the logs with h5py and against what the model reported, and the
 figures must be valid, non-blank PNG files. Each
 script must reject files that are not thinklab logs with exit status 2 and a
 message naming the file, and one plot must read a log while its run is still
-training.
+training. A bad -o value or option value gets the same kind of one-line error
+before any log is read.
 
 Paths come from the environment (tests/analysis.cmake sets them):
   TL_THINKLAB  the thinklab command
@@ -16,7 +17,10 @@ Paths come from the environment (tests/analysis.cmake sets them):
   TL_SCRATCH   a folder for logs and figures (default: pytest's tmp_path)
 """
 
+import contextlib
 import csv
+import importlib
+import io
 import json
 import math
 import os
@@ -55,6 +59,22 @@ def env_path(name, default=None):
 def run_script(script, *args, cwd=None):
     return subprocess.run([PYTHON, os.path.join(ANALYSIS, script), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
+
+
+def run_main(script, *args):
+    """Run a script's main() in this process and return (exit status,
+    stderr). Use it for checks that end before anything is drawn, because
+    starting Python with matplotlib takes about 0.5 s here. An exception other
+    than SystemExit, which would be a traceback on the command line, fails the
+    test."""
+    module = importlib.import_module(script[:-3])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            module.main(list(args))
+        except SystemExit as e:
+            return e.code, err.getvalue()
+    return 0, err.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -237,11 +257,12 @@ def test_plot_routing(logs, scratch):
         assert np.isfinite(f["routing/layers.1/topk_agreement"][:]).all()
     with h5py.File(os.path.join(folder, "itt.h5"), "r") as f:
         assert np.isnan(f["routing/layers.1/topk_agreement"][:]).all()
-    # Alone, the dense log is an error.
+    # Alone, the dense log is an error. Its run records routing rows, so the
+    # message does not tell the user to turn them on.
     r = run_script("plot_routing.py", os.path.join(folder, "dense.h5"), "-o", out_dir)
     assert r.returncode == 2
     assert "no routed layers" in r.stderr
-    assert "`log_routing_every`" in r.stderr and "`log_grads_every`" in r.stderr, r.stderr
+    assert "set one of these" not in r.stderr, r.stderr
 
 
 def test_plot_token_grads(logs, scratch):
@@ -361,7 +382,11 @@ REJECT_CASES = ([(s, c) for s in SCRIPTS for c in ("text", "bare")] +
 @pytest.mark.parametrize("script,case", REJECT_CASES)
 def test_rejects_files_that_are_not_logs(script, case, not_logs, scratch):
     path, fragment = not_logs[case]
-    out = os.path.join(scratch, "rejected", case)
+    # Each script gets its own output, because the scripts that write into a
+    # folder create it before they read the logs.
+    out = os.path.join(scratch, "rejected", script[:-3] + "_" + case)
+    if script == "plot_curves.py":
+        out += ".png"
     r = run_script(script, path, "-o", out)
     assert r.returncode == 2, f"{script} on {case}: exit {r.returncode}\n{r.stderr}"
     assert r.stderr.startswith("error: "), r.stderr
@@ -378,6 +403,91 @@ def test_help(script):
     assert r.stdout.startswith("usage: ")
     assert "-o" in r.stdout
     assert "logs" in r.stdout
+
+
+# ---- rejecting bad output paths and option values ---------------------------------
+
+@pytest.fixture(scope="session")
+def blocker(scratch):
+    """A file, given below where a folder is expected."""
+    path = os.path.join(scratch, "blocker")
+    with open(path, "w") as fh:
+        fh.write("a file, not a folder\n")
+    return path
+
+
+# (script, log, -o value, part of the message). {b} is the blocker file and
+# {s} the scratch folder. Creating /proc/nope fails, even as root.
+BAD_OUTPUTS = [
+    ("plot_curves.py", "dense", "/proc/nope/c.png", "cannot create the folder /proc/nope"),
+    ("plot_curves.py", "dense", "{s}/c.txt", "the figure is written as PNG"),
+    ("plot_curves.py", "dense", "{s}", "this is a folder"),
+    ("plot_curves.py", "dense", "{b}/sub/c.png", "{b} is a file, not a folder"),
+    ("compare_runs.py", "dense", "{b}/sub/table", "{b} is a file, not a folder"),
+    ("compare_runs.py", "dense", "{s}/table.csv", "the tables would be {s}/table.csv.md"),
+    ("compare_runs.py", "dense", "{s}", "this names a folder"),
+    ("plot_routing.py", "itt", "{b}", "this is a file, not a folder"),
+    ("plot_routing.py", "itt", "/proc/nope", "cannot create the folder /proc/nope"),
+    ("plot_token_grads.py", "itt", "{b}/sub", "{b} is a file, not a folder"),
+    ("plot_token_grads.py", "itt", "{s}/heat.png", "this names a .png file"),
+    ("plot_spikes.py", "itt", "{b}", "this is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("script,log,out,fragment", BAD_OUTPUTS)
+def test_scripts_reject_bad_output(logs, scratch, blocker, script, log, out, fragment):
+    """One line naming the -o value and what to give instead, exit status 2,
+    before any log is read."""
+    folder, _ = logs
+    out, fragment = (x.format(b=blocker, s=scratch) for x in (out, fragment))
+    status, err = run_main(script, os.path.join(folder, f"{log}.h5"), "-o", out)
+    assert status == 2, f"{script} -o {out}: exit {status}\n{err}"
+    assert err.startswith(f"error: -o {out}: "), err
+    assert err.count("\n") == 1, err
+    assert fragment in err, err
+    assert "; give " in err, err
+
+
+# (script, options, start of the message)
+BAD_OPTIONS = [
+    ("plot_token_grads.py", ["--tokens", "-3"], "--tokens -3 must be at least 1"),
+    ("plot_token_grads.py", ["--tokens", "0"], "--tokens 0 must be at least 1"),
+    ("plot_curves.py", ["--smooth", "0"], "--smooth 0 must be at least 1"),
+    ("plot_curves.py", ["--smooth", "-5"], "--smooth -5 must be at least 1"),
+    ("plot_curves.py", ["--routing", "bogus"],
+     "--routing bogus is not a routing mode of the evaluations; give topk, causal or calibrated"),
+]
+
+
+@pytest.mark.parametrize("script,options,message", BAD_OPTIONS)
+def test_scripts_reject_bad_option_values(logs, scratch, script, options, message):
+    folder, _ = logs
+    out = os.path.join(scratch, "bad_options", script[:-3] + "_" + "_".join(options))
+    if script == "plot_curves.py":
+        out += ".png"
+    status, err = run_main(script, os.path.join(folder, "itt.h5"), "-o", out, *options)
+    assert status == 2, f"{script} {options}: exit {status}\n{err}"
+    assert err.startswith(f"error: {message}"), err
+    assert err.count("\n") == 1, err
+    assert not os.path.exists(out)
+
+
+def test_curves_validation_points_per_mode(logs):
+    """Under each --routing mode the routed models show the rows evaluated
+    under it, and the dense model, which routes nothing, every row."""
+    folder, _ = logs
+    import plot_curves
+    for kind in KINDS:
+        with tllog.open_log(os.path.join(folder, f"{kind}.h5")) as f:
+            val = [r for r in tllog.eval_rows(f) if r["split"] == "val"]
+        for mode in plot_curves.MODES:
+            points = plot_curves.validation_points(val, mode)
+            if kind == "dense":
+                assert val
+                assert points == val
+            else:
+                assert points, (kind, mode)
+                assert all(r["routing_mode"] == mode for r in points), (kind, mode)
 
 
 # ---- elastic inference ---------------------------------------------------------
@@ -433,7 +543,7 @@ def test_plot_elastic_rejects_bad_output(scratch):
     blocker = os.path.join(scratch, "elastic_blocker")
     with open(blocker, "w") as f:
         f.write("a file, not a folder\n")
-    cases = [(os.path.join(blocker, "sub", "x.png"), "cannot write the figure"),
+    cases = [(os.path.join(blocker, "sub", "x.png"), f"{blocker} is a file, not a folder"),
              (os.path.join(scratch, "elastic.txt"), "give the path of a .png file"),
              (scratch, "give the path of a .png file")]
     for out, fragment in cases:
@@ -481,6 +591,86 @@ def test_scripts_read_a_log_caught_mid_flush(logs, scratch, script, dataset, log
     out = os.path.join(mid, script.replace(".py", ""))
     r = run_script(script, path, "-o", out + (".png" if script == "plot_curves.py" else ""))
     assert r.returncode == 0, r.stderr
+
+
+# Three ITT runs of one step each. off.h5 records neither routing nor token
+# gradients, and no_seqs.h5 records the gradients of no sequence. Both are
+# closed. unflushed.h5 records both every 5 steps and flushes every 50, so
+# it has no flushed row while its run waits on stdin until the test kills it.
+UNFLUSHED_LUA = """
+local p = thinklab.params{text = "", out = ""}
+thinklab.threads(1)
+local corpus = thinklab.corpus{path = p.text, max_bytes = 20000, val_fraction = 0.1}
+local tok = thinklab.tokenizer{kind = "char", corpus = corpus}
+local data = corpus:encode(tok)
+local function trainer(name, keys)
+  local model = thinklab.model{
+    tokenizer = tok, d_model = 16, n_head = 2, context = 16, seed = 1,
+    layers = thinklab.pattern{n = 2, default = {plugin = "transformer"},
+                              odd = {plugin = "itt", steps = 2, ratios = {0.5}}}}
+  local t = {model = model, data = data, steps = 1000, batch_size = 2, context = 16,
+             eval_every = 1000, eval_batches = 1, progress_every = 0,
+             log = p.out .. "/" .. name .. ".h5", log_overwrite = true, log_flush_every = 50}
+  for k, v in pairs(keys) do t[k] = v end
+  local tr = thinklab.trainer(t)
+  tr:step()
+  return tr
+end
+trainer("off", {log_grads_every = 0, log_routing_every = 0}):close()
+trainer("no_seqs", {log_grads_every = 5, log_token_seqs = 0}):close()
+local tr = trainer("unflushed", {log_grads_every = 5})
+io.stdout:write("ready\\n")
+io.stdout:flush()
+io.read("l")
+"""
+
+
+def test_missing_records_message_follows_config(scratch):
+    """A log without routing or token-gradient rows: the scripts tell the user
+    to set the trainer key only when the run's configuration has it at 0.
+    When the run records them, the scripts tell the user to wait for the next
+    flush."""
+    thinklab = env_path("TL_THINKLAB", os.path.join(TOP, "build", "bin", "thinklab"))
+    text = env_path("TL_TEXT", os.path.join(TOP, "experiments", "data", "tinyshakespeare.txt"))
+    out = os.path.join(scratch, "unflushed")
+    os.makedirs(out, exist_ok=True)
+    lua = os.path.join(out, "unflushed.lua")
+    with open(lua, "w") as fh:
+        fh.write(UNFLUSHED_LUA)
+    proc = subprocess.Popen([thinklab, "run", lua, f"text={text}", f"out={out}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if line != "ready\n":
+            proc.kill()
+            pytest.fail(f"unflushed.lua did not reach its wait: {line}{proc.stderr.read()}")
+        with h5py.File(os.path.join(out, "unflushed.h5"), "r") as f:
+            assert f["train/step"].shape[0] == 0, "unflushed.h5 was flushed"
+            assert tllog.trainer_key(f, "log_grads_every") == 5
+        cases = [("plot_routing.py", "unflushed", "no routing row has been flushed yet"),
+                 ("plot_token_grads.py", "unflushed", "no token-gradient row has been flushed "
+                  "yet, though the run records one every 5 steps (`log_grads_every`)"),
+                 ("plot_routing.py", "off", "the run sets neither `log_routing_every` nor "
+                  "`log_grads_every` above 0; set one of these trainer keys above 0"),
+                 ("plot_token_grads.py", "off", "`log_grads_every` is 0 (the default); set it "
+                  "to K > 0"),
+                 ("plot_token_grads.py", "no_seqs", "`log_token_seqs` = 0; set it to 1 or more")]
+        for script, log, fragment in cases:
+            path = os.path.join(out, f"{log}.h5")
+            status, err = run_main(script, path, "-o", os.path.join(out, "figures"))
+            assert status == 2, f"{script} {log}: exit {status}\n{err}"
+            assert err.startswith(f"error: {path}: "), err
+            assert err.count("\n") == 1, err
+            assert fragment in err, err
+            if log == "unflushed":
+                assert "wait for the next flush (every 50 training steps)" in err, err
+                assert "set one of these" not in err, err
+                assert "set it to" not in err, err
+    finally:
+        proc.kill()
+        proc.wait()
+
 
 def flushed_rows(path):
     """Rows of /train after the last finished flush, or 0 when the file
