@@ -82,6 +82,8 @@ rejects "--threads 1025: give 1 to 1024" "$python" "$torch_script" --threads 102
 # names no interpreter in the cases below that pass every other check, so that
 # a version which misses the bad value stops there instead of measuring.
 no_python=PYTHON=/nonexistent/python
+check "run_bench.sh --help exits 0 and gives the usage" \
+    sh -c "'$run_bench' --help | grep -q -- 'Usage: framework/bench/run_bench.sh'"
 rejects "ROUNDS '0' must be a whole number from 1 to 1000" "$run_bench" "$build" 2 0
 rejects "STEPS 'abc' must be a whole number from 1 to 1000000" "$run_bench" "$build" abc 1
 rejects "ROUNDS '99999999999999999999' must be a whole number from 1 to 1000" \

@@ -26,6 +26,13 @@ set -f # THREADS is split on spaces, never expanded as a file pattern
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 usage="usage: $0 [BUILD_DIR] [STEPS] [ROUNDS]"
+case "${1:-}" in
+    -h | --help)
+        # The comment at the top of this file, without its leading '# '.
+        sed -n '2,/^set -eu/{/^set -eu/d;s/^# \{0,1\}//;p}' "$0"
+        exit 0
+        ;;
+esac
 build=${1:-build}
 steps=${2:-30}
 rounds=${3:-3}
