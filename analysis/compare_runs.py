@@ -23,7 +23,6 @@ import tllog  # noqa: E402
 COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
            "val_loss_causal", "ppl_causal", "causal_fraction", "val_loss_calibrated",
            "ppl_calibrated", "steps"]
-MODES = ("topk", "causal", "calibrated")
 
 
 def last_eval(rows, mode):
@@ -51,7 +50,7 @@ def summarize(path, tail):
         row["train_loss"] = float(np.mean(loss[-tail:])) if len(loss) else math.nan
         row["steps"] = int(steps[-1]) + 1 if len(loss) else 0
         rows = tllog.eval_rows(f)
-    for mode in MODES:
+    for mode in tllog.MODES:
         r = last_eval(rows, mode)
         row[f"val_loss_{mode}"] = r["loss"] if r else math.nan
         row[f"ppl_{mode}"] = r["perplexity"] if r else math.nan

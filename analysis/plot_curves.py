@@ -17,9 +17,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
 
-# The routing modes of the trainer's evaluations (/eval/routing_mode).
-MODES = ("topk", "causal", "calibrated")
-
 
 def validation_points(rows, mode):
     """Return the validation rows to draw under routing `mode`: those
@@ -40,9 +37,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.smooth < 1:
         tllog.fail(f"--smooth {args.smooth} must be at least 1 (1 draws the raw losses)")
-    if args.routing not in MODES:
+    if args.routing not in tllog.MODES:
         tllog.fail(f"--routing {args.routing} is not a routing mode of the evaluations; give "
-                   f"{', '.join(MODES[:-1])} or {MODES[-1]}")
+                   f"{', '.join(tllog.MODES[:-1])} or {tllog.MODES[-1]}")
     tllog.check_figure_path(args.out)
 
     fig, ax = plt.subplots(figsize=(8, 5))

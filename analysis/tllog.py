@@ -13,6 +13,8 @@ import h5py
 import numpy as np
 
 LOG_VERSION = 1
+# The routing modes of the trainer's evaluations (/eval/routing_mode).
+MODES = ("topk", "causal", "calibrated")
 
 
 class LogError(Exception):
@@ -48,8 +50,8 @@ def rows(g, *names):
     """Return how many rows all of the datasets `names` of group g have.
 
     A log opened while its run flushes can show some datasets of a group
-    already extended by the flush in progress and others not yet; the rows
-    they share belong together.
+    already extended by the flush in progress and others not yet. The rows
+    they all have belong together.
     """
     return min(g[name].shape[0] for name in names)
 

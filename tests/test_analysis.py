@@ -480,7 +480,7 @@ def test_curves_validation_points_per_mode(logs):
     for kind in KINDS:
         with tllog.open_log(os.path.join(folder, f"{kind}.h5")) as f:
             val = [r for r in tllog.eval_rows(f) if r["split"] == "val"]
-        for mode in plot_curves.MODES:
+        for mode in tllog.MODES:
             points = plot_curves.validation_points(val, mode)
             if kind == "dense":
                 assert val

@@ -140,10 +140,10 @@ static void test_autograd_rules(void)
 }
 
 /* Runs a chain of L residual layers h + f(1.1 h), f alternately tanh and
- * GELU, on a leaf of n elements and backward through it, with every
- * intermediate kept (keep_all) or only layer `mid`, and a view of layer
- * mid + 1 read after backward. Copies dL/dx, dL/dh_mid and the view's grad
- * into out (3 n floats) and returns the arena bytes in use at the end. */
+ * GELU, on a leaf of n elements, then backward. Every intermediate is kept
+ * (keep_all) or only layer `mid`, and a view of layer mid + 1 is read after
+ * backward. Copies dL/dx, dL/dh_mid and the view's grad into out (3 n floats)
+ * and returns the arena bytes in use at the end. */
 static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *released)
 {
     tl_ctx *ctx = tl_ctx_new(0);
@@ -179,12 +179,17 @@ static size_t run_chain(int L, int n, int mid, bool keep_all, float *out, bool *
          * also through a view made now or a late tl_keep_grad. */
         tl_keep_grad(dropped);
         CHECK(tl_grad(ctx, dropped) == NULL);
-        CHECK(tl_lasterr() == TL_ESTATE && strstr(tl_errmsg(), "tl_keep_grad") != NULL);
+        CHECK(tl_lasterr() == TL_ESTATE);
+        CHECK(strstr(tl_errmsg(), "tl_keep_grad") != NULL);
         tl_tensor *late = tl_reshape(ctx, dropped, 2, (int64_t[]){2, n / 2});
-        CHECK(late != NULL && late->grad == NULL && !tl_requires_grad(late));
+        CHECK(late != NULL);
+        CHECK(late && late->grad == NULL);
+        CHECK(late && !tl_requires_grad(late));
     }
     CHECK(tl_grad(ctx, kept) == kept->grad);
-    CHECK(x->grad && kept->grad && view->grad);
+    CHECK(x->grad != NULL);
+    CHECK(kept->grad != NULL);
+    CHECK(view->grad != NULL);
     if (x->grad && kept->grad && view->grad) {
         memcpy(out, x->grad, (size_t)n * sizeof(float));
         memcpy(out + n, kept->grad, (size_t)n * sizeof(float));

@@ -138,11 +138,16 @@ void tl_ctx_set_backward(tl_ctx *ctx, bool in_backward, bool done)
 bool tl_ctx_backward_done(const tl_ctx *ctx) { return ctx->backward_done; }
 bool tl_ctx_alloc_failed(const tl_ctx *ctx) { return ctx->alloc_failed; }
 
-void *tl_ctx_alloc(tl_ctx *ctx, size_t size)
+/* Rounds an allocation up to whole cache lines, at least one. */
+static size_t tl_round_size(size_t size)
 {
     size = (size + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN;
-    if (size == 0)
-        size = TL_ALIGN;
+    return size ? size : TL_ALIGN;
+}
+
+void *tl_ctx_alloc(tl_ctx *ctx, size_t size)
+{
+    size = tl_round_size(size);
     tl_arena_block *b = ctx->current;
     /* Move on to the next kept block that fits; blocks too small for this
      * request are skipped for the rest of the step. */
@@ -169,12 +174,6 @@ void *tl_ctx_alloc(tl_ctx *ctx, size_t size)
     if (ctx->used > ctx->peak)
         ctx->peak = ctx->used;
     return p;
-}
-
-static size_t tl_round_size(size_t size)
-{
-    size = (size + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN;
-    return size ? size : TL_ALIGN;
 }
 
 void tl_ctx_release(tl_ctx *ctx, void *p, size_t size)

@@ -18,9 +18,11 @@ enum { TL_SG_MR = 4, TL_SG_NR = 16 };
  * in loops would be loaded and stored at every k. */
 typedef float tl_sg_v8 __attribute__((vector_size(32)));
 
-/* Helpers take vectors by pointer: passing or returning them by value would
- * depend on whether the caller's target has AVX. */
-__attribute__((always_inline)) static inline void tl_sg_store(float *p, const tl_sg_v8 *v, float alpha, bool add)
+/* The helpers take vectors by pointer, because passing or returning them by
+ * value would depend on whether the caller's target has AVX. The helpers are
+ * always inlined, so each target version of tl_small_gemm gets its own copy. */
+__attribute__((always_inline)) static inline void tl_sg_store(float *p, const tl_sg_v8 *v,
+                                                             float alpha, bool add)
 {
     tl_sg_v8 out = *v * alpha;
     if (add) {
@@ -33,8 +35,10 @@ __attribute__((always_inline)) static inline void tl_sg_store(float *p, const tl
 
 /* One full tile: C[0:4, 0:16] (+)= alpha sum_k A(r, k) B(k, 0:16), with
  * accumulator cRH for row R and half H of the columns. */
-__attribute__((always_inline)) static inline void tl_sg_tile(int64_t K, float alpha, const float *a, int64_t a_rs, int64_t a_ks,
-                              const float *b, int64_t ldb, bool add, float *c, int64_t ldc)
+__attribute__((always_inline)) static inline void tl_sg_tile(int64_t K, float alpha, const float *a,
+                                                            int64_t a_rs, int64_t a_ks,
+                                                            const float *b, int64_t ldb, bool add,
+                                                            float *c, int64_t ldc)
 {
     tl_sg_v8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
     tl_sg_v8 c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
@@ -65,8 +69,11 @@ __attribute__((always_inline)) static inline void tl_sg_tile(int64_t K, float al
 
 /* A partial tile at the bottom or right edge of C: mr <= MR rows, nr <= NR
  * columns. */
-__attribute__((always_inline)) static inline void tl_sg_edge(int64_t K, int mr, int nr, float alpha, const float *a, int64_t a_rs,
-                       int64_t a_ks, const float *b, int64_t ldb, bool add, float *c, int64_t ldc)
+__attribute__((always_inline)) static inline void tl_sg_edge(int64_t K, int mr, int nr, float alpha,
+                                                            const float *a, int64_t a_rs,
+                                                            int64_t a_ks, const float *b,
+                                                            int64_t ldb, bool add, float *c,
+                                                            int64_t ldc)
 {
     float acc[TL_SG_MR][TL_SG_NR] = {{0}};
     for (int64_t k = 0; k < K; k++) {
