@@ -120,6 +120,38 @@ static void test_clip(void)
     tl_params_free(p);
 }
 
+/* A store above the size where zeroing splits over the threads: every
+ * gradient is zeroed, and the norm of varied values at an odd length
+ * matches a double sum. */
+static void test_large_store(void)
+{
+    tl_params *p = tl_params_new();
+    tl_params_add(p, "big", 2, (int64_t[]){517, 263}, TL_INIT_CONST, 0.0f, 0);
+    tl_rng rng;
+    tl_rng_seed(&rng, 3);
+    CHECK(tl_params_alloc(p, &rng) == TL_OK);
+    int64_t n = tl_params_numel(p);
+    float *g = tl_params_grads(p);
+    int threads = tl_threads_get();
+    tl_threads_set(2);
+    double ss = 0;
+    for (int64_t j = 0; j < n; j++) {
+        g[j] = (float)((j % 97) - 48) * 0.25f;
+        ss += (double)g[j] * g[j];
+    }
+    double norm = tl_grad_norm(p);
+    CHECK_MSG(fabs(norm - sqrt(ss)) <= 1e-12 * sqrt(ss), "norm %.17g, double sum %.17g", norm,
+              sqrt(ss));
+    tl_params_zero_grad(p);
+    int64_t nonzero = 0;
+    for (int64_t j = 0; j < n; j++)
+        nonzero += g[j] != 0.0f;
+    CHECK_MSG(nonzero == 0, "%lld of %lld gradients not zeroed", (long long)nonzero,
+              (long long)n);
+    tl_threads_set(threads);
+    tl_params_free(p);
+}
+
 /* Clipping folded into the update gives the bits of clipping in place and
  * then updating, for AdamW and SGD, and leaves the stored gradients alone. */
 static void test_step_scaled(void)
@@ -195,6 +227,7 @@ int main(void)
     test_adamw();
     test_sgd();
     test_clip();
+    test_large_store();
     test_step_scaled();
     test_schedules();
     return gc_finish("optimizers and schedules");

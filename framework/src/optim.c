@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "internal.h"
+#include "ops/vmath.h"
 
 /* Parameters below which the update stays on one thread. */
 enum { TL_OPTIM_PARALLEL_MIN = 1 << 16 };
@@ -114,17 +115,18 @@ tl_status tl_optim_step_scaled(tl_params *p, const tl_optim_config *c, float lr,
     return TL_OK;
 }
 
+TL_MULTIVERSION
+static double tl_sumsq(const float *x, int64_t n)
+{
+    double lane[TL_VLANES] = {0};
+    tl_vsumsq_lanes(lane, x, n);
+    return tl_vlanes_sum_f64(lane);
+}
+
 double tl_grad_norm(const tl_params *p)
 {
     const float *g = tl_params_grads(p);
-    if (!g)
-        return 0.0;
-    double s = 0.0;
-    int64_t n = tl_params_numel(p);
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < n; j++)
-        s += (double)g[j] * g[j];
-    return sqrt(s);
+    return g ? sqrt(tl_sumsq(g, tl_params_numel(p))) : 0.0;
 }
 
 float tl_clip_scale(double norm, double max_norm)

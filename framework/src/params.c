@@ -4,6 +4,9 @@
 
 #include "internal.h"
 
+/* Gradients below this many floats are zeroed on one thread. */
+enum { TL_PARAMS_ZERO_PARALLEL_MIN = 1 << 16 };
+
 typedef struct tl_param_entry {
     tl_tensor *tensor; /* heap-allocated on its own, so the pointer never moves */
     tl_init init;
@@ -148,6 +151,15 @@ float *tl_params_v(const tl_params *p) { return p->block ? p->block + 3 * p->num
 
 void tl_params_zero_grad(tl_params *p)
 {
-    if (p->block)
-        memset(p->block + p->numel, 0, (size_t)p->numel * sizeof(float));
+    if (!p->block)
+        return;
+    float *grads = p->block + p->numel;
+    /* Split over the threads: a model's gradients are megabytes, and one
+     * thread's memset would leave the others idle at the start of each step. */
+#pragma omp parallel if (p->numel > TL_PARAMS_ZERO_PARALLEL_MIN)
+    {
+        int64_t lo, hi;
+        tl_thread_range(p->numel, &lo, &hi);
+        memset(grads + lo, 0, (size_t)(hi - lo) * sizeof(float));
+    }
 }

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "ops/vmath.h"
 #include "thinklab/shards.h"
 
 enum { TL_SHARDS_MAX = 256 };
@@ -119,29 +120,34 @@ static void tl_shard_run(tl_shard *sh, int i, int n, tl_shard_loss_fn fn, void *
     }
 }
 
+/* Floats per chunk of the sum below: 16 KiB per buffer, so that the adds,
+ * the zeroing and the squares of a chunk all find it in L1. */
+enum { TL_SHARDS_SUM_CHUNK = 4096 };
+
 /* Adds the shard buffers into grads over [lo, hi) when add is true and
  * zeroes the buffers there either way. Returns the sum of squares of the
- * summed gradients (0 when add is false). */
+ * summed gradients (0 when add is false). Each element is summed in shard
+ * order; the squares go to TL_VLANES partial sums with a fixed fold. */
 TL_MULTIVERSION
 static double tl_shards_sum_range(tl_shards *s, float *grads, int64_t lo, int64_t hi, bool add)
 {
-    double sq = 0.0;
-    if (!add) {
-        for (int i = 1; i < s->n; i++)
-            memset(s->shard[i].grads + lo, 0, (size_t)(hi - lo) * sizeof(float));
-        return sq;
-    }
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = lo; j < hi; j++) {
-        float g = grads[j];
+    double lane[TL_VLANES] = {0};
+    for (int64_t c0 = lo; c0 < hi; c0 += TL_SHARDS_SUM_CHUNK) {
+        int64_t m = hi - c0 < TL_SHARDS_SUM_CHUNK ? hi - c0 : TL_SHARDS_SUM_CHUNK;
+        float *restrict g = grads + c0;
         for (int i = 1; i < s->n; i++) {
-            g += s->shard[i].grads[j];
-            s->shard[i].grads[j] = 0.0f;
+            float *restrict gi = s->shard[i].grads + c0;
+            if (add) {
+#pragma omp simd
+                for (int64_t j = 0; j < m; j++)
+                    g[j] += gi[j];
+            }
+            memset(gi, 0, (size_t)m * sizeof(float));
         }
-        grads[j] = g;
-        sq += (double)g * g;
+        if (add)
+            tl_vsumsq_lanes(lane, g, m);
     }
-    return sq;
+    return tl_vlanes_sum_f64(lane);
 }
 
 tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, double *loss)

@@ -167,4 +167,54 @@ static inline float tl_vsum(const float *x, int64_t n)
     return tl_vlanes_sum(lane);
 }
 
+/* Four floats and four doubles as single values: locals of these types stay
+ * in vector registers, where a double lane array indexed in the loop is
+ * loaded and stored at every step. */
+typedef float tl_vmath_f4 __attribute__((vector_size(16)));
+typedef double tl_vmath_d4 __attribute__((vector_size(32)));
+
+/* lane[l] += x[j]^2 in double over j < n, element j going to lane j mod
+ * TL_VLANES counted from x. Each square of a float is exact in double, so
+ * contracting the multiply-add into an FMA changes no bit. Chunks of a long
+ * array can be passed one after another; tl_vlanes_sum_f64 folds the lanes. */
+static inline void tl_vsumsq_lanes(double *lane, const float *x, int64_t n)
+{
+    tl_vmath_d4 acc[4];
+    memcpy(acc, lane, sizeof acc);
+    tl_vmath_d4 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int64_t j0 = 0;
+    for (; j0 + TL_VLANES <= n; j0 += TL_VLANES) {
+        tl_vmath_f4 f0, f1, f2, f3;
+        memcpy(&f0, x + j0, sizeof f0);
+        memcpy(&f1, x + j0 + 4, sizeof f1);
+        memcpy(&f2, x + j0 + 8, sizeof f2);
+        memcpy(&f3, x + j0 + 12, sizeof f3);
+        tl_vmath_d4 d0 = __builtin_convertvector(f0, tl_vmath_d4);
+        tl_vmath_d4 d1 = __builtin_convertvector(f1, tl_vmath_d4);
+        tl_vmath_d4 d2 = __builtin_convertvector(f2, tl_vmath_d4);
+        tl_vmath_d4 d3 = __builtin_convertvector(f3, tl_vmath_d4);
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+        a2 += d2 * d2;
+        a3 += d3 * d3;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    memcpy(lane, acc, sizeof acc);
+    for (int64_t j = j0; j < n; j++)
+        lane[j - j0] += (double)x[j] * x[j];
+}
+
+static inline double tl_vlanes_sum_f64(const double *lane)
+{
+    double a[8], b[4];
+    for (int l = 0; l < 8; l++)
+        a[l] = lane[l] + lane[l + 8];
+    for (int l = 0; l < 4; l++)
+        b[l] = a[l] + a[l + 4];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
 #endif
