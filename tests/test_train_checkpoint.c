@@ -241,6 +241,107 @@ static void test_rejections(void)
     remove(path);
 }
 
+/* Flips the lowest bit of byte `at` of the stored value of dataset name in
+ * path, as a damaged disk would. The dataset must have contiguous storage. */
+static void flip_dataset_byte(const char *path, const char *name, long at)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = f >= 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+    haddr_t offset = d >= 0 ? H5Dget_offset(d) : HADDR_UNDEF;
+    hsize_t size = d >= 0 ? H5Dget_storage_size(d) : 0;
+    CHECK_MSG(offset != HADDR_UNDEF, "%s has no contiguous storage in %s", name, path);
+    CHECK_MSG((hsize_t)at < size, "%s has %llu stored bytes, so byte %ld does not exist", name,
+              (unsigned long long)size, at);
+    if (d >= 0)
+        H5Dclose(d);
+    if (f >= 0)
+        H5Fclose(f);
+    if (offset == HADDR_UNDEF || (hsize_t)at >= size)
+        return;
+
+    FILE *fp = fopen(path, "r+b");
+    CHECK(fp != NULL);
+    if (!fp)
+        return;
+    CHECK(fseek(fp, (long)offset + at, SEEK_SET) == 0);
+    int byte = fgetc(fp);
+    CHECK(byte != EOF);
+    CHECK(fseek(fp, (long)offset + at, SEEK_SET) == 0);
+    CHECK(fputc(byte ^ 0x01, fp) != EOF);
+    fclose(fp);
+}
+
+static void delete_attr(const char *path, const char *name)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    CHECK(f >= 0);
+    CHECK(H5Adelete(f, name) >= 0);
+    H5Fclose(f);
+}
+
+/* A damaged configuration or architecture fingerprint is reported as damage
+ * and leaves the trainer alone. A file without config_checksum, as written
+ * before it existed, loads without the check. */
+static void test_config_checksum(void)
+{
+    char path[512], other[512];
+    tu_path(path, sizeof path, "train_config_sum.h5");
+    tu_path(other, sizeof other, "train_config_sum_other.h5");
+    tl_model *m = model(11);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    if (!tr) {
+        tl_model_free(m);
+        return;
+    }
+    CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    CHECK(tl_trainer_step(tr) == TL_OK); /* the trainer now differs from the file */
+    int64_t n = 0;
+    float *before = block_copy(m, &n);
+    char want[700];
+    snprintf(want, sizeof want, "checkpoint '%s': the configuration (config_json, arch/names or "
+                                "arch/shapes) does not match config_checksum; the file is "
+                                "damaged. Restore it from a copy",
+             other);
+
+    /* One byte of config_json, which the loader reads for the checksum
+     * alone. */
+    copy_file(path, other);
+    flip_dataset_byte(other, "config_json", 10);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), want), "%s", tl_errmsg());
+
+    /* One byte of a parameter name: damage, not another architecture. */
+    copy_file(path, other);
+    flip_dataset_byte(other, "arch/names", 2);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), want), "%s", tl_errmsg());
+
+    int64_t n2 = 0;
+    float *after = block_copy(m, &n2);
+    CHECK(n == n2);
+    CHECK_MSG(n == n2 && memcmp(before, after, 3 * (size_t)n * sizeof *before) == 0,
+              "a rejected load changed the parameters or moments");
+    CHECK(tl_trainer_step_index(tr) == 2);
+    free(after);
+
+    /* Without the attribute, a damaged config_json goes unnoticed as it
+     * did before. */
+    copy_file(path, other);
+    delete_attr(other, "config_checksum");
+    flip_dataset_byte(other, "config_json", 10);
+    CHECK_MSG(tl_trainer_load(tr, other) == TL_OK, "%s", tl_errmsg());
+    CHECK(tl_trainer_step_index(tr) == 1);
+
+    free(before);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+    remove(other);
+}
+
 /* A save that cannot create path.tmp fails and keeps the old checkpoint. */
 static void test_failed_save_keeps_previous(void)
 {
@@ -351,6 +452,7 @@ int main(void)
     tu_data_load(&D);
     tu_run("test_resume_bit_exact", test_resume_bit_exact);
     tu_run("test_rejections", test_rejections);
+    tu_run("test_config_checksum", test_config_checksum);
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);

@@ -6,8 +6,10 @@
  *               step, batches_drawn, batch_size, context, numel (int64),
  *               world (int64: ranks that wrote it; batch_size is per rank),
  *               checksum (uint64, FNV-1a over params/data, m and v),
- *               state_checksum (uint64, FNV-1a over rng, step and batches_drawn;
- *               files written before it existed load without the check)
+ *               state_checksum (uint64, FNV-1a over rng, step and batches_drawn),
+ *               config_checksum (uint64, FNV-1a over config_json, arch/names and
+ *               arch/shapes). Files written before state_checksum or
+ *               config_checksum existed load without that check.
  *   rng         uint64 (4): the batch-sampling xoshiro state
  *   config_json string: trainer and model configuration
  *   arch/names  string: parameter names in store order, one per line
@@ -74,6 +76,24 @@ static uint64_t state_checksum(const uint64_t rng[4], int64_t step, int64_t draw
     uint64_t h = fnv1a(0xcbf29ce484222325ULL, rng, 4 * sizeof rng[0]);
     h = fnv1a(h, &step, sizeof step);
     return fnv1a(h, &drawn, sizeof drawn);
+}
+
+/* Checksum of the configuration text and the architecture fingerprint. Each
+ * part is hashed after its length, so that bytes moved from one part to the
+ * next change the sum. */
+static uint64_t config_checksum(const char *config, const char *names, const int64_t *shapes,
+                                size_t n_params)
+{
+    uint64_t h = 14695981039346656037ull;
+    const char *texts[2] = {config, names};
+    for (int i = 0; i < 2; i++) {
+        uint64_t len = strlen(texts[i]);
+        h = fnv1a(h, &len, sizeof len);
+        h = fnv1a(h, texts[i], (size_t)len);
+    }
+    uint64_t rows = n_params;
+    h = fnv1a(h, &rows, sizeof rows);
+    return fnv1a(h, shapes, n_params * SHAPE_COLS * sizeof *shapes);
 }
 
 static uint64_t block_checksum(const float *data, const float *m, const float *v, int64_t n)
@@ -240,6 +260,8 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, write_attr(file, "checksum", H5T_NATIVE_UINT64, &checksum));
     uint64_t state = state_checksum(tr->rng.s, tr->step, tr->sampler.batches_drawn);
     CK_H5(path, write_attr(file, "state_checksum", H5T_NATIVE_UINT64, &state));
+    uint64_t config = config_checksum(tr->config_json, names, shapes, (size_t)n_params);
+    CK_H5(path, write_attr(file, "config_checksum", H5T_NATIVE_UINT64, &config));
 
     hsize_t four = 4;
     CK_H5(path, write_array(file, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &four, tr->rng.s));
@@ -355,19 +377,17 @@ static herr_t read_vector(hid_t loc, const char *name, hid_t mem_type, hsize_t n
     return st;
 }
 
-/* Compares the stored fingerprint with the trainer's parameters and names the
- * first difference. */
-static tl_status check_arch(const char *path, hid_t file, const tl_params *p)
+/* Reads arch/names and the (n, SHAPE_COLS) table arch/shapes into heap
+ * buffers, which the caller frees, also after a failure. */
+static tl_status read_arch(const char *path, hid_t file, char **names_out, int64_t **shapes_out,
+                           size_t *n_out)
 {
     tl_status st = TL_EIO;
-    char *names = NULL;
-    int64_t *shapes = NULL, *mine = NULL;
-    char *my_names = NULL;
     hid_t group = -1, dset = -1, space = -1;
 
     CK_H5(path, group = H5Gopen2(file, "arch", H5P_DEFAULT));
-    names = read_text(group, "names");
-    if (!names) {
+    *names_out = read_text(group, "names");
+    if (!*names_out) {
         h5_error(path, "reading arch/names");
         goto fail;
     }
@@ -381,17 +401,73 @@ static tl_status check_arch(const char *path, hid_t file, const tl_params *p)
         goto out;
     }
     size_t n_file = (size_t)dims[0];
-    shapes = calloc(n_file ? n_file * SHAPE_COLS : 1, sizeof *shapes);
+    int64_t *shapes = calloc(n_file ? n_file * SHAPE_COLS : 1, sizeof *shapes);
+    *shapes_out = shapes;
     if (!shapes) {
         st = tl_seterr(TL_ENOMEM, "no memory for the checkpoint's shape table");
         goto out;
     }
     if (n_file)
         CK_H5(path, H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, shapes));
-    st = arch_describe(p, &my_names, &mine);
-    if (st != TL_OK)
-        goto out;
+    *n_out = n_file;
+    st = TL_OK;
+    goto out;
 
+fail:
+    st = TL_EIO;
+out:
+    if (space >= 0)
+        H5Sclose(space);
+    if (dset >= 0)
+        H5Dclose(dset);
+    if (group >= 0)
+        H5Gclose(group);
+    return st;
+}
+
+/* Compares the config_checksum attribute with config_json and the
+ * architecture fingerprint as read from the file. Files written before the
+ * attribute existed pass without the check. */
+static tl_status check_config(const char *path, hid_t file, const char *names,
+                              const int64_t *shapes, size_t n_params)
+{
+    htri_t has = H5Aexists(file, "config_checksum");
+    if (has < 0) {
+        h5_error(path, "H5Aexists(config_checksum)");
+        return TL_EIO;
+    }
+    if (has == 0)
+        return TL_OK;
+    uint64_t stored = 0;
+    if (read_attr(file, "config_checksum", H5T_NATIVE_UINT64, &stored) < 0) {
+        h5_error(path, "reading config_checksum");
+        return TL_EIO;
+    }
+    char *config = read_text(file, "config_json");
+    if (!config) {
+        h5_error(path, "reading config_json");
+        return TL_EIO;
+    }
+    bool same = config_checksum(config, names, shapes, n_params) == stored;
+    free(config);
+    if (!same)
+        return tl_seterr(TL_EFORMAT, "checkpoint '%s': the configuration (config_json, "
+                                     "arch/names or arch/shapes) does not match config_checksum; "
+                                     "the file is damaged. Restore it from a copy or resume "
+                                     "from an earlier checkpoint", path);
+    return TL_OK;
+}
+
+/* Compares the fingerprint read by read_arch with the trainer's parameters
+ * and names the first difference. Splits names into lines in place. */
+static tl_status check_arch(const char *path, char *names, const int64_t *shapes, size_t n_file,
+                            const tl_params *p)
+{
+    int64_t *mine = NULL;
+    char *my_names = NULL;
+    tl_status st = arch_describe(p, &my_names, &mine);
+    if (st != TL_OK)
+        return st;
     /* Walk both lists in order; the first differing name or shape is reported. */
     size_t n_mine = tl_params_count(p);
     char *file_name = names, *my_name = my_names;
@@ -440,19 +516,8 @@ static tl_status check_arch(const char *path, hid_t file, const tl_params *p)
         goto out;
     }
     st = TL_OK;
-    goto out;
 
-fail:
-    st = TL_EIO;
 out:
-    if (space >= 0)
-        H5Sclose(space);
-    if (dset >= 0)
-        H5Dclose(dset);
-    if (group >= 0)
-        H5Gclose(group);
-    free(names);
-    free(shapes);
     free(mine);
     free(my_names);
     return st;
@@ -465,6 +530,9 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tl_params *p = tr->params;
     int64_t numel = tl_params_numel(p);
     float *data = NULL, *m = NULL, *v = NULL;
+    char *names = NULL;
+    int64_t *shapes = NULL;
+    size_t n_arch = 0;
     hid_t file = -1, group = -1;
     tl_status st = TL_EIO;
 
@@ -498,7 +566,13 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
                        path, (int)version, (int)TL_CHECKPOINT_FORMAT_VERSION);
         goto out;
     }
-    st = check_arch(path, file, p);
+    /* The checksum comes before the comparison, so that a damaged name or
+     * shape is reported as damage, not as another architecture. */
+    st = read_arch(path, file, &names, &shapes, &n_arch);
+    if (st == TL_OK)
+        st = check_config(path, file, names, shapes, n_arch);
+    if (st == TL_OK)
+        st = check_arch(path, names, shapes, n_arch, p);
     if (st != TL_OK)
         goto out;
 
@@ -596,5 +670,7 @@ out:
     free(data);
     free(m);
     free(v);
+    free(names);
+    free(shapes);
     return st;
 }
