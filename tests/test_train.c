@@ -295,6 +295,88 @@ static void test_callback(void)
     tl_model_free(m);
 }
 
+/* What the throughput test's callback collects over the run. */
+typedef struct throughput_state {
+    int64_t previous_step;  /* step of the previous callback */
+    double step_s;          /* step time implied by tokens_per_s, summed over the windows */
+    double elapsed_s;       /* elapsed_s of the latest callback */
+    double max_eta_error;   /* largest |eta_s * tokens_per_s - remaining tokens|, relative */
+    int windows;
+    int bad_rates;          /* windows whose tokens_per_s is not finite and positive */
+} throughput_state;
+
+static int throughput_callback(const tl_train_stats *s, void *user)
+{
+    throughput_state *st = user;
+    int64_t tokens = (s->step - st->previous_step) * 256; /* B 8 x T 32 per step */
+    st->previous_step = s->step;
+    st->elapsed_s = s->elapsed_s;
+    st->windows++;
+    if (!isfinite(s->tokens_per_s) || s->tokens_per_s <= 0) {
+        st->bad_rates++;
+        return TL_TRAIN_CONTINUE;
+    }
+    st->step_s += (double)tokens / s->tokens_per_s;
+    double remaining = (double)(s->total - s->step) * 256;
+    double error = fabs(s->eta_s * s->tokens_per_s - remaining) / fmax(remaining, 1.0);
+    st->max_eta_error = fmax(st->max_eta_error, error);
+    return TL_TRAIN_CONTINUE;
+}
+
+/* tokens_per_s and eta_s count step time only. An evaluation after every
+ * second step runs 128 forward batches against the two steps' forward and
+ * backward passes. On one thread of a 2-core AMD EPYC host under a load
+ * average of 4, the evaluations took 22 to 37 times the step time, and a
+ * window that timed them implied as much step time as elapsed time. The
+ * check allows a factor of 4, so that load, which slows steps and
+ * evaluations alike, does not fail it. */
+static void test_throughput_excludes_eval(void)
+{
+    tl_model *m = tu_model(tl_tokenizer_vocab_size(D.tok), 1, false, NULL, 23);
+    tl_train_config c = tu_config(6);
+    c.eval_every = 2;
+    c.eval_batches = 128;
+    c.callback_every = 2;
+    /* On 2 threads the steps would run as data-parallel shards and the
+     * evaluations would not. On one thread both run their ops alike, so
+     * machine load slows them alike. */
+    c.threads = 1;
+    throughput_state st = {0};
+    c.callback = throughput_callback;
+    c.callback_user = &st;
+    /* Validation on the 64 kB training slice: the 8 kB validation slice
+     * holds only 32 batches. */
+    tl_train_data data = D.data;
+    data.val = &D.train;
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    tl_trainer *tr = tl_trainer_new(m, &data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    if (!tr) {
+        tl_model_free(m);
+        return;
+    }
+    CHECK_MSG(tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double wall = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    fprintf(stderr, "throughput: step time %.4f s from tokens_per_s, elapsed %.4f s\n",
+            st.step_s, st.elapsed_s);
+
+    CHECK_MSG(st.windows == 3, "%d callbacks", st.windows);
+    CHECK_MSG(st.bad_rates == 0, "%d windows without a positive rate", st.bad_rates);
+    CHECK_MSG(st.step_s * 4.0 <= st.elapsed_s,
+              "tokens_per_s implies %.4f s of step time in %.4f s elapsed, more than a quarter "
+              "although the evaluations take most of the run, so the window counted them",
+              st.step_s, st.elapsed_s);
+    CHECK_MSG(st.max_eta_error < 1e-9, "eta_s disagrees with tokens_per_s by %g",
+              st.max_eta_error);
+    CHECK_MSG(st.elapsed_s <= wall, "elapsed_s %.4f s exceeds the run's wall time %.4f s",
+              st.elapsed_s, wall);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+}
+
 /* Without a terminal, progress goes to stderr as one line per interval and
  * a final line with the elapsed time. */
 static void test_progress_lines(void)
@@ -394,6 +476,7 @@ int main(void)
     tu_run("test_eval_consistency", test_eval_consistency);
     tu_run("test_arena_steady", test_arena_steady);
     tu_run("test_callback", test_callback);
+    tu_run("test_throughput_excludes_eval", test_throughput_excludes_eval);
     tu_run("test_determinism", test_determinism);
     tu_run("test_shards_match_one_context", test_shards_match_one_context);
     tu_data_free(&D);

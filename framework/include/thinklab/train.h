@@ -61,11 +61,15 @@ typedef struct tl_train_stats {
     double aux_loss;       /* aux_weight times the routing loss of the last step (0 if none) */
     double lr;             /* learning rate of the last step */
     double grad_norm;      /* global gradient norm of the last step, before clipping */
-    double tokens_per_s;   /* throughput since the previous callback or progress line */
+    double tokens_per_s;   /* training tokens per second of step time since the previous
+                              callback or progress line; time spent between steps
+                              (evaluation, checkpoints, callbacks) is not counted */
     double flops_per_step; /* forward + backward FLOPs of the last step */
     double flops_total;    /* FLOPs of all steps of this process so far */
     double elapsed_s;      /* wall time of tl_trainer_run so far, seconds */
-    double eta_s;          /* estimated seconds to the last step */
+    double eta_s;          /* estimated seconds of step time to the last step, from the
+                              same window as tokens_per_s; evaluations and checkpoints
+                              still to come are not included */
     int64_t eval_step;     /* step of the last evaluation, -1 if none yet */
     double eval_loss;      /* validation loss of the last evaluation; NaN if none */
     double eval_perplexity;

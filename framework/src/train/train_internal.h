@@ -78,8 +78,8 @@ struct tl_trainer {
 
     /* Progress and timing. */
     double run_start;         /* monotonic seconds at the start of tl_trainer_run */
-    double window_start;      /* start of the current throughput window */
-    int64_t window_steps;
+    double window_step_s;     /* summed step times (dt of tl_trainer_step) of the window */
+    int64_t window_steps;     /* steps run within the current window */
     bool progress_in_place;   /* stderr is a terminal: rewrite one line with \r */
     bool progress_dirty;      /* an in-place line is on screen without its newline */
 };

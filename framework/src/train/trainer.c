@@ -380,7 +380,10 @@ tl_status tl_trainer_step(tl_trainer *tr)
     s->grad_norm = norm;
     s->flops_per_step = flops;
     s->flops_total += flops;
+    /* dt ends before the log record below, so a log flush does not count
+     * as step time either. */
     tr->window_steps++;
+    tr->window_step_s += dt;
 
     if (tr->log) {
         tl_log_train_record rec = {
@@ -412,19 +415,21 @@ static void format_duration(double sec, char *buf, size_t size)
         snprintf(buf, size, "%lds", s);
 }
 
-/* Updates throughput, elapsed time and ETA, and starts a new window. */
+/* Updates throughput, elapsed time and ETA, and starts a new window. The
+ * throughput and the ETA's time per step count only the window's step times,
+ * so that evaluation, calibration, checkpoints and callbacks between steps do
+ * not lower them. The elapsed time is wall time. */
 static void update_timing(tl_trainer *tr)
 {
-    double now = tl_train_now();
     tl_train_stats *s = &tr->stats;
-    double window = now - tr->window_start;
-    if (tr->window_steps > 0 && window > 0)
+    double step_s = tr->window_step_s;
+    if (tr->window_steps > 0 && step_s > 0)
         s->tokens_per_s = (double)(tr->window_steps * tr->cfg.batch_size * tr->cfg.context *
-                                   tr->cfg.world) / window;
-    s->elapsed_s = now - tr->run_start;
-    double per_step = window / (double)(tr->window_steps ? tr->window_steps : 1);
+                                   tr->cfg.world) / step_s;
+    s->elapsed_s = tl_train_now() - tr->run_start;
+    double per_step = step_s / (double)(tr->window_steps ? tr->window_steps : 1);
     s->eta_s = per_step * (double)(s->total - s->step);
-    tr->window_start = now;
+    tr->window_step_s = 0.0;
     tr->window_steps = 0;
 }
 
@@ -516,7 +521,8 @@ tl_status tl_trainer_run(tl_trainer *tr)
     const tl_train_config *c = &tr->cfg;
     bool leader = c->rank == 0;
     bool can_eval = tr->data.val != NULL;
-    tr->run_start = tr->window_start = tl_train_now();
+    tr->run_start = tl_train_now();
+    tr->window_step_s = 0.0;
     tr->window_steps = 0;
     int64_t last_eval = -1, last_checkpoint = tr->step;
     bool stop = false;
