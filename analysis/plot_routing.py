@@ -2,8 +2,9 @@
 """Plot routing statistics of every routed layer (ITT, MoD) over training.
 
 For each routed layer and routed step: the fraction of tokens selected, the
-router score mean with one standard deviation, and the score histogram of the
-last logged step. Writes one PNG per log.
+router score mean with a band of one standard deviation (cut to the score
+range of the gate for ITT layers), and the score histogram of the last logged
+step. Writes one PNG per log.
 """
 
 import argparse
@@ -18,6 +19,25 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
+
+
+# Score ranges of the ITT router gates (option `router` of plugins/itt). MoD
+# layers log the raw logits x·w, which have no bounds.
+ITT_GATE_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def score_range(f, name, kind):
+    """Return the (low, high) range of a routed layer's scores, or None when
+    the scores are unbounded or the log's configuration does not name the
+    layer's gate."""
+    if kind != "itt":
+        return None
+    prefix, _, index = name.partition(".")
+    layers = tllog.config(f).get("model", {}).get("layers", [])
+    if prefix != "layers" or not index.isdigit() or int(index) >= len(layers):
+        return None
+    options = layers[int(index)].get("options", {})
+    return ITT_GATE_RANGES.get(options.get("router"))
 
 
 def no_routing_groups(f):
@@ -65,8 +85,10 @@ def main(argv=None):
                     continue
                 step, frac, mean, std, agree = (g[k][:n] for k in (
                     "step", "fraction", "score_mean", "score_std", "topk_agreement"))
-                layers.append((name, g.attrs.get("kind", ""), step, frac, mean, std,
-                               g["histogram"][len(step) - 1], g["bin_edges"][:]))
+                kind = g.attrs.get("kind", "")
+                layers.append((name, kind, step, frac, mean, std,
+                               g["histogram"][len(step) - 1], g["bin_edges"][:],
+                               score_range(f, name, kind)))
                 layers_agreement.append(agree)
             title = tllog.run_name(f, path)
             flush_advice = tllog.wait_for_flush(f)
@@ -76,7 +98,7 @@ def main(argv=None):
             continue
 
         fig, axes = plt.subplots(len(layers), 3, figsize=(13, 3.2 * len(layers)), squeeze=False)
-        for row, (name, kind, steps, frac, mean, std, hist, edges) in enumerate(layers):
+        for row, (name, kind, steps, frac, mean, std, hist, edges, bounds) in enumerate(layers):
             a_frac, a_score, a_hist = axes[row]
             agree = layers_agreement[row]
             for t in range(frac.shape[1]):
@@ -85,8 +107,12 @@ def main(argv=None):
                 if np.isfinite(agree[:, t]).any():
                     a_frac.plot(steps, agree[:, t], lw=1, ls="--", color=line.get_color())
                 a_score.plot(steps, mean[:, t], lw=1, label=label)
-                a_score.fill_between(steps, mean[:, t] - std[:, t], mean[:, t] + std[:, t],
-                                     alpha=0.15)
+                low, high = mean[:, t] - std[:, t], mean[:, t] + std[:, t]
+                if bounds is not None:
+                    # Scores crowded at one end of the gate's range put
+                    # mean ± std past it, where no score can lie.
+                    low, high = np.clip(low, *bounds), np.clip(high, *bounds)
+                a_score.fill_between(steps, low, high, alpha=0.15)
                 a_hist.stairs(hist[t], edges, label=label)
             a_frac.set_title(f"{name} ({kind}): fraction selected" +
                              ("\n(dashed: agreement with top-k)" if np.isfinite(agree).any()

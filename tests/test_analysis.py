@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -263,6 +264,65 @@ def test_plot_routing(logs, scratch):
     assert r.returncode == 2
     assert "no routed layers" in r.stderr
     assert "set one of these" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("router, kind, limits", [
+    ("sigmoid", "itt", (0.0, 1.0)),
+    ("tanh", "itt", (-1.0, 1.0)),
+    ("sigmoid", "mod", None),
+])
+def test_plot_routing_band_in_range(logs, scratch, monkeypatch, router, kind, limits):
+    """The band of router score mean ± std stays in the ITT gate's range and
+    reaches both ends. A copy of the ITT log gets the router and kind under
+    test and means near either end of the range, with a std that carries
+    mean ± std past it. MoD scores are unbounded logits, so their band keeps
+    the logged values."""
+    folder, _ = logs
+    path = os.path.join(scratch, f"band_{router}_{kind}.h5")
+    shutil.copy(os.path.join(folder, "itt.h5"), path)
+    low, high = limits or (0.0, 1.0)
+    width = high - low
+    with h5py.File(path, "r+") as f:
+        g = f["routing/layers.1"]
+        rows, steps = g["score_mean"].shape
+        # Rows alternate between means near the low and the high end. A std
+        # of 0.3 of the range carries the band 0.2 of the range past both.
+        near_low = np.arange(rows) % 2 == 0
+        mean = np.where(near_low, low + 0.1 * width, high - 0.1 * width)
+        g["score_mean"][...] = np.repeat(mean[:, None], steps, axis=1)
+        g["score_std"][...] = np.full((rows, steps), 0.3 * width)
+        g.attrs["kind"] = kind
+        config = json.loads(f["meta/config_json"].asstr()[()])
+        config["model"]["layers"][1]["options"]["router"] = router
+        del f["meta/config_json"]
+        f["meta/config_json"] = json.dumps(config)
+
+    figures = []
+    save_figure = tllog.save_figure
+
+    def keep_figure(fig, *args, **kwargs):
+        figures.append(fig)
+        return save_figure(fig, *args, **kwargs)
+
+    monkeypatch.setattr(tllog, "save_figure", keep_figure)
+    status, err = run_main("plot_routing.py", path, "-o", os.path.join(scratch, "figures"))
+    assert status == 0, err
+    assert len(figures) == 1
+    score_axes = [a for a in figures[0].axes if a.get_title() == "router score mean ± std"]
+    assert len(score_axes) == 1
+    bands = score_axes[0].collections
+    assert len(bands) == steps
+    y = np.concatenate([p.vertices[:, 1] for band in bands for p in band.get_paths()])
+    y = y[np.isfinite(y)]
+    assert len(y) > 0
+    if limits is None:
+        assert y.min() == pytest.approx(0.1 - 0.3)
+        assert y.max() == pytest.approx(0.9 + 0.3)
+    else:
+        assert y.min() >= low
+        assert y.max() <= high
+        assert y.min() == pytest.approx(low)
+        assert y.max() == pytest.approx(high)
 
 
 def test_plot_token_grads(logs, scratch):
