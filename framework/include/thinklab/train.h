@@ -67,9 +67,9 @@ typedef struct tl_train_stats {
     double flops_per_step; /* forward + backward FLOPs of the last step */
     double flops_total;    /* FLOPs of all steps of this process so far */
     double elapsed_s;      /* wall time of tl_trainer_run so far, seconds */
-    double eta_s;          /* estimated seconds of step time to the last step, from the
-                              same window as tokens_per_s; evaluations and checkpoints
-                              still to come are not included */
+    double eta_s;          /* estimated wall seconds to the last step: elapsed_s per step
+                              run so far, evaluations and checkpoints included, times
+                              the steps left; NaN before the first step */
     int64_t eval_step;     /* step of the last evaluation, -1 if none yet */
     double eval_loss;      /* validation loss of the last evaluation; NaN if none */
     double eval_perplexity;

@@ -78,6 +78,7 @@ struct tl_trainer {
 
     /* Progress and timing. */
     double run_start;         /* monotonic seconds at the start of tl_trainer_run */
+    int64_t run_start_step;   /* step at the start of tl_trainer_run (above 0 on resume) */
     double window_step_s;     /* summed step times (dt of tl_trainer_step) of the window */
     int64_t window_steps;     /* steps run within the current window */
     bool progress_in_place;   /* stderr is a terminal: rewrite one line with \r */

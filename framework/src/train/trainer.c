@@ -416,9 +416,10 @@ static void format_duration(double sec, char *buf, size_t size)
 }
 
 /* Updates throughput, elapsed time and ETA, and starts a new window. The
- * throughput and the ETA's time per step count only the window's step times,
- * so that evaluation, calibration, checkpoints and callbacks between steps do
- * not lower them. The elapsed time is wall time. */
+ * throughput counts only the window's step times, so that evaluation,
+ * calibration, checkpoints and callbacks between steps do not lower it. The
+ * ETA is wall time: the run's elapsed time per step so far, those pauses
+ * included, times the steps left. */
 static void update_timing(tl_trainer *tr)
 {
     tl_train_stats *s = &tr->stats;
@@ -427,8 +428,8 @@ static void update_timing(tl_trainer *tr)
         s->tokens_per_s = (double)(tr->window_steps * tr->cfg.batch_size * tr->cfg.context *
                                    tr->cfg.world) / step_s;
     s->elapsed_s = tl_train_now() - tr->run_start;
-    double per_step = step_s / (double)(tr->window_steps ? tr->window_steps : 1);
-    s->eta_s = per_step * (double)(s->total - s->step);
+    int64_t done = s->step - tr->run_start_step;
+    s->eta_s = done > 0 ? s->elapsed_s / (double)done * (double)(s->total - s->step) : NAN;
     tr->window_step_s = 0.0;
     tr->window_steps = 0;
 }
@@ -522,6 +523,7 @@ tl_status tl_trainer_run(tl_trainer *tr)
     bool leader = c->rank == 0;
     bool can_eval = tr->data.val != NULL;
     tr->run_start = tl_train_now();
+    tr->run_start_step = tr->step;
     tr->window_step_s = 0.0;
     tr->window_steps = 0;
     int64_t last_eval = -1, last_checkpoint = tr->step;
