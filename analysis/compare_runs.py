@@ -7,6 +7,11 @@ steps). Then the last validation loss and perplexity under top-k routing,
 under the causal threshold (with the realised selected fraction) and under
 calibrated thresholds. A model without routed layers routes nothing, so its one
 evaluation fills the top-k, causal and calibrated columns alike.
+
+A run whose last logged step falls short of the steps its configuration
+plans (train.steps) has not finished: the Markdown table gives its steps as
+"850 of 3000" and a note under the table says so, and the CSV holds the
+planned steps in planned_steps.
 """
 
 import argparse
@@ -22,7 +27,9 @@ import tllog  # noqa: E402
 
 COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
            "val_loss_causal", "ppl_causal", "causal_fraction", "val_loss_calibrated",
-           "ppl_calibrated", "steps"]
+           "ppl_calibrated", "steps", "planned_steps"]
+# The Markdown table shows the planned steps inside the steps cell.
+MD_COLUMNS = COLUMNS[:-1]
 
 
 def last_eval(rows, mode):
@@ -49,6 +56,8 @@ def summarize(path, tail):
                        else (np.array([]), np.array([])))
         row["train_loss"] = float(np.mean(loss[-tail:])) if len(loss) else math.nan
         row["steps"] = int(steps[-1]) + 1 if len(loss) else 0
+        planned = tllog.trainer_key(f, "steps")
+        row["planned_steps"] = int(planned) if planned is not None else None
         rows = tllog.eval_rows(f)
     for mode in tllog.MODES:
         r = last_eval(rows, mode)
@@ -57,6 +66,19 @@ def summarize(path, tail):
         if mode == "causal":
             row["causal_fraction"] = r.get("selected_fraction", math.nan) if r else math.nan
     return row
+
+
+def unfinished(row):
+    """Return whether a run logged fewer steps than its configuration plans."""
+    return row["planned_steps"] is not None and row["steps"] < row["planned_steps"]
+
+
+def fmt_cell(row, key):
+    """Format one Markdown cell. The steps of an unfinished run read "850 of
+    3000"."""
+    if key == "steps" and unfinished(row):
+        return f"{row['steps']} of {row['planned_steps']}"
+    return fmt(row.get(key))
 
 
 def fmt(value):
@@ -113,10 +135,15 @@ def main(argv=None):
             for r in rows:
                 w.writerow({k: r.get(k) for k in COLUMNS})
         with open(args.out + ".md", "w") as fh:
-            fh.write("| " + " | ".join(COLUMNS) + " |\n")
-            fh.write("| --- |" + " ---: |" * (len(COLUMNS) - 1) + "\n")
+            fh.write("| " + " | ".join(MD_COLUMNS) + " |\n")
+            fh.write("| --- |" + " ---: |" * (len(MD_COLUMNS) - 1) + "\n")
             for r in rows:
-                fh.write("| " + " | ".join(fmt(r.get(k)) for k in COLUMNS) + " |\n")
+                fh.write("| " + " | ".join(fmt_cell(r, k) for k in MD_COLUMNS) + " |\n")
+            stopped = [r["run"] for r in rows if unfinished(r)]
+            if stopped:
+                fh.write(f"\nNot finished: {', '.join(stopped)} stopped before the planned steps "
+                         "(steps gives logged of planned), so the losses of these runs are not "
+                         "final.\n")
     except OSError as e:
         tllog.fail(f"-o {args.out}: cannot write {e.filename or 'the table'} ({e.strerror or e})")
     print(args.out + ".md")

@@ -226,6 +226,45 @@ def test_compare_runs_values(logs, scratch):
     assert f"| {expected['dense']['params']} |" in md[2]
 
 
+def copy_with_config(src, dst, edit):
+    """Copy the log src to dst and apply edit(config dict) to its
+    meta/config_json."""
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f["meta/config_json"].asstr()[()])
+        edit(config)
+        del f["meta/config_json"]
+        f["meta/config_json"] = json.dumps(config)
+
+
+def test_compare_runs_marks_unfinished_run(logs, scratch):
+    """A log whose configuration plans more steps than it holds, as a run
+    killed part way leaves it: the table gives "40 of 3000" and a note."""
+    folder, _ = logs
+    work = os.path.join(scratch, "unfinished")
+    os.makedirs(work, exist_ok=True)
+    killed = os.path.join(work, "killed.h5")
+    copy_with_config(os.path.join(folder, "dense.h5"), killed,
+                     lambda c: c["train"].update(steps=3000))
+    out = os.path.join(work, "comparison")
+    r = run_script("compare_runs.py", os.path.join(folder, "dense.h5"), killed, "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out + ".md") as fh:
+        md = fh.read().splitlines()
+    assert md[2].startswith("| dense |"), md[2]
+    assert md[2].endswith(f"| {STEPS} |"), md[2]
+    assert md[3].startswith("| killed |"), md[3]
+    assert md[3].endswith(f"| {STEPS} of 3000 |"), md[3]
+    notes = [line for line in md[4:] if line]
+    assert len(notes) == 1, md
+    assert notes[0].startswith("Not finished: killed stopped before the planned steps"), notes
+    with open(out + ".csv") as fh:
+        rows = {row["run"]: row for row in csv.DictReader(fh)}
+    assert rows["dense"]["planned_steps"] == str(STEPS)
+    assert rows["killed"]["steps"] == str(STEPS)
+    assert rows["killed"]["planned_steps"] == "3000"
+
+
 # ---- the figures -------------------------------------------------------------
 
 def test_plot_curves(logs, scratch):
