@@ -128,6 +128,10 @@ def main(argv=None):
             rows.append(summarize(path, args.tail))
         except tllog.LogError as e:
             tllog.fail(str(e))
+    # Logs of the same name (seed1/itt.h5, seed2/itt.h5) get rows of their own.
+    labels = tllog.unique_labels(args.logs, [r["run"] for r in rows])
+    for r, label in zip(rows, labels):
+        r["run"] = label
     try:
         with open(args.out + ".csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS)

@@ -42,14 +42,14 @@ def main(argv=None):
                    f"{', '.join(tllog.MODES[:-1])} or {tllog.MODES[-1]}")
     tllog.check_figure_path(args.out)
 
+    labels = tllog.run_labels(args.logs)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for path in args.logs:
+    for path, name in zip(args.logs, labels):
         try:
             f = tllog.open_log(path)
         except tllog.LogError as e:
             tllog.fail(str(e))
         with f:
-            name = tllog.run_name(f, path)
             if "train/step" not in f or f["train/step"].shape[0] == 0:
                 tllog.fail(f"{path}: no training steps recorded yet; wait for the first flush")
             steps, loss = tllog.columns(f["train"], "step", "loss")

@@ -68,7 +68,9 @@ def main(argv=None):
     tllog.check_out_dir(args.out_dir)
 
     written, skipped = 0, []
-    for path in args.logs:
+    titles = tllog.run_labels(args.logs)
+    stems = tllog.output_stems(args.logs)
+    for path, title, stem in zip(args.logs, titles, stems):
         try:
             f = tllog.open_log(path)
         except tllog.LogError as e:
@@ -90,7 +92,6 @@ def main(argv=None):
                                g["histogram"][len(step) - 1], g["bin_edges"][:],
                                score_range(f, name, kind)))
                 layers_agreement.append(agree)
-            title = tllog.run_name(f, path)
             flush_advice = tllog.wait_for_flush(f)
         if not layers:
             skipped.append(f"{path}: routed layers are registered but no routing row has been "
@@ -136,7 +137,7 @@ def main(argv=None):
             a_frac.legend(fontsize=7, framealpha=0.8)
         fig.suptitle(f"{title}: routing statistics")
         fig.tight_layout()
-        out = tllog.output_path(args.out_dir, path, "_routing.png")
+        out = tllog.output_path(args.out_dir, stem, "_routing.png")
         tllog.save_figure(fig, out, args.out_dir, dpi=110)
         plt.close(fig)
         print(out)

@@ -55,7 +55,9 @@ def main(argv=None):
     tllog.check_out_dir(args.out_dir)
 
     written, skipped = 0, []
-    for path in args.logs:
+    titles = tllog.run_labels(args.logs)
+    stems = tllog.output_stems(args.logs)
+    for path, title, stem in zip(args.logs, titles, stems):
         try:
             f = tllog.open_log(path)
         except tllog.LogError as e:
@@ -66,7 +68,6 @@ def main(argv=None):
                                "(experiments/gradient_spikes.lua) first")
                 continue
             names, norms, labels = spike_groups(f, args.metric, args.label)
-            title = tllog.run_name(f, path)
         n_seq, n_layers, n_mat = norms.shape
         layers = np.arange(n_layers)
         fig, axes = plt.subplots(1, n_mat, figsize=(4 * n_mat, 3.6), sharex=True)
@@ -87,7 +88,7 @@ def main(argv=None):
         fig.suptitle(f"{title}: gradient norms per layer, easy vs hard "
                      f"({LABEL_TEXT[args.label]}; faint lines: single sequences)")
         fig.tight_layout()
-        out = tllog.output_path(args.out_dir, path, f"_spikes_{args.metric}.png")
+        out = tllog.output_path(args.out_dir, stem, f"_spikes_{args.metric}.png")
         tllog.save_figure(fig, out, args.out_dir, dpi=120)
         plt.close(fig)
         print(out)

@@ -162,7 +162,9 @@ def main(argv=None):
                    "to draw, from the first)")
     tllog.check_out_dir(args.out_dir)
 
-    for path in args.logs:
+    titles = tllog.run_labels(args.logs)
+    stems = tllog.output_stems(args.logs)
+    for path, title, stem in zip(args.logs, titles, stems):
         try:
             f = tllog.open_log(path)
         except tllog.LogError as e:
@@ -180,7 +182,6 @@ def main(argv=None):
             norms = g["norms"][row][:, :args.tokens]
             losses = g["losses"][row][:args.tokens]
             marks = routing_marks(f, step)
-            title = tllog.run_name(f, path)
             summary = summary_figure(f, title)
 
         n_states, n_tok = norms.shape
@@ -216,12 +217,12 @@ def main(argv=None):
         if marks:
             ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
         fig.suptitle(f"{title}: activation-gradient norms per token and layer at training step {step}")
-        out = tllog.output_path(args.out_dir, path, "_token_grads.png")
+        out = tllog.output_path(args.out_dir, stem, "_token_grads.png")
         tllog.save_figure(fig, out, args.out_dir, dpi=120, bbox_inches="tight")
         plt.close(fig)
         print(out)
         if summary is not None:
-            out = tllog.output_path(args.out_dir, path, "_token_grads_summary.png")
+            out = tllog.output_path(args.out_dir, stem, "_token_grads_summary.png")
             tllog.save_figure(summary, out, args.out_dir, dpi=110)
             plt.close(summary)
             print(out)

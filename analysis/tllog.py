@@ -170,10 +170,92 @@ def report_skipped(messages, written):
         print(f"skipped {m}", file=sys.stderr)
 
 
-def output_path(out_dir, path, suffix):
-    """out_dir/<log stem><suffix>, creating out_dir."""
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _distinguish(paths, names, sep):
+    """Return names with every name shared by several paths extended by the
+    shortest tail of parent folders that distinguishes those paths.
+
+    Where a name is the file's stem, the folders go in front of it, joined
+    with sep (seed1/itt). Another name, such as one from the configuration,
+    gets the path without extension in brackets (itt (seed1/run)). Paths that
+    no folder distinguishes, such as one file given twice, keep a shared name.
+    """
+    folders = [os.path.dirname(os.path.abspath(p)).strip(os.sep).split(os.sep) for p in paths]
+    out = list(names)
+    for name in set(names):
+        group = [i for i, n in enumerate(names) if n == name]
+        if len(group) < 2:
+            continue
+        # The smallest depth that distinguishes the most paths: all of them
+        # unless some are the same file.
+        best_depth, best_count = 0, 1
+        for depth in range(1, max(len(folders[i]) for i in group) + 1):
+            count = len({tuple(folders[i][-depth:]) for i in group})
+            if count > best_count:
+                best_depth, best_count = depth, count
+            if count == len(group):
+                break
+        if best_depth == 0:
+            continue
+        for i in group:
+            tail = tuple(folders[i][-best_depth:])
+            if name == _stem(paths[i]):
+                out[i] = sep.join(tail + (name,))
+            else:
+                out[i] = f"{name} ({'/'.join(tail + (_stem(paths[i]),))})"
+    return out
+
+
+def _number_repeats(names, template):
+    """Return names with the second and later copies of a name numbered with
+    template.format(name=..., n=...), starting at 2."""
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else template.format(name=name, n=seen[name]))
+    return out
+
+
+def unique_labels(paths, names):
+    """Return one plot or table label per log: names[i] (usually run_name()),
+    with the shortest distinguishing parent folders added where two logs share
+    a name. Logs in seed1/itt.h5 and seed2/itt.h5 become seed1/itt and
+    seed2/itt. A file given twice gets "(2)" on its second label."""
+    return _number_repeats(_distinguish(paths, names, "/"), "{name} ({n})")
+
+
+def run_labels(paths):
+    """Open every log and return unique_labels() of their run_name(). Exit
+    with status 2 and the message of the first file that is not a thinklab
+    log."""
+    names = []
+    for path in paths:
+        try:
+            f = open_log(path)
+        except LogError as e:
+            fail(str(e))
+        with f:
+            names.append(run_name(f, path))
+    return unique_labels(paths, names)
+
+
+def output_stems(paths):
+    """Return one output file stem per log: the log's stem, with the shortest
+    distinguishing parent folders in front, joined by "_", where two logs
+    share a stem (seed1/itt.h5 and seed2/itt.h5 give seed1_itt and
+    seed2_itt). A file given twice gets "_2" on its second stem."""
+    return _number_repeats(_distinguish(paths, [_stem(p) for p in paths], "_"),
+                           "{name}_{n}")
+
+
+def output_path(out_dir, stem, suffix):
+    """out_dir/<stem><suffix>, creating out_dir. Take stem from
+    output_stems(), so that logs of the same file name get files of their
+    own."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(path))[0]
     return os.path.join(out_dir, stem + suffix)
 
 

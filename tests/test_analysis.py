@@ -447,6 +447,76 @@ def test_plot_spikes_on_a_real_analysis(logs, scratch):
     assert int((labels == 1).sum()) == 2  # 0.8 quantile of 8 losses: position 5.6
 
 
+# ---- logs of the same file name ------------------------------------------------
+
+@pytest.mark.parametrize("paths, names, labels, stems", [
+    (["a/seed1/itt.h5", "a/seed2/itt.h5", "a/dense.h5"], ["itt", "itt", "dense"],
+     ["seed1/itt", "seed2/itt", "dense"], ["seed1_itt", "seed2_itt", "dense"]),
+    # The shortest tail of folders that tells every path of a name apart.
+    (["x/s1/itt.h5", "y/s1/itt.h5"], ["itt", "itt"],
+     ["x/s1/itt", "y/s1/itt"], ["x_s1_itt", "y_s1_itt"]),
+    # A configured name that two files share gets their paths in brackets.
+    (["a/run.h5", "b/other.h5"], ["itt", "itt"],
+     ["itt (a/run)", "itt (b/other)"], ["run", "other"]),
+    # The same file twice: numbered, because no folder tells them apart.
+    (["a/itt.h5", "a/itt.h5"], ["itt", "itt"], ["itt", "itt (2)"], ["itt", "itt_2"]),
+])
+def test_unique_labels_and_stems(paths, names, labels, stems):
+    assert tllog.unique_labels(paths, names) == labels
+    assert tllog.output_stems(paths) == stems
+
+
+@pytest.fixture(scope="session")
+def same_name_logs(logs, scratch):
+    """Two copies of the ITT log as seed1/itt.h5 and seed2/itt.h5."""
+    folder, _ = logs
+    root = os.path.join(scratch, "same_name")
+    paths = []
+    for seed in ("seed1", "seed2"):
+        os.makedirs(os.path.join(root, seed), exist_ok=True)
+        paths.append(os.path.join(root, seed, "itt.h5"))
+        shutil.copyfile(os.path.join(folder, "itt.h5"), paths[-1])
+    return root, paths
+
+
+@pytest.mark.parametrize("script, suffixes", [
+    ("plot_routing.py", ["_routing.png"]),
+    ("plot_token_grads.py", ["_token_grads.png", "_token_grads_summary.png"]),
+    ("plot_spikes.py", ["_spikes_nuclear.png"]),
+])
+def test_same_file_names_get_own_figures(same_name_logs, script, suffixes):
+    root, paths = same_name_logs
+    out_dir = os.path.join(root, "figures_" + script[:-3])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    r = run_script(script, *paths, "-o", out_dir)
+    assert r.returncode == 0, r.stderr
+    expected = [os.path.join(out_dir, f"{seed}_itt{suffix}")
+                for seed in ("seed1", "seed2") for suffix in suffixes]
+    assert sorted(r.stdout.split()) == sorted(expected)
+    assert sorted(os.listdir(out_dir)) == sorted(os.path.basename(p) for p in expected)
+
+
+def test_same_file_names_get_own_rows(same_name_logs):
+    root, paths = same_name_logs
+    out = os.path.join(root, "comparison")
+    r = run_script("compare_runs.py", *paths, "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out + ".csv") as fh:
+        runs = [row["run"] for row in csv.DictReader(fh)]
+    assert runs == ["seed1/itt", "seed2/itt"]
+
+
+def test_same_file_names_get_own_legend(same_name_logs, monkeypatch):
+    root, paths = same_name_logs
+    figures = []
+    monkeypatch.setattr(tllog, "save_figure", lambda fig, *args, **kwargs: figures.append(fig))
+    status, err = run_main("plot_curves.py", *paths, "-o", os.path.join(root, "curves.png"))
+    assert status == 0, err
+    assert len(figures) == 1
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert legend == ["seed1/itt train", "seed1/itt val", "seed2/itt train", "seed2/itt val"]
+
+
 # ---- rejecting files that are not logs; --help --------------------------------
 
 @pytest.fixture(scope="session")
