@@ -20,10 +20,10 @@ import math
 import os
 import sys
 
-import numpy as np
-
+# tllog exits with advice when h5py or numpy is missing, so it comes first.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
+import numpy as np  # noqa: E402
 
 COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
            "val_loss_causal", "ppl_causal", "causal_fraction", "val_loss_calibrated",

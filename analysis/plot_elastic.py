@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plot elastic inference of a trained ITT model: validation loss against
 relative FLOPs per token for every ratio setting in the CSV that
 experiments/elastic.lua writes. Uniform settings are joined by a line; the
@@ -9,13 +9,12 @@ import math
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+# tllog exits with advice when h5py, numpy or matplotlib is missing, so it
+# comes before them.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
+
+plt = tllog.import_pyplot()
 
 COLUMNS = ("setting", "r1", "val_loss", "rel_flops_model", "rel_flops_layers")
 

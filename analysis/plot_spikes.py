@@ -10,14 +10,13 @@ import argparse
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
+# tllog exits with advice when h5py, numpy or matplotlib is missing, so it
+# comes before them.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tllog  # noqa: E402
+import numpy as np  # noqa: E402
+
+plt = tllog.import_pyplot()
 
 GROUP = "analysis/gradient_spikes"
 LABEL_TEXT = {"loss": "hard = loss above the hard quantile",

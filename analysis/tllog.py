@@ -9,8 +9,39 @@ import json
 import os
 import sys
 
-import h5py
-import numpy as np
+# Debian's /usr/bin/python3 with its packages python3-h5py, python3-matplotlib
+# and python3-numpy runs these scripts.
+INSTALL_ADVICE = ("run the script with /usr/bin/python3 (Debian's python3-h5py, "
+                  "python3-matplotlib and python3-numpy)")
+
+
+def exit_missing_module(error):
+    """Exit with status 2 and one line naming the module of a
+    ModuleNotFoundError and the Python that lacks it, in place of a
+    traceback."""
+    print(f"error: module '{error.name}' not found by {sys.executable}; {INSTALL_ADVICE}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    import h5py
+    import numpy as np
+except ModuleNotFoundError as e:
+    exit_missing_module(e)
+
+
+def import_pyplot():
+    """Select matplotlib's Agg backend, which needs no display, and return
+    matplotlib.pyplot. Exit as exit_missing_module() does when matplotlib is
+    missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as e:
+        exit_missing_module(e)
+    return plt
 
 LOG_VERSION = 1
 # The routing modes of the trainer's evaluations (/eval/routing_mode).

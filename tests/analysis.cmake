@@ -14,7 +14,7 @@ endif()
 set(scratch ${CMAKE_CURRENT_BINARY_DIR}/analysis_scratch)
 file(MAKE_DIRECTORY ${scratch})
 add_test(NAME test_analysis
-         COMMAND ${TL_PYTHON} -m pytest -q -p no:cacheprovider
+         COMMAND ${TL_PYTHON} -m pytest -q -rs -p no:cacheprovider
                  ${CMAKE_CURRENT_SOURCE_DIR}/test_analysis.py
          WORKING_DIRECTORY ${scratch})
 set_tests_properties(test_analysis PROPERTIES

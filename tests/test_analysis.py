@@ -517,6 +517,49 @@ def test_same_file_names_get_own_legend(same_name_logs, monkeypatch):
     assert legend == ["seed1/itt train", "seed1/itt val", "seed2/itt train", "seed2/itt val"]
 
 
+# ---- how the scripts start ------------------------------------------------------
+
+@pytest.mark.parametrize("script", SCRIPTS + ["plot_elastic.py"])
+def test_script_starts_like_the_others(script):
+    """Every script runs as ./script.py with Debian's python3, which has the
+    packages it imports."""
+    path = os.path.join(ANALYSIS, script)
+    with open(path) as fh:
+        assert fh.readline() == "#!/usr/bin/python3\n"
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+
+
+def python_without_packages():
+    """Return a Python on PATH that cannot import h5py, numpy or matplotlib,
+    or None."""
+    for name in ("python3", "python"):
+        python = shutil.which(name)
+        if python is None or os.path.realpath(python) == os.path.realpath(PYTHON):
+            continue
+        r = subprocess.run([python, "-c", "import h5py, numpy, matplotlib"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0 and "ModuleNotFoundError" in r.stderr:
+            return python
+    return None
+
+
+@pytest.mark.parametrize("script", SCRIPTS + ["plot_elastic.py"])
+def test_missing_module_message(script, scratch):
+    """Under a Python without the packages, a script prints one line naming
+    the missing module and /usr/bin/python3, with no traceback."""
+    python = python_without_packages()
+    if python is None:
+        pytest.skip("no Python without h5py, numpy or matplotlib on PATH to run the scripts with")
+    r = subprocess.run([python, os.path.join(ANALYSIS, script), "--help"], cwd=scratch,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: module '"), r.stderr
+    assert "not found by " in r.stderr, r.stderr
+    assert "run the script with /usr/bin/python3" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 # ---- rejecting files that are not logs; --help --------------------------------
 
 @pytest.fixture(scope="session")
