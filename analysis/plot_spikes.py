@@ -41,6 +41,30 @@ def spike_groups(f, metric, label):
     return names, norms, labels
 
 
+# Advice for an empty group, by (label, empty group). The analysis
+# options are those of experiments/gradient_spikes.lua.
+EMPTY_GROUP_ADVICE = {
+    ("answer", "easy"): "train longer (steps=), analyse more sequences (sequences=) or check "
+                        "fewer answer tokens (answer_tokens=), or plot --label loss",
+    ("answer", "hard"): "analyse more sequences (sequences=) or check more answer tokens "
+                        "(answer_tokens=), or plot --label loss",
+    ("loss", "easy"): "analyse more sequences (sequences=) or raise easy_quantile",
+    ("loss", "hard"): "analyse more sequences (sequences=) or lower hard_quantile",
+}
+
+
+def empty_group_warnings(path, label, labels):
+    """Return one warning per empty easy or hard group of a log's labels."""
+    warnings = []
+    for value, group in ((0, "easy"), (1, "hard")):
+        if np.any(labels == value):
+            continue
+        warnings.append(f"warning: {path}: none of the {len(labels)} sequences is {group} "
+                        f"under --label {label} ({LABEL_TEXT[label]}), so the figure has no "
+                        f"{group} curve. To get one, {EMPTY_GROUP_ADVICE[label, group]}.")
+    return warnings
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("logs", nargs="+", help="thinklab logs holding a gradient analysis")
@@ -67,6 +91,8 @@ def main(argv=None):
                                "(experiments/gradient_spikes.lua) first")
                 continue
             names, norms, labels = spike_groups(f, args.metric, args.label)
+        for warning in empty_group_warnings(path, args.label, labels):
+            print(warning, file=sys.stderr)
         n_seq, n_layers, n_mat = norms.shape
         layers = np.arange(n_layers)
         fig, axes = plt.subplots(1, n_mat, figsize=(4 * n_mat, 3.6), sharex=True)
@@ -78,6 +104,9 @@ def main(argv=None):
                 if len(rows):
                     ax.plot(layers, nan_mean(rows), color=color, lw=2.2, marker="o", ms=3,
                             label=f"{text} (n={len(rows)})")
+                else:
+                    # An empty group stays in the legend, so the figure shows it is missing.
+                    ax.plot([], [], color=color, lw=2.2, label=f"{text} (n=0)")
             ax.set_title(f"d loss / d {names[m]}")
             ax.set_xlabel("layer")
             ax.set_xticks(layers)

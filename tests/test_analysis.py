@@ -447,6 +447,42 @@ def test_plot_spikes_on_a_real_analysis(logs, scratch):
     assert int((labels == 1).sum()) == 2  # 0.8 quantile of 8 losses: position 5.6
 
 
+def test_plot_spikes_warns_of_empty_group(logs, scratch, monkeypatch):
+    """An easy or hard group without sequences gets a warning that names the
+    label and what to change, and an n=0 legend entry. In the ITT log every
+    answer is wrong, and the loss labels have both groups."""
+    folder, _ = logs
+    path = os.path.join(folder, "itt.h5")
+    all_correct = os.path.join(scratch, "spikes_all_correct.h5")
+    shutil.copyfile(path, all_correct)
+    with h5py.File(all_correct, "r+") as f:
+        f["analysis/gradient_spikes/label_by_answer"][...] = 0
+    with h5py.File(path, "r") as f:
+        assert set(f["analysis/gradient_spikes/label_by_answer"][:]) == {1}
+        assert set(f["analysis/gradient_spikes/label_by_loss"][:]) == {0, 1}
+    figures = []
+    monkeypatch.setattr(tllog, "save_figure", lambda fig, *args, **kwargs: figures.append(fig))
+    out_dir = os.path.join(scratch, "figures")
+    cases = [(path, "answer", "easy", "hard (n=8)"),
+             (all_correct, "answer", "hard", "easy (n=8)"),
+             (path, "loss", None, None)]
+    for log, label, empty, other in cases:
+        figures.clear()
+        status, err = run_main("plot_spikes.py", log, "-o", out_dir, "--label", label)
+        assert status == 0, err
+        legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+        if empty is None:
+            assert "warning" not in err, err
+            assert all("(n=0)" not in text for text in legend), legend
+            continue
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"warning: {log}: none of the 8 sequences is {empty} under "
+                              f"--label {label} "), err
+        assert "To get one, " in err, err
+        assert "sequences=" in err, err
+        assert sorted(legend) == sorted([f"{empty} (n=0)", other]), legend
+
+
 # ---- logs of the same file name ------------------------------------------------
 
 @pytest.mark.parametrize("paths, names, labels, stems", [
