@@ -2,16 +2,22 @@
 """Write a comparison table (Markdown and CSV) of several thinklab runs.
 
 One row per log: parameters, training FLOPs per token (forward plus backward,
-as counted by the ops) and the final training loss (mean of the last --tail
-steps). Then the last validation loss and perplexity under top-k routing,
-under the causal threshold (with the realised selected fraction) and under
-calibrated thresholds. A model without routed layers routes nothing, so its one
-evaluation fills the top-k, causal and calibrated columns alike.
+as counted by the ops) and the final training loss. Then the last validation
+loss and perplexity under top-k routing, under the causal threshold (with the
+realised selected fraction) and under calibrated thresholds. A model without
+routed layers routes nothing, so its one evaluation fills the top-k, causal
+and calibrated columns alike.
+
+The training loss is the mean over the last tenth of the run's planned steps
+(train.steps of its configuration, at least one step), the window of the
+seeds.md tables that experiments/common.lua writes, unless --tail sets
+another. A note under the Markdown table states the window, and the CSV
+column train_loss_steps contains the number of steps averaged.
 
 A run whose last logged step falls short of the steps its configuration
 plans (train.steps) has not finished: the Markdown table gives its steps as
-"850 of 3000" and a note under the table says so, and the CSV holds the
-planned steps in planned_steps.
+"850 of 3000" and a note under the table says so, and the CSV column
+planned_steps contains the planned steps.
 """
 
 import argparse
@@ -27,9 +33,10 @@ import numpy as np  # noqa: E402
 
 COLUMNS = ["run", "params", "flops_per_token", "train_flops_per_token", "train_loss", "val_loss_topk", "ppl_topk",
            "val_loss_causal", "ppl_causal", "causal_fraction", "val_loss_calibrated",
-           "ppl_calibrated", "steps", "planned_steps"]
-# The Markdown table shows the planned steps inside the steps cell.
-MD_COLUMNS = COLUMNS[:-1]
+           "ppl_calibrated", "steps", "planned_steps", "train_loss_steps"]
+# The Markdown table shows the planned steps inside the steps cell and the
+# training-loss window in a note.
+MD_COLUMNS = COLUMNS[:-2]
 
 
 def last_eval(rows, mode):
@@ -41,8 +48,18 @@ def last_eval(rows, mode):
     return hits[-1] if hits else None
 
 
+def train_loss_window(planned_steps, logged_steps):
+    """Return the default number of final steps averaged for the training
+    loss: a tenth of the planned steps (of the logged ones when the
+    configuration has none), at least 1. experiments/common.lua
+    (E.train_loss_window) uses the same window."""
+    steps = planned_steps if planned_steps is not None else logged_steps
+    return max(1, steps // 10)
+
+
 def summarize(path, tail):
-    """Return one table row (dict) for a log."""
+    """Return one table row (dict) for a log. tail=None averages the default
+    training-loss window."""
     f = tllog.open_log(path)
     with f:
         row = {"run": tllog.run_name(f, path)}
@@ -54,10 +71,12 @@ def summarize(path, tail):
         row["train_flops_per_token"] = tllog.train_flops_per_token(f)
         steps, loss = (tllog.columns(f["train"], "step", "loss") if "train/loss" in f
                        else (np.array([]), np.array([])))
-        row["train_loss"] = float(np.mean(loss[-tail:])) if len(loss) else math.nan
         row["steps"] = int(steps[-1]) + 1 if len(loss) else 0
         planned = tllog.trainer_key(f, "steps")
         row["planned_steps"] = int(planned) if planned is not None else None
+        window = tail if tail is not None else train_loss_window(row["planned_steps"], len(loss))
+        row["train_loss_steps"] = min(window, len(loss))
+        row["train_loss"] = float(np.mean(loss[-window:])) if len(loss) else math.nan
         rows = tllog.eval_rows(f)
     for mode in tllog.MODES:
         r = last_eval(rows, mode)
@@ -79,6 +98,24 @@ def fmt_cell(row, key):
     if key == "steps" and unfinished(row):
         return f"{row['steps']} of {row['planned_steps']}"
     return fmt(row.get(key))
+
+
+def window_note(rows, tail):
+    """Return the note that states which steps train_loss averages."""
+    if tail is not None:
+        return f"train_loss: mean training loss over the last {tail} logged steps (--tail {tail})."
+    windows = {(r["train_loss_steps"], r["planned_steps"]) for r in rows}
+    if len(windows) > 1:
+        per_run = ", ".join(f"{r['run']} {r['train_loss_steps']}" for r in rows)
+        where = f"the last steps of each run ({per_run})"
+    else:
+        used, planned = windows.pop()
+        if planned is None:
+            where = f"the last {used} steps"
+        else:
+            where = f"the last {used} of {planned} steps"
+    return (f"train_loss: mean training loss over {where}, a tenth of the planned steps, the "
+            "window of the seeds.md tables that experiments/ write (--tail sets another).")
 
 
 def fmt(value):
@@ -115,10 +152,11 @@ def main(argv=None):
     ap.add_argument("logs", nargs="+", help="thinklab run logs (.h5)")
     ap.add_argument("-o", "--out", default="comparison",
                     help="output path without extension; writes .md and .csv (default comparison)")
-    ap.add_argument("--tail", type=int, default=50,
-                    help="training steps averaged for the final training loss (default 50)")
+    ap.add_argument("--tail", type=int, default=None,
+                    help="final training steps averaged for the training loss (default: a tenth "
+                         "of the run's planned steps, as in the seeds.md of experiments/)")
     args = ap.parse_args(argv)
-    if args.tail < 1:
+    if args.tail is not None and args.tail < 1:
         tllog.fail(f"--tail {args.tail} must be at least 1")
     check_table_path(args.out)
 
@@ -143,6 +181,7 @@ def main(argv=None):
             fh.write("| --- |" + " ---: |" * (len(MD_COLUMNS) - 1) + "\n")
             for r in rows:
                 fh.write("| " + " | ".join(fmt_cell(r, k) for k in MD_COLUMNS) + " |\n")
+            fh.write("\n" + window_note(rows, args.tail) + "\n")
             stopped = [r["run"] for r in rows if unfinished(r)]
             if stopped:
                 fh.write(f"\nNot finished: {', '.join(stopped)} stopped before the planned steps "

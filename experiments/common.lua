@@ -274,6 +274,28 @@ local function fmt(values, digits)
   return string.format("%." .. digits .. "f ± %." .. digits .. "f", mean, half)
 end
 
+-- Returns how many final training steps the reported training loss averages:
+-- the last tenth of a run's steps, at least one. analysis/compare_runs.py
+-- averages the same window by default, so seeds.md and comparison.md agree.
+function E.train_loss_window(steps)
+  return math.max(1, steps // 10)
+end
+
+-- Describes the training-loss window of rows for a table note, such as
+-- "the last 70 of 700 steps".
+local function train_loss_window_text(rows)
+  local steps = {}
+  for _, r in ipairs(rows) do
+    if type(r.steps) == "number" then steps[r.steps] = true end
+  end
+  local only, count = nil, 0
+  for s in pairs(steps) do only, count = s, count + 1 end
+  if count == 1 then
+    return string.format("the last %d of %d steps", E.train_loss_window(only), only)
+  end
+  return "the last tenth of each run's steps"
+end
+
 -- Writes the per-model table (mean ± half-range over seeds) as Markdown and
 -- CSV from the summary rows, in the order of `order` (model names).
 function E.write_seed_table(rows, order, md_path, csv_path, title)
@@ -284,7 +306,9 @@ function E.write_seed_table(rows, order, md_path, csv_path, title)
   end
   local md = {title and ("## " .. title .. "\n") or "",
               "Mean ± half the range over seeds (n = number of seeds). Validation loss in nats per token; " ..
-              "causal = threshold routing at evaluation, with its realised selected fraction.\n",
+              "causal = threshold routing at evaluation, with its realised selected fraction. " ..
+              "Train loss: mean training loss over " .. train_loss_window_text(rows) ..
+              ", the window analysis/compare_runs.py averages by default.\n",
               "| model | params | MFLOP/token | n | train loss | val loss top-k | ppl top-k | val loss causal | " ..
               "fraction causal | val loss calibrated | wall s/run |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"}
@@ -382,8 +406,7 @@ function E.train_run(m, seed, data, tok, r, o)
   local s = model:summary{print = false}
   print(string.format("\n== %s, seed %d: %d parameters, %.3f MFLOP/token forward (T = %d), d_model %d",
                       m.label, seed, s.params, s.flops_per_token / 1e6, r.context, model:config().d_model))
-  -- Training loss reported: mean over the last tenth of the steps.
-  local tail, tail_sum, print_every = math.max(1, r.steps // 10), 0.0, math.max(1, r.steps // 10)
+  local tail, tail_sum, print_every = E.train_loss_window(r.steps), 0.0, math.max(1, r.steps // 10)
   local warmup = o.warmup > 0 and o.warmup or math.max(1, r.steps // 10)
   local tr = thinklab.trainer{
     model = model, data = data, steps = r.steps, batch_size = r.batch_size, context = r.context,

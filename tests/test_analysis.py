@@ -222,8 +222,11 @@ def test_compare_runs_values(logs, scratch):
     with open(out + ".md") as fh:
         md = fh.read().splitlines()
     assert md[0].startswith("| run | params |")
-    assert len(md) == 2 + len(KINDS)
+    assert len(md) == 2 + len(KINDS) + 2
     assert f"| {expected['dense']['params']} |" in md[2]
+    assert md[-2] == ""
+    assert md[-1] == (f"train_loss: mean training loss over the last {TAIL} logged steps "
+                      f"(--tail {TAIL}).")
 
 
 def copy_with_config(src, dst, edit):
@@ -255,7 +258,7 @@ def test_compare_runs_marks_unfinished_run(logs, scratch):
     assert md[2].endswith(f"| {STEPS} |"), md[2]
     assert md[3].startswith("| killed |"), md[3]
     assert md[3].endswith(f"| {STEPS} of 3000 |"), md[3]
-    notes = [line for line in md[4:] if line]
+    notes = [line for line in md[4:] if line.startswith("Not finished")]
     assert len(notes) == 1, md
     assert notes[0].startswith("Not finished: killed stopped before the planned steps"), notes
     with open(out + ".csv") as fh:
@@ -263,6 +266,62 @@ def test_compare_runs_marks_unfinished_run(logs, scratch):
     assert rows["dense"]["planned_steps"] == str(STEPS)
     assert rows["killed"]["steps"] == str(STEPS)
     assert rows["killed"]["planned_steps"] == "3000"
+
+
+TRAIN_RUN_LUA = """
+-- One run through experiments/common.lua, as compare.lua trains it, and its
+-- seeds.md table.
+local p = thinklab.params{common = "", text = "", out = "", steps = 40}
+local E = dofile(p.common)
+thinklab.threads(2)
+local corpus = thinklab.corpus{path = p.text, max_bytes = 100000, val_fraction = 0.1}
+local tok = thinklab.tokenizer{kind = "char", corpus = corpus}
+local data = corpus:encode(tok)
+local r = {d_model = 32, n_head = 4, n_layers = 2, context = 32, batch_size = 8, steps = p.steps,
+           lr = 3e-3, eval_every = p.steps, eval_batches = 2}
+local o = {out = p.out, warmup = 0, threads = 2, token_grads = false, save_itt = false}
+local row = E.train_run(E.models[1], 1, data, tok, r, o)
+E.write_seed_table({row}, {"dense"}, p.out .. "/seeds.md", p.out .. "/seeds.csv", "one run")
+local f = assert(io.open(p.out .. "/train_loss.txt", "w"))
+f:write(string.format("%.17g\\n", row.train_loss))
+f:close()
+"""
+
+
+def test_train_loss_window_matches_seed_table(scratch):
+    """compare_runs.py by default averages the training loss over the window
+    that experiments/common.lua reports in seeds.md (the last tenth of the
+    steps), and both tables state it."""
+    thinklab = env_path("TL_THINKLAB", os.path.join(TOP, "build", "bin", "thinklab"))
+    text = env_path("TL_TEXT", os.path.join(TOP, "experiments", "data", "tinyshakespeare.txt"))
+    out = os.path.join(scratch, "train_run")
+    os.makedirs(out, exist_ok=True)
+    lua = os.path.join(out, "train_run.lua")
+    with open(lua, "w") as fh:
+        fh.write(TRAIN_RUN_LUA)
+    r = subprocess.run([thinklab, "run", lua, f"common={TOP}/experiments/common.lua",
+                        f"text={text}", f"out={out}", f"steps={STEPS}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    with open(os.path.join(out, "train_loss.txt")) as fh:
+        lua_loss = float(fh.read())
+    with open(os.path.join(out, "seeds.md")) as fh:
+        seeds_md = fh.read()
+    window = f"the last {STEPS // 10} of {STEPS} steps"
+    assert f"Train loss: mean training loss over {window}" in seeds_md, seeds_md
+
+    table = os.path.join(out, "comparison")
+    r = run_script("compare_runs.py", os.path.join(out, "dense_s1.h5"), "-o", table)
+    assert r.returncode == 0, r.stderr
+    with open(table + ".csv") as fh:
+        row = next(csv.DictReader(fh))
+    with open(table + ".md") as fh:
+        md = fh.read().splitlines()
+    assert int(row["train_loss_steps"]) == STEPS // 10
+    # The same doubles summed in another order: 1e-12 relative.
+    assert math.isclose(float(row["train_loss"]), lua_loss, rel_tol=1e-12), \
+        (row["train_loss"], lua_loss)
+    assert md[-1].startswith(f"train_loss: mean training loss over {window}, "), md[-1]
 
 
 # ---- the figures -------------------------------------------------------------
