@@ -95,4 +95,13 @@ H.check(code ~= 0, "callback error exits non-zero")
 H.check(H.contains(out, "the callback failed at step 4") and H.contains(out, "callback_error.lua:9: callback gave up"),
         "callback error names the step and the Lua error")
 
+-- A batch that no shard count divides turns the shards off, and a line names the fix.
+out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " batch_size=3")
+H.check(code == 0, "odd batch on 2 threads runs")
+H.check(H.contains(out, "batch_size 3 does not split evenly over 2 threads, so data-parallel shards are off") and
+        H.contains(out, "batch_size 2 or 4 would split into 2 shards"), "odd batch names the shards it loses and the fix")
+out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " batch_size=4")
+H.check(code == 0 and H.contains(out, "2 data-parallel shards of 2 sequences") and
+        not H.contains(out, "shards are off"), "even batch runs as shards")
+
 H.done()

@@ -111,9 +111,11 @@ typedef struct tl_train_config {
     int threads;              /* applied with tl_threads_set() at tl_trainer_new; 0 = all cores */
     /* With 2 or more threads, run forward and backward as data-parallel
      * shards (thinklab/shards.h), one per thread, on the steps that record no
-     * gradients or routing statistics. Layers must then leave their state
-     * alone in forward unless collect_stats is set, as the framework's
-     * plugins do. On by default. */
+     * gradients or routing statistics. The shard count is the largest one up
+     * to threads that divides batch_size, and with none from 2 up the shards
+     * are off, which a start-up line reports. Layers used with shards must
+     * leave their state alone in forward unless collect_stats is set, as the
+     * framework's plugins do. On by default. */
     bool shards;
 
     const char *log_path;     /* HDF5 run log; NULL or "" for none */

@@ -161,6 +161,21 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
                      tl_shards_count(tr->shards),
                      (long long)(tr->cfg.batch_size / tl_shards_count(tr->shards)));
         fprintf(stderr, "thinklab: %s%s\n", tl_threads_describe(desc, sizeof desc), shards);
+        if (tr->cfg.shards && tr->threads > 1 && !tr->shards) {
+            /* No count from 2 to threads divides the batch, so name the
+             * nearest batch sizes that give one shard per thread. */
+            long long batch = (long long)tr->cfg.batch_size;
+            long long multiple_below = batch / tr->threads * tr->threads;
+            char sizes[64];
+            if (multiple_below > 0)
+                snprintf(sizes, sizeof sizes, "%lld or %lld", multiple_below,
+                         multiple_below + tr->threads);
+            else
+                snprintf(sizes, sizeof sizes, "%d", tr->threads);
+            fprintf(stderr, "thinklab: batch_size %lld does not split evenly over %d threads, so "
+                            "data-parallel shards are off; batch_size %s would split into %d "
+                            "shards\n", batch, tr->threads, sizes, tr->threads);
+        }
     }
 
     tr->n_token_log = tr->cfg.log_token_seqs * tr->cfg.context;
