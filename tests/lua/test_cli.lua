@@ -104,4 +104,20 @@ out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " b
 H.check(code == 0 and H.contains(out, "2 data-parallel shards of 2 sequences") and
         not H.contains(out, "shards are off"), "even batch runs as shards")
 
+-- A callback that stops the run on a progress step gets one final line.
+local function count(text, fragment)
+  local n, at = 0, 1
+  while true do
+    local i = text:find(fragment, at, true)
+    if not i then return n end
+    n, at = n + 1, i + 1
+  end
+end
+out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " stop_at=10")
+H.check(code == 0, "run stopped by the callback exits 0")
+H.check(count(out, "step 10/20") == 1, "stopped run prints step 10/20 once")
+H.check(H.contains(out, "step 5/20") and H.contains(out, "elapsed"), "stopped run prints earlier steps and elapsed")
+out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text)
+H.check(code == 0 and count(out, "step 20/20") == 1, "full run prints its last step once")
+
 H.done()

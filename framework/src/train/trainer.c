@@ -565,8 +565,6 @@ tl_status tl_trainer_run(tl_trainer *tr)
         }
         if (progress || callback)
             update_timing(tr);
-        if (progress && !last)
-            print_progress(tr, false);
         if (callback) {
             tl_clearerr();
             int r = c->callback(&tr->stats, c->callback_user);
@@ -579,6 +577,10 @@ tl_status tl_trainer_run(tl_trainer *tr)
             }
             stop = r == TL_TRAIN_STOP;
         }
+        /* The last step, and a step where the callback stops the run, get
+         * the final line after the loop instead. */
+        if (progress && !last && !stop)
+            print_progress(tr, false);
     }
     if (st != TL_OK) {
         /* Keep the failure's message: no checkpoint is written, so the last
