@@ -164,7 +164,8 @@ static void check_config(void)
     /* Head size 3 cannot be split into RoPE pairs, but is fine without RoPE. */
     cfg = tl_block_config_default(12, 4);
     CHECK(tl_block_config_resolve(&cfg) == TL_EINVAL);
-    CHECK(strstr(tl_errmsg(), "even") != NULL);
+    CHECK(strstr(tl_errmsg(), "head size 3 (d_model 12 / n_head 4) must be even") != NULL);
+    CHECK(strstr(tl_errmsg(), "set rope = \"none\" (TL_ROPE_NONE in C)") != NULL);
     cfg.rope = TL_ROPE_NONE;
     CHECK(tl_block_config_resolve(&cfg) == TL_OK);
 

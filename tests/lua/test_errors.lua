@@ -56,6 +56,8 @@ E("negative d_model", {"model.d_model must be a positive integer, got -3"}, mode
 E("float d_model", {"model.d_model must be a positive integer, got 16.5"}, model, {d_model = 16.5})
 E("string n_head", {"model.n_head must be a positive integer, got 'two'"}, model, {n_head = "two"})
 E("heads do not divide width", {"model.d_model 16 must be divisible by model.n_head 3"}, model, {n_head = 3})
+E("odd head size with RoPE", {"head size 33 (d_model 66 / n_head 2) must be even for RoPE",
+                              "set rope = \"none\""}, model, {d_model = 66, n_head = 2})
 E("unknown model key", {"model: unknown key 'width'", "valid keys are: vocab_size, tokenizer, d_model, n_head, context"},
   model, {width = 3})
 E("bad style", {"model.style must be one of \"llama\", \"gpt2\", got 'gpt3'"}, model, {style = "gpt3"})

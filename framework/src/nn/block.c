@@ -53,9 +53,10 @@ tl_status tl_block_config_resolve(tl_block_config *cfg)
                                     "TL_ROPE_INTERLEAVED or TL_ROPE_HALF", (int)cfg->rope);
     int64_t head_dim = cfg->d_model / cfg->n_head;
     if (cfg->rope != TL_ROPE_NONE && head_dim % 2 != 0)
-        return tl_seterr(TL_EINVAL, "block head size %lld (d_model / n_head) must be even for "
-                                    "RoPE; change n_head or set rope to TL_ROPE_NONE",
-                         (long long)head_dim);
+        return tl_seterr(TL_EINVAL, "block head size %lld (d_model %lld / n_head %d) must be even "
+                                    "for RoPE; choose n_head so that d_model / n_head is even, or "
+                                    "set rope = \"none\" (TL_ROPE_NONE in C)",
+                         (long long)head_dim, (long long)cfg->d_model, cfg->n_head);
     if (cfg->rope != TL_ROPE_NONE && (!(cfg->rope_base > 1) || !isfinite(cfg->rope_base)))
         return tl_seterr(TL_EINVAL, "block rope_base %g must be finite and greater than 1 "
                                     "(10000 is the usual value)", (double)cfg->rope_base);
