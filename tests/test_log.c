@@ -698,12 +698,31 @@ static long create_quietly(const char *path, tl_log **out)
 static void test_errors(void)
 {
     char path[160];
+    /* A missing folder is named before HDF5 runs. */
     path_in_dir(path, sizeof path, "no_such_dir/run.h5");
     tl_log *log = NULL;
     long printed = create_quietly(path, &log);
     CHECK(log == NULL);
+    CHECK(tl_lasterr() == TL_ENOTFOUND);
+    char folder[160];
+    path_in_dir(folder, sizeof folder, "no_such_dir");
+    char expected[512];
+    snprintf(expected, sizeof expected, "cannot create run log '%s': folder '%s' does not exist; "
+             "create it or choose another path", path, folder);
+    CHECK_MSG(strstr(tl_errmsg(), expected) != NULL, "message lacks \"%s\": %s", expected,
+              tl_errmsg());
+    CHECK_MSG(printed == 0, "printed %ld bytes to stderr", printed);
+
+    /* A file name longer than the file system allows fails in HDF5, whose
+     * message names the call and prints nothing itself. */
+    char long_name[300], long_path[512];
+    memset(long_name, 'a', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    path_in_dir(long_path, sizeof long_path, long_name);
+    printed = create_quietly(long_path, &log);
+    CHECK(log == NULL);
     CHECK(tl_lasterr() == TL_EIO);
-    CHECK_MSG(strstr(tl_errmsg(), path) != NULL, "message lacks the path: %s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), long_path) != NULL, "message lacks the path: %s", tl_errmsg());
     CHECK_MSG(strstr(tl_errmsg(), "H5Fcreate") != NULL, "message lacks the call: %s",
               tl_errmsg());
     CHECK_MSG(printed == 0, "HDF5 printed %ld bytes to stderr", printed);

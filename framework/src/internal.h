@@ -65,6 +65,12 @@ float *tl_ctx_param_grad(const tl_ctx *ctx, const tl_tensor *t);
 /* Arena tensor with the shape of x (dtype float32). */
 tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
 
+/* Checks that the folder that is to contain path exists. If it does not,
+ * sets TL_ENOTFOUND with a message that names file_kind ("checkpoint"),
+ * path and the folder, and says to create it or choose another path. A path
+ * without a '/' is in the working folder, which passes. */
+tl_status tl_check_parent_folder(const char *path, const char *file_kind);
+
 /* Argument checks that set a message naming the op and the argument. */
 bool tl_check_f32(const char *op, const char *arg, const tl_tensor *t);
 bool tl_check_i32(const char *op, const char *arg, const tl_tensor *t);

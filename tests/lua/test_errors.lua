@@ -113,6 +113,9 @@ E("schedule kind", {"trainer.schedule.kind must be one of \"constant\", \"cosine
 E("warmup too long", {"trainer.schedule.warmup 10 must be less than the 4 training steps"}, trainer, {schedule = {warmup = 10}})
 E("log_routing_every negative", {"trainer.log_routing_every"}, trainer, {log_routing_every = -1})
 E("min_lr above lr", {"min_lr"}, trainer, {optimizer = {lr = 1e-3}, schedule = {min_lr = 1e-2}})
+E("log in a missing folder", {"cannot create run log '" .. p.scratch .. "/nodir/x.h5': folder '" ..
+                              p.scratch .. "/nodir' does not exist; create it or choose another path"},
+  trainer, {log = p.scratch .. "/nodir/x.h5"})
 E("clip negative", {"trainer.clip must be >= 0, got -1"}, trainer, {clip = -1})
 E("callback type", {"trainer.callback must be a function(stats), got 'f'"}, trainer, {callback = "f"})
 E("context longer than the model", {"trainer.context 64 is longer than the model's context 32"}, trainer, {context = 64})

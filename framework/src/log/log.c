@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "log_internal.h"
 #include "thinklab/thinklab.h"
 
@@ -148,6 +149,8 @@ static bool tl_log_is_run_log(const char *path)
 tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
 {
     if (!tl_log_meta_valid(path, meta))
+        return NULL;
+    if (tl_check_parent_folder(path, "run log") != TL_OK)
         return NULL;
     /* Failures are reported through tl_errmsg() only; this setting is per process. */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

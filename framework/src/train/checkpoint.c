@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "internal.h"
 #include "train/train_internal.h"
 
 enum { SHAPE_COLS = 1 + TL_MAX_DIMS };
@@ -190,23 +191,9 @@ static tl_status arch_describe(const tl_params *p, char **names_out, int64_t **s
  * must be missing or a regular file (a leftover of an interrupted save). */
 static tl_status check_target(const char *path, const char *tmp)
 {
-    const char *slash = strrchr(path, '/');
-    if (slash) {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        char *folder = malloc(n + 1);
-        if (!folder)
-            return tl_seterr(TL_ENOMEM, "no memory for the checkpoint folder");
-        memcpy(folder, path, n);
-        folder[n] = '\0';
-        struct stat sb;
-        bool ok = stat(folder, &sb) == 0 && S_ISDIR(sb.st_mode);
-        if (!ok)
-            tl_seterr(TL_ENOTFOUND, "cannot create checkpoint '%s': folder '%s' does not exist; "
-                                    "create it or choose another path", path, folder);
-        free(folder);
-        if (!ok)
-            return TL_ENOTFOUND;
-    }
+    tl_status st = tl_check_parent_folder(path, "checkpoint");
+    if (st != TL_OK)
+        return st;
     struct stat sb;
     if (stat(tmp, &sb) == 0 && !S_ISREG(sb.st_mode))
         return tl_seterr(TL_EIO, "cannot create checkpoint '%s': '%s' exists and is not a "

@@ -1,0 +1,27 @@
+/* File-system checks shared by the writers of checkpoints and run logs. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+tl_status tl_check_parent_folder(const char *path, const char *file_kind)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return TL_OK;
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    char *folder = malloc(n + 1);
+    if (!folder)
+        return tl_seterr(TL_ENOMEM, "no memory for the %s folder", file_kind);
+    memcpy(folder, path, n);
+    folder[n] = '\0';
+    struct stat sb;
+    bool ok = stat(folder, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (!ok)
+        tl_seterr(TL_ENOTFOUND, "cannot create %s '%s': folder '%s' does not exist; "
+                                "create it or choose another path", file_kind, path, folder);
+    free(folder);
+    return ok ? TL_OK : TL_ENOTFOUND;
+}
