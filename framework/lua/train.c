@@ -145,14 +145,15 @@ static void read_optimizer(lua_State *L, int t, tl_train_config *cfg)
     lua_pop(L, 1);
 }
 
-static void read_schedule(lua_State *L, int t, tl_train_config *cfg)
+/* Reads trainer.schedule into cfg and returns whether the table sets min_lr. */
+static bool read_schedule(lua_State *L, int t, tl_train_config *cfg)
 {
     static const char *const keys[] = {"kind", "warmup", "min_lr", NULL};
     static const char *const kinds[] = {"constant", "cosine", NULL};
     const char *w = "trainer.schedule";
     if (lua_getfield(L, t, "schedule") == LUA_TNIL) {
         lua_pop(L, 1);
-        return;
+        return false;
     }
     if (!lua_istable(L, -1))
         luaL_error(L, "%s must be a table such as {kind = \"cosine\", warmup = 100}, got %s", w,
@@ -161,9 +162,12 @@ static void read_schedule(lua_State *L, int t, tl_train_config *cfg)
     cfg->schedule.kind =
         (tl_schedule_kind)tl_lua_opt_enum(L, -1, w, "kind", cfg->schedule.kind, kinds);
     cfg->schedule.warmup = tl_lua_opt_int(L, -1, w, "warmup", cfg->schedule.warmup, 0, INT64_MAX);
+    bool has_min_lr = lua_getfield(L, -1, "min_lr") != LUA_TNIL;
+    lua_pop(L, 1);
     cfg->schedule.min_lr =
         (float)tl_lua_opt_num(L, -1, w, "min_lr", cfg->schedule.min_lr, 0.0, 1e3);
     lua_pop(L, 1);
+    return has_min_lr;
 }
 
 /* Reads the trainer table at t into cfg. Strings point into the table. */
@@ -193,13 +197,24 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
                                : (cfg->token_budget + per_step - 1) / per_step;
     if (cfg->schedule.warmup >= steps)
         cfg->schedule.warmup = steps / 10;
-    read_schedule(L, t, cfg);
+    bool has_min_lr = read_schedule(L, t, cfg);
     if (cfg->schedule.warmup >= steps)
         luaL_error(L, "trainer.schedule.warmup %I must be less than the %I training steps",
                    (lua_Integer)cfg->schedule.warmup, (lua_Integer)steps);
-    if (cfg->schedule.min_lr > cfg->schedule.lr)
-        luaL_error(L, "trainer.schedule.min_lr %f is above trainer.optimizer.lr %f",
-                   (double)cfg->schedule.min_lr, (double)cfg->schedule.lr);
+    if (cfg->schedule.min_lr > cfg->schedule.lr) {
+        /* %g of the float values prints what a script would type (3e-05). */
+        char lr[32], min_lr[32];
+        snprintf(lr, sizeof lr, "%g", (double)cfg->schedule.lr);
+        snprintf(min_lr, sizeof min_lr, "%g", (double)cfg->schedule.min_lr);
+        if (has_min_lr)
+            luaL_error(L, "trainer.schedule.min_lr %s is above trainer.optimizer.lr %s; lower "
+                          "min_lr or raise lr",
+                       min_lr, lr);
+        luaL_error(L, "trainer.optimizer.lr %s is below trainer.schedule.min_lr, the schedule's "
+                      "floor, which defaults to %s; set schedule = {min_lr = %s} or lower in the "
+                      "trainer",
+                   lr, min_lr, lr);
+    }
     cfg->clip_norm = tl_lua_opt_num(L, t, w, "clip", cfg->clip_norm, 0.0, DBL_MAX);
     cfg->eval_every = tl_lua_opt_int(L, t, w, "eval_every", cfg->eval_every, 0, INT64_MAX);
     cfg->eval_batches = tl_lua_opt_int(L, t, w, "eval_batches", cfg->eval_batches, 0, INT64_MAX);

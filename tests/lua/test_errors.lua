@@ -112,7 +112,12 @@ E("optimizer kind", {"trainer.optimizer.kind must be one of \"adamw\", \"sgd\""}
 E("schedule kind", {"trainer.schedule.kind must be one of \"constant\", \"cosine\""}, trainer, {schedule = {kind = "linear"}})
 E("warmup too long", {"trainer.schedule.warmup 10 must be less than the 4 training steps"}, trainer, {schedule = {warmup = 10}})
 E("log_routing_every negative", {"trainer.log_routing_every"}, trainer, {log_routing_every = -1})
-E("min_lr above lr", {"min_lr"}, trainer, {optimizer = {lr = 1e-3}, schedule = {min_lr = 1e-2}})
+E("min_lr above lr", {"trainer.schedule.min_lr 0.01 is above trainer.optimizer.lr 0.001",
+                      "lower min_lr or raise lr"},
+  trainer, {optimizer = {lr = 1e-3}, schedule = {min_lr = 1e-2}})
+E("lr below the default min_lr", {"trainer.optimizer.lr 0 is below trainer.schedule.min_lr",
+                                  "defaults to 3e-05", "set schedule = {min_lr = 0} or lower"},
+  trainer, {optimizer = {lr = 0}})
 E("log in a missing folder", {"cannot create run log '" .. p.scratch .. "/nodir/x.h5': folder '" ..
                               p.scratch .. "/nodir' does not exist; create it or choose another path"},
   trainer, {log = p.scratch .. "/nodir/x.h5"})
