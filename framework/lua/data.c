@@ -9,6 +9,7 @@
  *
  * Every userdata is created empty (its pointer NULL, so __gc and __close do
  * nothing) and the C object is attached right after the C call succeeds. */
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,8 +375,10 @@ static int l_corpus(lua_State *L)
     const char *path = tl_lua_opt_str(L, 1, where, "path", NULL);
     const char *train_path = tl_lua_opt_str(L, 1, where, "train_path", NULL);
     const char *val_path = tl_lua_opt_str(L, 1, where, "val_path", NULL);
+    /* Any finite value passes here, so that the check below reports the open
+     * interval (0, 1) that the split accepts. */
     double val_fraction = tl_lua_opt_num(L, 1, where, "val_fraction", TL_CORPUS_VAL_FRACTION,
-                                         0.0, 1.0);
+                                         -DBL_MAX, DBL_MAX);
     int64_t max_bytes = tl_lua_opt_int(L, 1, where, "max_bytes", 0, 1, INT64_MAX);
     if (path && (train_path || val_path))
         return luaL_error(L, "%s: give either path (one file, split by val_fraction) or "
@@ -383,7 +386,7 @@ static int l_corpus(lua_State *L)
                           where);
     if (!path && !(train_path && val_path))
         return luaL_error(L, "%s needs path, or both train_path and val_path", where);
-    if (path && (val_fraction <= 0.0 || val_fraction >= 1.0))
+    if (val_fraction <= 0.0 || val_fraction >= 1.0)
         return luaL_error(L, "%s.val_fraction must be in (0, 1), got %f", where, val_fraction);
     if (!path && max_bytes > 0)
         return luaL_error(L, "%s.max_bytes applies to a single path", where);

@@ -15,6 +15,12 @@ E("corpus unknown key", {"unknown key 'file'", "valid keys are: path, val_fracti
   thinklab.corpus, {file = p.text})
 E("corpus val_fraction range", {"corpus.val_fraction must be in (0, 1), got 1.0"},
   thinklab.corpus, {path = p.text, val_fraction = 1.0})
+E("corpus val_fraction zero", {"corpus.val_fraction must be in (0, 1), got 0"},
+  thinklab.corpus, {path = p.text, val_fraction = 0})
+E("corpus val_fraction negative", {"corpus.val_fraction must be in (0, 1), got -0.1"},
+  thinklab.corpus, {path = p.text, val_fraction = -0.1})
+E("corpus val_fraction above 1", {"corpus.val_fraction must be in (0, 1), got 1.5"},
+  thinklab.corpus, {path = p.text, val_fraction = 1.5})
 E("corpus max_bytes type", {"corpus.max_bytes must be a positive integer, got 'many'"},
   thinklab.corpus, {path = p.text, max_bytes = "many"})
 E("corpus too small to split", {"leaves the training split empty"},
