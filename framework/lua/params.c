@@ -142,7 +142,8 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
             }
             return;
         }
-        tl_lua_usage_error(L, "override %s=%s: %s must be a number (default %s)", key, text, key,
+        tl_lua_usage_error(L, "override %s=%s: %s must be %s (default %s)", key, text, key,
+                           lua_isinteger(L, def) ? "an integer" : "a number",
                            luaL_tolstring(L, def, NULL));
         return;
     case LUA_TSTRING:

@@ -78,6 +78,9 @@ H.check(code ~= 0 and H.contains(out, "a later failure"), "a later error after a
 H.check(H.contains(out, "stack traceback:"), "a later error after a caught bad override keeps its traceback")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=fast")
 H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a number"), "text for a number names the key")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=abc")
+H.check(code ~= 0 and H.contains(out, "override steps=abc: steps must be an integer (default 100)"),
+        "text for an integer asks for an integer")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua flags=yes")
 H.check(code ~= 0 and H.contains(out, "flags must be true or false"), "bad boolean names the key")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua list=0.5,x")

@@ -10,7 +10,7 @@ local cases = {
   {"compare.lua", "lr=-1", "lr must be a number above 0"},
   {"compare.lua", "seeds=abc", "seeds must be whole numbers"},
   {"compare.lua", "setting=bogus", "setting must be small, quick or full"},
-  {"compare.lua", "steps=abc", "override steps=abc: steps must be a number"},
+  {"compare.lua", "steps=abc", "override steps=abc: steps must be an integer"},
   {"ablations.lua", "steps=-5", "steps must be a whole number above 0"},
   {"elastic.lua", "context=-64", "context must be a whole number above 0"},
   {"elastic.lua", "seed=-1", "seed must be a whole number of 0 or more"},
