@@ -447,6 +447,56 @@ static void test_step_and_folder_messages(void)
     remove(path);
 }
 
+/* Checkpoint paths that the first save would reject fail when the trainer
+ * is created, before any step: a missing folder, a file that is not a
+ * checkpoint, a folder, and the log's own path. */
+static void test_bad_path_at_creation(void)
+{
+    char nodir[512], garbage[512], folder[512], log[512];
+    tu_path(nodir, sizeof nodir, "no_such_folder/ck.h5");
+    tu_path(garbage, sizeof garbage, "train_badpath_garbage.h5");
+    tu_path(folder, sizeof folder, "train_badpath_folder");
+    tu_path(log, sizeof log, "train_badpath_log.h5");
+    FILE *f = fopen(garbage, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("not a checkpoint", f);
+        fclose(f);
+    }
+    rmdir(folder);
+    CHECK(mkdir(folder, 0700) == 0);
+    remove(log);
+
+    tl_model *m = model(5);
+    struct {
+        const char *path, *log, *message;
+        tl_status status;
+    } cases[] = {
+        {nodir, NULL, "no_such_folder' does not exist; create it", TL_ENOTFOUND},
+        {garbage, NULL, "exists and is not a thinklab checkpoint", TL_EINVAL},
+        {folder, NULL, "is a folder; give a file path", TL_EINVAL},
+        {log, log, "is also the log path", TL_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tl_train_config c = tu_config(5);
+        c.checkpoint_path = cases[i].path;
+        c.log_path = cases[i].log;
+        tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+        CHECK_MSG(tr == NULL, "checkpoint '%s' was accepted", cases[i].path);
+        CHECK_MSG(tl_lasterr() == cases[i].status, "%s: %s", tl_status_name(tl_lasterr()),
+                  tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), cases[i].path) != NULL, "%s", tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), cases[i].message) != NULL, "%s", tl_errmsg());
+        tl_trainer_free(tr);
+    }
+    struct stat sb;
+    CHECK_MSG(stat(log, &sb) != 0, "the rejected trainer created the log '%s'", log);
+    tl_model_free(m);
+    remove(garbage);
+    rmdir(folder);
+    remove(log);
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -456,6 +506,7 @@ int main(void)
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
+    tu_run("test_bad_path_at_creation", test_bad_path_at_creation);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");
 }

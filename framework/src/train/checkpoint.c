@@ -200,6 +200,9 @@ static tl_status check_target(const char *path, const char *tmp)
                                  "file; remove it or choose another path", path, tmp);
     if (stat(path, &sb) != 0)
         return TL_OK;
+    if (S_ISDIR(sb.st_mode))
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' is a folder; give a file path such as "
+                                    "'%s/run.ckpt.h5'", path, path);
     bool is_checkpoint = false;
     if (S_ISREG(sb.st_mode)) {
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -215,6 +218,18 @@ static tl_status check_target(const char *path, const char *tmp)
                                     "saving would destroy it: choose another path or delete "
                                     "the file", path);
     return TL_OK;
+}
+
+tl_status tl_checkpoint_check_target(const char *path)
+{
+    size_t len = strlen(path) + 5;
+    char *tmp = malloc(len);
+    if (!tmp)
+        return tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
+    snprintf(tmp, len, "%s.tmp", path);
+    tl_status st = check_target(path, tmp);
+    free(tmp);
+    return st;
 }
 
 static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, bool *created)

@@ -88,6 +88,10 @@ struct tl_trainer {
 /* Monotonic clock in seconds. */
 double tl_train_now(void);
 
+/* Checks that a checkpoint can be saved at path: its folder exists, path is
+ * missing or a thinklab checkpoint, and path.tmp is missing or a file. */
+tl_status tl_checkpoint_check_target(const char *path);
+
 /* Fills tr->config_json with the trainer and model configuration. */
 tl_status tl_train_config_text(tl_trainer *tr);
 /* Creates the log and writes its metadata. */

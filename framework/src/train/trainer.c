@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,6 +82,31 @@ static tl_status alloc_buffers(tl_trainer *tr)
     for (size_t i = 0; i < bt; i++)
         tr->routing_scores[i] = NAN;
     return TL_OK;
+}
+
+/* True when a and b name the same file: the same text, or both exist and
+ * share device and inode. */
+static bool same_file(const char *a, const char *b)
+{
+    if (strcmp(a, b) == 0)
+        return true;
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* Rejects a checkpoint path that the first save would reject, so that a bad
+ * path fails before training instead of losing the trained weights at the
+ * end of the run. */
+static tl_status check_checkpoint_path(const tl_trainer *tr)
+{
+    const char *ck = tr->checkpoint_path;
+    if (!ck)
+        return TL_OK;
+    if (tr->log_path && same_file(ck, tr->log_path))
+        return tl_seterr(TL_EINVAL, "the checkpoint path '%s' is also the log path; give the "
+                                    "checkpoint and the log different paths", ck);
+    return tl_checkpoint_check_target(ck);
 }
 
 tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg)
@@ -180,6 +206,9 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
 
     tr->n_token_log = tr->cfg.log_token_seqs * tr->cfg.context;
     if (alloc_buffers(tr) != TL_OK || tl_train_config_text(tr) != TL_OK)
+        goto fail;
+    /* Only rank 0 saves checkpoints, so only rank 0 checks where they go. */
+    if (tr->cfg.rank == 0 && check_checkpoint_path(tr) != TL_OK)
         goto fail;
     if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
         goto fail;
