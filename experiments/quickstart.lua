@@ -20,6 +20,8 @@ local p = thinklab.params{
   threads = 2,
   log = "",            -- HDF5 run log path; empty = no log
   checkpoint = "",     -- checkpoint path; empty = none
+  checkpoint_overwrite = false, -- replace a checkpoint already at that path
+  resume = "",         -- checkpoint to continue from; empty = start fresh
   sample_tokens = 300,
 }
 
@@ -63,6 +65,8 @@ local final = thinklab.train{
   log = p.log ~= "" and p.log or nil,
   log_overwrite = true,
   checkpoint = p.checkpoint ~= "" and p.checkpoint or nil,
+  checkpoint_overwrite = p.checkpoint_overwrite,
+  resume = p.resume ~= "" and p.resume or nil,
   progress_every = 0,
   callback_every = 50,
   callback = function(s)

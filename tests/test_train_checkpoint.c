@@ -85,8 +85,9 @@ static void test_resume_bit_exact(void)
     tl_model_free(mb);
 
     tl_model *mc = model(99); /* other initial weights: all must come from the file */
+    c.resume_path = path;
     tl_trainer *r = tl_trainer_new(mc, &D.data, &c);
-    CHECK_MSG(r && tl_trainer_load(r, path) == TL_OK, "%s", tl_errmsg());
+    CHECK_MSG(r != NULL, "%s", tl_errmsg());
     CHECK(r && tl_trainer_step_index(r) == N / 2);
     CHECK(r && tl_trainer_run(r) == TL_OK);
     CHECK(r && tl_trainer_step_index(r) == N);
@@ -397,8 +398,9 @@ static void test_divergence(void)
     c.schedule.lr = 1e6f;
     c.schedule.min_lr = 1e6f;
     c.checkpoint_every = 0; /* only the final checkpoint, which a failed run skips */
+    c.resume_path = path;
     tr = tl_trainer_new(m, &D.data, &c);
-    CHECK(tr && tl_trainer_load(tr, path) == TL_OK);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
     tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
     CHECK_MSG(st == TL_ENUMERIC, "run returned %s: %s", tl_status_name(st), tl_errmsg());
     const char *msg = tl_errmsg();
@@ -497,6 +499,45 @@ static void test_bad_path_at_creation(void)
     remove(log);
 }
 
+/* A new run rejects a thinklab checkpoint already at its checkpoint path,
+ * unless it resumes from that file or checkpoint_overwrite is set. */
+static void test_existing_checkpoint(void)
+{
+    char path[512];
+    tu_path(path, sizeof path, "train_existing.h5");
+    remove(path);
+    tl_model *m = model(6);
+    tl_train_config c = tu_config(4);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    c.checkpoint_path = path;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr == NULL, "a new run accepted the existing checkpoint '%s'", path);
+    CHECK(tl_lasterr() == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), path) != NULL, "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "set resume") != NULL, "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "checkpoint_overwrite = true") != NULL, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    c.resume_path = path;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "resuming from the checkpoint path was rejected: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 1);
+    tl_trainer_free(tr);
+
+    c.resume_path = NULL;
+    c.checkpoint_overwrite = true;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "checkpoint_overwrite was rejected: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 0);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -507,6 +548,7 @@ int main(void)
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);
+    tu_run("test_existing_checkpoint", test_existing_checkpoint);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");
 }

@@ -7,7 +7,8 @@
  *                         steps = 1000 | tokens = n, optimizer = {...}, schedule = {...},
  *                         clip = 1.0, eval_every = 200, eval_batches = 20, seed = 1,
  *                         threads = 0, callback = fn, callback_every = 10, log = path,
- *                         checkpoint = path, checkpoint_every = 0, progress_every = 10}
+ *                         checkpoint = path, checkpoint_every = 0,
+ *                         checkpoint_overwrite = false, progress_every = 10}
  *   stats = tr:run();  tr:save(path);  tr:load(path);  tr:evaluate{routing = "causal"}
  *   r = tr:gradient_spikes{sequences = 64, seq_len = 64, answer_tokens = 8}
  *   stats, tr = thinklab.train{... same keys ..., resume = path} */
@@ -42,7 +43,8 @@ static const char *const trainer_keys[] = {
     "callback_every",
     "log",          "log_overwrite",  "log_flush_every", "log_grads_every", "log_token_seqs",
     "log_routing_every",
-    "checkpoint",   "checkpoint_every", "progress_every", "resume",      "name",
+    "checkpoint",   "checkpoint_every", "checkpoint_overwrite", "progress_every", "resume",
+    "name",
     NULL,
 };
 
@@ -235,6 +237,10 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
         tl_lua_opt_int(L, t, w, "log_token_seqs", cfg->log_token_seqs, 0, cfg->batch_size);
     cfg->checkpoint_path = tl_lua_opt_str(L, t, w, "checkpoint", NULL);
     cfg->checkpoint_every = tl_lua_opt_int(L, t, w, "checkpoint_every", 0, 0, INT64_MAX);
+    cfg->checkpoint_overwrite = tl_lua_opt_bool(L, t, w, "checkpoint_overwrite", false);
+    /* thinklab.trainer has rejected resume already, so only thinklab.train
+     * gets here with it. */
+    cfg->resume_path = tl_lua_opt_str(L, t, w, "resume", NULL);
     cfg->progress_every =
         tl_lua_opt_int(L, t, w, "progress_every", cfg->progress_every, 0, INT64_MAX);
     /* name = "run" becomes {"name": "run"} under "experiment" in the log's
@@ -509,6 +515,8 @@ static int trainer_config(lua_State *L)
     set_int(L, "callback_every", c->callback_every);
     set_int(L, "progress_every", c->progress_every);
     set_int(L, "checkpoint_every", c->checkpoint_every);
+    lua_pushboolean(L, c->checkpoint_overwrite);
+    lua_setfield(L, -2, "checkpoint_overwrite");
     lua_createtable(L, 0, 7);
     lua_pushstring(L, optim_names[c->optim.kind]);
     lua_setfield(L, -2, "kind");
@@ -703,10 +711,7 @@ static int l_train(lua_State *L)
 {
     tl_lua_check_table(L, 1, "thinklab.train");
     lua_settop(L, 1);
-    const char *resume = tl_lua_opt_str(L, 1, "train", "resume", NULL);
-    tl_lua_trainer *u = trainer_create(L, 1); /* index 2 */
-    if (resume && tl_trainer_load(u->tr, resume) != TL_OK)
-        return tl_lua_fail(L, "train.resume");
+    trainer_create(L, 1); /* index 2; tl_trainer_new loads resume */
     lua_pushcfunction(L, trainer_run);
     lua_pushvalue(L, 2);
     lua_call(L, 1, 1);

@@ -182,6 +182,12 @@ local other = thinklab.trainer{model = model({d_model = 32}), data = ds, steps =
 local ck = p.scratch .. "/small.h5"
 tr:save(ck)
 E("load checkpoint of another architecture", {"trainer:load"}, other.load, other, ck)
+E("new run over an existing checkpoint", {ck, "already exists", "set resume = '" .. ck .. "'",
+  "checkpoint_overwrite = true"}, trainer, {checkpoint = ck})
+E("checkpoint_overwrite type", {"checkpoint_overwrite"}, trainer, {checkpoint = ck, checkpoint_overwrite = "yes"})
+local replacing = trainer({checkpoint = ck, checkpoint_overwrite = true})
+H.check(replacing:config().checkpoint_overwrite == true, "checkpoint_overwrite = true accepts the existing checkpoint")
+replacing:close()
 local garbage = p.scratch .. "/garbage_checkpoint.h5"
 local fh = assert(io.open(garbage, "w"))
 fh:write("not hdf5\n")

@@ -132,6 +132,13 @@ typedef struct tl_train_config {
 
     const char *checkpoint_path; /* NULL or "" for none */
     int64_t checkpoint_every;    /* steps between checkpoints; 0 = only at the end */
+    /* Allow replacing a thinklab checkpoint that already exists at
+     * checkpoint_path. Without it tl_trainer_new rejects such a file unless
+     * resume_path names the same file. */
+    bool checkpoint_overwrite;
+    /* Checkpoint that tl_trainer_new loads with tl_trainer_load, so the run
+     * continues from it; NULL or "" for none. */
+    const char *resume_path;
 
     int64_t progress_every;   /* steps between progress lines on stderr; 0 = no progress output */
 
@@ -175,9 +182,11 @@ typedef struct tl_trainer tl_trainer;
 
 /* Creates a trainer for model on data. Copies and resolves cfg (strings are
  * copied), applies the thread count and prints it on stderr, allocates every
- * per-step buffer, and creates the log when cfg->log_path is set. The model
- * and the token streams must outlive the trainer, but *data is copied.
- * Returns NULL with a message. */
+ * per-step buffer, loads cfg->resume_path when set, and creates the log when
+ * cfg->log_path is set. On rank 0 it first rejects a checkpoint_path that a
+ * save would reject, one equal to the log path, and an existing checkpoint
+ * there (see checkpoint_overwrite). The model and the token streams must
+ * outlive the trainer, but *data is copied. Returns NULL with a message. */
 tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg);
 /* Closes the log and frees the trainer (not the model or the data). NULL is
  * a no-op. */

@@ -44,7 +44,7 @@ void tl_train_config_json_into(tl_json *j, const char *key, const tl_train_confi
 
 struct tl_trainer {
     tl_train_config cfg; /* resolved; its strings point at the copies below */
-    char *log_path, *checkpoint_path, *experiment_json;
+    char *log_path, *checkpoint_path, *resume_path, *experiment_json;
     tl_model *model;
     tl_params *params;
     tl_train_data data;

@@ -106,7 +106,18 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
     if (tr->log_path && same_file(ck, tr->log_path))
         return tl_seterr(TL_EINVAL, "the checkpoint path '%s' is also the log path; give the "
                                     "checkpoint and the log different paths", ck);
-    return tl_checkpoint_check_target(ck);
+    tl_status st = tl_checkpoint_check_target(ck);
+    if (st != TL_OK)
+        return st;
+    /* The target check passed, so a file at ck is a thinklab checkpoint. */
+    struct stat sb;
+    bool resumed_from_it = tr->resume_path && same_file(ck, tr->resume_path);
+    if (stat(ck, &sb) == 0 && !tr->cfg.checkpoint_overwrite && !resumed_from_it)
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' already exists and this run would replace "
+                                    "it: set resume = '%s' to continue that run, or "
+                                    "checkpoint_overwrite = true to start over and replace it",
+                         ck, ck);
+    return TL_OK;
 }
 
 tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg)
@@ -127,12 +138,15 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
     tr->n_layers = tl_model_n_layers(model);
     tr->log_path = copy_string(cfg->log_path);
     tr->checkpoint_path = copy_string(cfg->checkpoint_path);
+    tr->resume_path = copy_string(cfg->resume_path);
     tr->experiment_json = copy_string(cfg->experiment_json);
     tr->cfg.log_path = tr->log_path;
     tr->cfg.checkpoint_path = tr->checkpoint_path;
+    tr->cfg.resume_path = tr->resume_path;
     tr->cfg.experiment_json = tr->experiment_json;
     if ((cfg->log_path && cfg->log_path[0] && !tr->log_path) ||
         (cfg->checkpoint_path && cfg->checkpoint_path[0] && !tr->checkpoint_path) ||
+        (cfg->resume_path && cfg->resume_path[0] && !tr->resume_path) ||
         (cfg->experiment_json && cfg->experiment_json[0] && !tr->experiment_json)) {
         tl_seterr(TL_ENOMEM, "no memory for the trainer's paths");
         goto fail;
@@ -210,13 +224,15 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
     /* Only rank 0 saves checkpoints, so only rank 0 checks where they go. */
     if (tr->cfg.rank == 0 && check_checkpoint_path(tr) != TL_OK)
         goto fail;
-    if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
-        goto fail;
-
     tr->stats = (tl_train_stats){
         .total = tr->cfg.steps, .eval_step = -1, .eval_loss = NAN, .eval_perplexity = NAN,
         .loss = NAN, .grad_norm = NAN,
     };
+    if (tr->resume_path && tl_trainer_load(tr, tr->resume_path) != TL_OK)
+        goto fail;
+    if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
+        goto fail;
+
     tr->progress_in_place = isatty(STDERR_FILENO) != 0;
     return tr;
 
@@ -252,6 +268,7 @@ void tl_trainer_free(tl_trainer *tr)
     free(tr->config_json);
     free(tr->log_path);
     free(tr->checkpoint_path);
+    free(tr->resume_path);
     free(tr->experiment_json);
     free(tr);
 }
