@@ -51,6 +51,10 @@ typedef struct tl_log_meta {
     bool overwrite;                     /* replace an existing file instead of failing */
 } tl_log_meta;
 
+/* True if path is an HDF5 file whose root carries thinklab_log_version.
+ * Turns off HDF5's automatic error printing, as tl_log_create() does. */
+bool tl_log_is_run_log(const char *path);
+
 /* Creates the log file at path (no temporary file: a log is append-only),
  * writes /meta and flushes. Fails with TL_EIO if path exists and
  * meta->overwrite is false, or if the file cannot be created. */

@@ -135,9 +135,9 @@ static bool tl_log_meta_valid(const char *path, const tl_log_meta *meta)
     return true;
 }
 
-/* True if path is an HDF5 file whose root carries thinklab_log_version. */
-static bool tl_log_is_run_log(const char *path)
+bool tl_log_is_run_log(const char *path)
 {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     bool yes = file >= 0 && H5Aexists(file, "thinklab_log_version") > 0;
     if (file >= 0)

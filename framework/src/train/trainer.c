@@ -120,6 +120,19 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
     return TL_OK;
 }
 
+/* Rejects a resume whose log path contains a run log, whatever log_overwrite
+ * says: there is no append mode, so the new log would erase the earlier
+ * run's rows. */
+static tl_status check_resumed_log(const tl_trainer *tr)
+{
+    const char *log = tr->log_path;
+    if (!log || access(log, F_OK) != 0 || !tl_log_is_run_log(log))
+        return TL_OK;
+    return tl_seterr(TL_EINVAL, "run log '%s' already exists and resuming from step %lld would "
+                                "replace it, because a resumed run writes a new log: choose a "
+                                "new log path", log, (long long)tr->step);
+}
+
 tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg)
 {
     if (!model || !data || !cfg) {
@@ -229,6 +242,8 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
         .loss = NAN, .grad_norm = NAN,
     };
     if (tr->resume_path && tl_trainer_load(tr, tr->resume_path) != TL_OK)
+        goto fail;
+    if (tr->resume_path && tr->cfg.rank == 0 && check_resumed_log(tr) != TL_OK)
         goto fail;
     if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
         goto fail;
