@@ -328,13 +328,14 @@ static void test_config_checksum(void)
     CHECK(tl_trainer_step_index(tr) == 2);
     free(after);
 
-    /* Without the attribute, a damaged config_json goes unnoticed as it
-     * did before. */
+    /* Without the attribute, the comparison of the model settings still
+     * finds a config_json damaged into text that is not JSON. */
     copy_file(path, other);
     delete_attr(other, "config_checksum");
     flip_dataset_byte(other, "config_json", 10);
-    CHECK_MSG(tl_trainer_load(tr, other) == TL_OK, "%s", tl_errmsg());
-    CHECK(tl_trainer_step_index(tr) == 1);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "config_json is not a JSON object"), "%s", tl_errmsg());
+    CHECK(tl_trainer_step_index(tr) == 2);
 
     free(before);
     tl_trainer_free(tr);
@@ -584,6 +585,44 @@ static void test_resume_keeps_log(void)
     remove(fresh);
 }
 
+/* A checkpoint whose layers have the same parameter names and shapes but
+ * other options is rejected with the setting and both values. */
+static void test_other_layer_options(void)
+{
+    char path[512];
+    tu_path(path, sizeof path, "train_other_options.h5");
+    remove(path);
+    tl_model *causal = model(12);
+    tl_train_config c = tu_config(4);
+    tl_trainer *tr = tl_trainer_new(causal, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    tl_model *topk = tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "topk", 12);
+    tr = tl_trainer_new(topk, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    tl_status st = tr ? tl_trainer_load(tr, path) : TL_OK;
+    CHECK_MSG(st == TL_EINVAL, "load returned %s: %s", tl_status_name(st), tl_errmsg());
+    const char *want = "model.layers[1].options.routing is \"causal\" in the checkpoint but "
+                       "\"topk\" in this model";
+    CHECK_MSG(strstr(tl_errmsg(), want) != NULL, "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 0);
+    tl_trainer_free(tr);
+
+    /* Training settings may change: more steps and another learning rate. */
+    c = tu_config(8);
+    c.schedule.lr = 1e-3f;
+    c.resume_path = path;
+    tr = tl_trainer_new(causal, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 1);
+    tl_trainer_free(tr);
+    tl_model_free(causal);
+    tl_model_free(topk);
+    remove(path);
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -596,6 +635,7 @@ int main(void)
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);
     tu_run("test_existing_checkpoint", test_existing_checkpoint);
     tu_run("test_resume_keeps_log", test_resume_keeps_log);
+    tu_run("test_other_layer_options", test_other_layer_options);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");
 }

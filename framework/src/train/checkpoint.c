@@ -532,7 +532,7 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tl_params *p = tr->params;
     int64_t numel = tl_params_numel(p);
     float *data = NULL, *m = NULL, *v = NULL;
-    char *names = NULL;
+    char *names = NULL, *file_config = NULL;
     int64_t *shapes = NULL;
     size_t n_arch = 0;
     hid_t file = -1, group = -1;
@@ -575,6 +575,16 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
         st = check_config(path, file, names, shapes, n_arch);
     if (st == TL_OK)
         st = check_arch(path, names, shapes, n_arch, p);
+    if (st != TL_OK)
+        goto out;
+    /* Layers of other plugins or options can have the same parameter names
+     * and shapes, so the model part of config_json is compared as well. */
+    file_config = read_text(file, "config_json");
+    if (!file_config) {
+        h5_error(path, "reading config_json");
+        goto fail;
+    }
+    st = tl_checkpoint_check_model(path, file_config, tr->config_json);
     if (st != TL_OK)
         goto out;
 
@@ -658,6 +668,8 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tr->step = step;
     tr->stats.step = step;
     tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
+    if (tr->cfg.rank == 0)
+        tl_checkpoint_print_training_changes(path, file_config, tr->config_json);
     st = TL_OK;
     goto out;
 
@@ -674,5 +686,6 @@ out:
     free(v);
     free(names);
     free(shapes);
+    free(file_config);
     return st;
 }

@@ -92,6 +92,15 @@ double tl_train_now(void);
  * missing or a thinklab checkpoint, and path.tmp is missing or a file. */
 tl_status tl_checkpoint_check_target(const char *path);
 
+/* Compares the model part of a checkpoint's config_json with the trainer's
+ * and rejects the first setting that differs, naming it and both values. */
+tl_status tl_checkpoint_check_model(const char *path, const char *file_json,
+                                    const char *trainer_json);
+/* Prints one line on stderr naming the training settings that differ from
+ * the checkpoint's, which a resume may change; nothing when none differ. */
+void tl_checkpoint_print_training_changes(const char *path, const char *file_json,
+                                          const char *trainer_json);
+
 /* Fills tr->config_json with the trainer and model configuration. */
 tl_status tl_train_config_text(tl_trainer *tr);
 /* Creates the log and writes its metadata. */
