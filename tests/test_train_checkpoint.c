@@ -586,7 +586,8 @@ static void test_resume_keeps_log(void)
 }
 
 /* A checkpoint whose layers have the same parameter names and shapes but
- * other options is rejected with the setting and both values. */
+ * other options is rejected with the setting and both values. A resume of a
+ * finished run is rejected, one with other training settings is not. */
 static void test_other_layer_options(void)
 {
     char path[512];
@@ -608,6 +609,16 @@ static void test_other_layer_options(void)
                        "\"topk\" in this model";
     CHECK_MSG(strstr(tl_errmsg(), want) != NULL, "%s", tl_errmsg());
     CHECK(tr && tl_trainer_step_index(tr) == 0);
+    tl_trainer_free(tr);
+
+    /* A run that already finished cannot be resumed without more steps. */
+    c = tu_config(1);
+    c.resume_path = path;
+    tr = tl_trainer_new(causal, &D.data, &c);
+    CHECK_MSG(tr == NULL, "a finished run was resumed");
+    CHECK(tl_lasterr() == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "is already at step 1 = steps"), "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "raise steps to continue training"), "%s", tl_errmsg());
     tl_trainer_free(tr);
 
     /* Training settings may change: more steps and another learning rate. */

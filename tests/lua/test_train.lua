@@ -95,6 +95,8 @@ print(string.format("straight %.17g / %.17g, resumed %.17g / %.17g", sa.loss, sa
 H.check(sc.step == 20 and trc:step_index() == 20, "resumed run continues from step 10 to 20")
 H.check(sa.loss == sc.loss, "resumed last-step loss equals the uninterrupted run's")
 H.check(sa.eval_loss == sc.eval_loss, "resumed final evaluation equals the uninterrupted run's")
+H.expect_error("resume of a finished run", {ck, "already at step 10 = steps", "raise steps"},
+               thinklab.train, config(build(3), {resume = ck, steps = 10}))
 H.expect_error("resume into the earlier run's log", {log, "resuming from step 10", "choose a new log path"},
                thinklab.train, config(build(3), {resume = ck, log = log, log_overwrite = true}))
 

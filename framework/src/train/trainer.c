@@ -243,6 +243,13 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
     };
     if (tr->resume_path && tl_trainer_load(tr, tr->resume_path) != TL_OK)
         goto fail;
+    /* A finished run would return stats of no step, without loss or gradient norm. */
+    if (tr->resume_path && tr->step >= tr->cfg.steps) {
+        tl_seterr(TL_EINVAL, "checkpoint '%s' is already at step %lld = steps, so there is "
+                             "nothing to resume; raise steps to continue training",
+                  tr->resume_path, (long long)tr->step);
+        goto fail;
+    }
     if (tr->resume_path && tr->cfg.rank == 0 && check_resumed_log(tr) != TL_OK)
         goto fail;
     if (tr->log_path && tr->cfg.rank == 0 && tl_train_log_open(tr) != TL_OK)
