@@ -409,9 +409,23 @@ static void test_divergence(void)
     CHECK(strstr(msg, "diverged at step") != NULL);
     CHECK(strstr(msg, "Lower the learning rate") != NULL);
     CHECK(strstr(msg, "nan") != NULL || strstr(msg, "inf") != NULL);
+    CHECK_MSG(strstr(msg, "resume from the last checkpoint") != NULL, "%s", msg);
     CHECK(tr && tl_trainer_step_index(tr) < 200);
     CHECK_MSG(files_equal(path, keep), "the diverged run changed the checkpoint");
     tl_trainer_free(tr);
+
+    /* Without a checkpoint path there is no checkpoint to resume from. */
+    c.checkpoint_path = NULL;
+    c.resume_path = NULL;
+    tl_model *fresh = tu_model(tl_tokenizer_vocab_size(D.tok), 2, false, NULL, 9);
+    tr = tl_trainer_new(fresh, &D.data, &c);
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ENUMERIC, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    msg = tl_errmsg();
+    CHECK_MSG(strstr(msg, "diverged at step") != NULL, "%s", msg);
+    CHECK_MSG(strstr(msg, "checkpoint") == NULL, "%s", msg);
+    tl_trainer_free(tr);
+    tl_model_free(fresh);
     tl_model_free(m);
     remove(path);
     remove(keep);
@@ -498,6 +512,80 @@ static void test_bad_path_at_creation(void)
     remove(garbage);
     rmdir(folder);
     remove(log);
+}
+
+/* Replaces the fixed-length string dataset config_json of path by a
+ * variable-length UTF-8 string of the same text, as h5py writes a Python
+ * str, or by an int32 when as_int. */
+static void rewrite_config_json(const char *path, bool as_int)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "config_json", H5P_DEFAULT);
+    hid_t t = H5Dget_type(d);
+    size_t n = H5Tget_size(t);
+    char *text = calloc(n + 1, 1);
+    hid_t fixed = H5Tcopy(H5T_C_S1);
+    H5Tset_size(fixed, n);
+    CHECK(f >= 0);
+    CHECK(d >= 0);
+    CHECK(H5Dread(d, fixed, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) >= 0);
+    H5Tclose(fixed);
+    H5Tclose(t);
+    H5Dclose(d);
+    CHECK(H5Ldelete(f, "config_json", H5P_DEFAULT) >= 0);
+
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t vlen = H5Tcopy(H5T_C_S1);
+    H5Tset_size(vlen, H5T_VARIABLE);
+    H5Tset_cset(vlen, H5T_CSET_UTF8);
+    hid_t type = as_int ? H5T_STD_I32LE : vlen;
+    d = H5Dcreate2(f, "config_json", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK(d >= 0);
+    const char *value = text;
+    int32_t number = 7;
+    if (as_int)
+        CHECK(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, &number) >= 0);
+    else
+        CHECK(H5Dwrite(d, vlen, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) >= 0);
+    H5Dclose(d);
+    H5Tclose(vlen);
+    H5Sclose(space);
+    H5Fclose(f);
+    free(text);
+}
+
+/* config_json loads as a variable-length string too, and a dataset of
+ * another type is named in the message. */
+static void test_config_json_types(void)
+{
+    char path[512];
+    tu_path(path, sizeof path, "train_config_types.h5");
+    remove(path);
+    tl_model *m = model(13);
+    tl_train_config c = tu_config(4);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    rewrite_config_json(path, false);
+    tr = tl_trainer_new(m, &D.data, &c);
+    tl_status st = tr ? tl_trainer_load(tr, path) : TL_ENOMEM;
+    CHECK_MSG(st == TL_OK, "variable-length config_json: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 1);
+
+    tl_trainer_free(tr);
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    rewrite_config_json(path, true);
+    st = tr ? tl_trainer_load(tr, path) : TL_OK;
+    CHECK_MSG(st == TL_EFORMAT, "load returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "dataset 'config_json' has an unexpected type"), "%s",
+              tl_errmsg());
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
 }
 
 /* A new run rejects a thinklab checkpoint already at its checkpoint path,
@@ -647,6 +735,7 @@ int main(void)
     tu_run("test_existing_checkpoint", test_existing_checkpoint);
     tu_run("test_resume_keeps_log", test_resume_keeps_log);
     tu_run("test_other_layer_options", test_other_layer_options);
+    tu_run("test_config_json_types", test_config_json_types);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");
 }

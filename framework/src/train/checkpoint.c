@@ -336,23 +336,62 @@ static herr_t read_attr(hid_t loc, const char *name, hid_t type, void *value)
     return st;
 }
 
-/* Reads a scalar fixed-length string dataset into a heap buffer. */
-static char *read_text(hid_t loc, const char *name)
+/* Reads a scalar string dataset, fixed-length as thinklab writes it or
+ * variable-length as h5py rewrites it, into a heap buffer. Returns NULL with
+ * a message naming the checkpoint and the dataset. */
+static char *read_text(const char *path, hid_t loc, const char *name)
 {
+    char call[96];
+    snprintf(call, sizeof call, "opening dataset '%s'", name);
     hid_t dset = H5Dopen2(loc, name, H5P_DEFAULT);
-    if (dset < 0)
+    if (dset < 0) {
+        h5_error(path, call);
         return NULL;
+    }
+    snprintf(call, sizeof call, "reading dataset '%s'", name);
     char *text = NULL;
     hid_t ftype = H5Dget_type(dset);
-    size_t size = ftype < 0 ? 0 : H5Tget_size(ftype);
     hid_t mtype = H5Tcopy(H5T_C_S1);
-    if (size > 0 && mtype >= 0 && H5Tset_size(mtype, size) >= 0) {
+    if (ftype < 0 || mtype < 0) {
+        h5_error(path, call);
+        goto out;
+    }
+    if (H5Tget_class(ftype) != H5T_STRING) {
+        tl_seterr(TL_EFORMAT, "checkpoint '%s': dataset '%s' has an unexpected type (HDF5 type "
+                              "class %d), not a string", path, name, (int)H5Tget_class(ftype));
+        goto out;
+    }
+    /* Read in the file's character set, ASCII or UTF-8, so that no conversion
+     * between the two is needed. */
+    H5Tset_cset(mtype, H5Tget_cset(ftype));
+    if (H5Tis_variable_str(ftype) > 0) {
+        char *value = NULL;
+        if (H5Tset_size(mtype, H5T_VARIABLE) >= 0 &&
+            H5Dread(dset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) >= 0) {
+            text = strdup(value ? value : "");
+            if (!text)
+                tl_seterr(TL_ENOMEM, "no memory for dataset '%s' of checkpoint '%s'", name, path);
+            H5free_memory(value);
+        } else {
+            h5_error(path, call);
+        }
+        goto out;
+    }
+    size_t size = H5Tget_size(ftype);
+    if (size > 0 && H5Tset_size(mtype, size) >= 0) {
         text = calloc(size + 1, 1);
-        if (text && H5Dread(dset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
+        if (!text) {
+            tl_seterr(TL_ENOMEM, "no memory for dataset '%s' of checkpoint '%s'", name, path);
+        } else if (H5Dread(dset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
+            h5_error(path, call);
             free(text);
             text = NULL;
         }
+    } else {
+        h5_error(path, call);
     }
+
+out:
     if (mtype >= 0)
         H5Tclose(mtype);
     if (ftype >= 0)
@@ -388,11 +427,9 @@ static tl_status read_arch(const char *path, hid_t file, char **names_out, int64
     hid_t group = -1, dset = -1, space = -1;
 
     CK_H5(path, group = H5Gopen2(file, "arch", H5P_DEFAULT));
-    *names_out = read_text(group, "names");
-    if (!*names_out) {
-        h5_error(path, "reading arch/names");
+    *names_out = read_text(path, file, "arch/names");
+    if (!*names_out)
         goto fail;
-    }
     CK_H5(path, dset = H5Dopen2(group, "shapes", H5P_DEFAULT));
     CK_H5(path, space = H5Dget_space(dset));
     hsize_t dims[2] = {0, 0};
@@ -416,7 +453,7 @@ static tl_status read_arch(const char *path, hid_t file, char **names_out, int64
     goto out;
 
 fail:
-    st = TL_EIO;
+    st = tl_lasterr() != TL_OK ? tl_lasterr() : TL_EIO;
 out:
     if (space >= 0)
         H5Sclose(space);
@@ -445,11 +482,9 @@ static tl_status check_config(const char *path, hid_t file, const char *names,
         h5_error(path, "reading config_checksum");
         return TL_EIO;
     }
-    char *config = read_text(file, "config_json");
-    if (!config) {
-        h5_error(path, "reading config_json");
-        return TL_EIO;
-    }
+    char *config = read_text(path, file, "config_json");
+    if (!config)
+        return tl_lasterr();
     bool same = config_checksum(config, names, shapes, n_params) == stored;
     free(config);
     if (!same)
@@ -579,10 +614,10 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
         goto out;
     /* Layers of other plugins or options can have the same parameter names
      * and shapes, so the model part of config_json is compared as well. */
-    file_config = read_text(file, "config_json");
+    file_config = read_text(path, file, "config_json");
     if (!file_config) {
-        h5_error(path, "reading config_json");
-        goto fail;
+        st = tl_lasterr();
+        goto out;
     }
     st = tl_checkpoint_check_model(path, file_config, tr->config_json);
     if (st != TL_OK)

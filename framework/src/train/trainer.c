@@ -318,11 +318,14 @@ static bool routing_due(const tl_trainer *tr)
 
 static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
 {
+    /* Only a run with a checkpoint path has a checkpoint to resume from. */
     return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: the %s is %g, so the "
                                   "parameters were not updated. Lower the learning rate (now "
-                                  "%g)%s and resume from the last checkpoint",
+                                  "%g)%s and %s",
                      (long long)tr->step, quantity, value, (double)lr,
-                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm");
+                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm",
+                     tr->checkpoint_path ? "resume from the last checkpoint"
+                                         : "train again");
 }
 
 /* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
