@@ -220,13 +220,23 @@ static tl_status check_target(const char *path, const char *tmp)
     return TL_OK;
 }
 
-tl_status tl_checkpoint_check_target(const char *path)
+/* Returns path.tmp in a heap buffer the caller frees, or NULL with a message. */
+static char *temp_path(const char *path)
 {
     size_t len = strlen(path) + 5;
     char *tmp = malloc(len);
     if (!tmp)
-        return tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
-    snprintf(tmp, len, "%s.tmp", path);
+        tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
+    else
+        snprintf(tmp, len, "%s.tmp", path);
+    return tmp;
+}
+
+tl_status tl_checkpoint_check_target(const char *path)
+{
+    char *tmp = temp_path(path);
+    if (!tmp)
+        return TL_ENOMEM;
     tl_status st = check_target(path, tmp);
     free(tmp);
     return st;
@@ -304,11 +314,9 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
 {
     if (!tr || !path || !path[0])
         return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
-    size_t len = strlen(path) + 5;
-    char *tmp = malloc(len);
+    char *tmp = temp_path(path);
     if (!tmp)
-        return tl_seterr(TL_ENOMEM, "no memory for the checkpoint path");
-    snprintf(tmp, len, "%s.tmp", path);
+        return TL_ENOMEM;
 
     tl_status st = check_target(path, tmp);
     bool created = false;
