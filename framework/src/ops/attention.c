@@ -324,79 +324,65 @@ static void tl_attn_transpose(float *restrict dst, int64_t n_dst, const float *r
             dst[d * n_dst + j] = src[j * ld + d];
 }
 
-/* Eight floats, and eight lane masks, as single values that GCC keeps in
- * vector registers (two SSE registers on baseline x86-64). */
-typedef float tl_attn_v8 __attribute__((vector_size(32)));
-typedef int32_t tl_attn_v8i __attribute__((vector_size(32)));
-
-/* Lanes of x where keep is all ones, fill elsewhere. A macro, because a
- * function returning a vector would change ABI between target versions. */
-#define TL_ATTN_SELECT(keep, x, fill) \
-    ((tl_attn_v8)(((tl_attn_v8i)(x) & (keep)) | ((tl_attn_v8i)(fill) & ~(keep))))
-
 /* Masks, exponentiates and normalises one row pi of scores in place. e >= 1
  * is 1 + the row's last visible key and e_blk >= e the columns the product wrote.
  * When prefix is true the visible keys are exactly [0, e), and m is not read.
- * The loops run over w columns, e rounded up to whole vectors of 8 but not
- * past e_blk. Columns from e on are set to -inf and come out of exp as 0;
- * columns from w to Tk are zeroed. The row's maximum and sum go through one
- * vector of 8 partial results each, folded in a fixed order. On a 64-query
- * causal head this takes 65 ns per row against 88 ns with 16 lanes kept in
- * an array (AVX2, one thread, a short C program calling it in a loop). */
+ * The loops run over w columns, e rounded up to whole groups of TL_VLANES
+ * but not past e_blk, so that for the usual sizes they have no scalar tail.
+ * Columns from e on are set to -inf and come out of exp as 0; columns from w
+ * to Tk are zeroed. */
 TL_MULTIVERSION
 static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t e_blk,
                                 int64_t Tk, bool prefix)
 {
-    int64_t w = (e + 7) / 8 * 8;
+    int64_t w = (e + TL_VLANES - 1) / TL_VLANES * TL_VLANES;
     w = w < e_blk ? w : e_blk;
-    int64_t whole = w / 8 * 8;
-    const tl_attn_v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const tl_attn_v8 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                             -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-
-    tl_attn_v8 vmax = ninf;
-    for (int64_t j0 = 0; j0 < whole; j0 += 8) {
-        tl_attn_v8 x;
-        memcpy(&x, pi + j0, sizeof x);
-        tl_attn_v8i keep = lane < (int32_t)(e - j0);
-        if (!prefix) {
-            tl_attn_v8i visible = {0};
-            for (int l = 0; l < 8; l++)
-                visible[l] = m[j0 + l] ? -1 : 0;
-            keep &= visible;
+    int64_t groups = w / TL_VLANES * TL_VLANES;
+    float lane[TL_VLANES];
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = -INFINITY;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES) {
+        float *pj = pi + j0;
+        int64_t left = e - j0; /* lanes below this are keys before e */
+        if (prefix) {
+#pragma omp simd
+            for (int64_t l = 0; l < TL_VLANES; l++) {
+                float sj = l < left ? pj[l] : -INFINITY;
+                pj[l] = sj;
+                lane[l] = sj > lane[l] ? sj : lane[l]; /* not fmaxf, a library call on x86-64 */
+            }
+        } else {
+            for (int64_t l = 0; l < TL_VLANES; l++) {
+                float sj = l < left && m[j0 + l] ? pj[l] : -INFINITY;
+                pj[l] = sj;
+                lane[l] = sj > lane[l] ? sj : lane[l];
+            }
         }
-        x = TL_ATTN_SELECT(keep, x, ninf);
-        memcpy(pi + j0, &x, sizeof x);
-        vmax = TL_ATTN_SELECT(x > vmax, x, vmax);
     }
-    float max = -INFINITY;
-    for (int l = 0; l < 8; l++)
-        max = vmax[l] > max ? vmax[l] : max;
-    for (int64_t j = whole; j < w; j++) {
+    for (int64_t j = groups; j < w; j++) {
         float sj = j < e && (prefix || m[j]) ? pi[j] : -INFINITY;
         pi[j] = sj;
-        max = sj > max ? sj : max;
+        lane[j - groups] = sj > lane[j - groups] ? sj : lane[j - groups];
     }
-
     /* Key e - 1 is visible, so max is finite and masked keys give
      * exp(-inf) = 0. */
-    tl_attn_v8 vsum = {0};
-    for (int64_t j0 = 0; j0 < whole; j0 += 8) {
+    float max = tl_vlanes_max(lane);
+    for (int l = 0; l < TL_VLANES; l++)
+        lane[l] = 0.0f;
+    for (int64_t j0 = 0; j0 < groups; j0 += TL_VLANES) {
         float *pj = pi + j0;
 #pragma omp simd
-        for (int l = 0; l < 8; l++)
-            pj[l] = tl_vexpf(pj[l] - max);
-        tl_attn_v8 x;
-        memcpy(&x, pj, sizeof x);
-        vsum += x;
+        for (int64_t l = 0; l < TL_VLANES; l++) {
+            float ej = tl_vexpf(pj[l] - max);
+            pj[l] = ej;
+            lane[l] += ej;
+        }
     }
-    float sum = ((vsum[0] + vsum[4]) + (vsum[2] + vsum[6])) +
-                ((vsum[1] + vsum[5]) + (vsum[3] + vsum[7]));
-    for (int64_t j = whole; j < w; j++) {
+    for (int64_t j = groups; j < w; j++) {
         pi[j] = tl_vexpf(pi[j] - max);
-        sum += pi[j];
+        lane[j - groups] += pi[j];
     }
-    float inv = 1.0f / sum; /* the sum is >= 1: the maximum gives exp(0) */
+    float inv = 1.0f / tl_vlanes_sum(lane); /* the sum is >= 1: the maximum gives exp(0) */
 #pragma omp simd
     for (int64_t j = 0; j < w; j++)
         pi[j] *= inv;
