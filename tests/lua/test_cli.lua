@@ -123,4 +123,21 @@ H.check(H.contains(out, "step 5/20") and H.contains(out, "elapsed"), "stopped ru
 out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text)
 H.check(code == 0 and count(out, "step 20/20") == 1, "full run prints its last step once")
 
+-- A resume names the training settings that changed, but not the output paths.
+local ck, first, second = p.scratch .. "/cli_resume.ckpt.h5", p.scratch .. "/cli_first.h5",
+                          p.scratch .. "/cli_second.h5"
+os.remove(ck)
+os.remove(first)
+os.remove(second)
+local run = tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " checkpoint=" .. ck
+out, code = H.run(run .. " steps=10 log=" .. first)
+H.check(code == 0, "first run writes a checkpoint")
+out, code = H.run(run .. " steps=15 resume=" .. ck .. " log=" .. second)
+H.check(code == 0, "resume with more steps runs")
+H.check(H.contains(out, "this run uses its own: steps"), "resume names the changed steps")
+H.check(not H.contains(out, "log_path"), "resume does not count the new log as a training setting")
+os.remove(ck)
+os.remove(first)
+os.remove(second)
+
 H.done()

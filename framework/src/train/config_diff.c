@@ -182,6 +182,13 @@ static tl_status compare_model(const char *path, const flat_json *file, const fl
     return TL_OK;
 }
 
+/* Whether key names where the run writes, which a resumed run may change
+ * without training differently. */
+static bool output_path(const char *key)
+{
+    return strcmp(key, "train.log_path") == 0 || strcmp(key, "train.checkpoint_path") == 0;
+}
+
 /* Prints one line on stderr naming the training settings that differ. */
 static void report_training_changes(const char *path, const flat_json *file,
                                     const flat_json *mine)
@@ -195,7 +202,7 @@ static void report_training_changes(const char *path, const flat_json *file,
     names[0] = '\0';
     for (size_t i = 0; i < file->n; i++) {
         const flat_entry *a = &file->items[i];
-        if (!has_prefix(a->key, "train."))
+        if (!has_prefix(a->key, "train.") || output_path(a->key))
             continue;
         if (same_value(a, find_entry(mine, a->key)))
             continue;
