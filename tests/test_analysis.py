@@ -519,12 +519,14 @@ def test_plot_spikes_warns_of_empty_group(logs, scratch, monkeypatch):
     with h5py.File(path, "r") as f:
         assert set(f["analysis/gradient_spikes/label_by_answer"][:]) == {1}
         assert set(f["analysis/gradient_spikes/label_by_loss"][:]) == {0, 1}
+
     figures = []
     monkeypatch.setattr(tllog, "save_figure", lambda fig, *args, **kwargs: figures.append(fig))
     out_dir = os.path.join(scratch, "figures")
     cases = [(path, "answer", "easy", "hard (n=8)"),
              (all_correct, "answer", "hard", "easy (n=8)"),
              (path, "loss", None, None)]
+
     for log, label, empty, other in cases:
         figures.clear()
         status, err = run_main("plot_spikes.py", log, "-o", out_dir, "--label", label)
@@ -547,13 +549,13 @@ def test_plot_spikes_warns_of_empty_group(logs, scratch, monkeypatch):
 @pytest.mark.parametrize("paths, names, labels, stems", [
     (["a/seed1/itt.h5", "a/seed2/itt.h5", "a/dense.h5"], ["itt", "itt", "dense"],
      ["seed1/itt", "seed2/itt", "dense"], ["seed1_itt", "seed2_itt", "dense"]),
-    # The shortest tail of folders that tells every path of a name apart.
+    # The shortest tail of folders that distinguishes every path of a name.
     (["x/s1/itt.h5", "y/s1/itt.h5"], ["itt", "itt"],
      ["x/s1/itt", "y/s1/itt"], ["x_s1_itt", "y_s1_itt"]),
     # A configured name that two files share gets their paths in brackets.
     (["a/run.h5", "b/other.h5"], ["itt", "itt"],
      ["itt (a/run)", "itt (b/other)"], ["run", "other"]),
-    # The same file twice: numbered, because no folder tells them apart.
+    # The same file twice: numbered, because no folder distinguishes them.
     (["a/itt.h5", "a/itt.h5"], ["itt", "itt"], ["itt", "itt (2)"], ["itt", "itt_2"]),
 ])
 def test_unique_labels_and_stems(paths, names, labels, stems):

@@ -120,9 +120,9 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
     return TL_OK;
 }
 
-/* Rejects a resume whose log path contains a run log, whatever log_overwrite
- * says: there is no append mode, so the new log would erase the earlier
- * run's rows. */
+/* Rejects a resume whose log path contains a run log, even with
+ * log_overwrite set. Logs have no append mode, so the new log would erase
+ * the earlier run's rows. */
 static tl_status check_resumed_log(const tl_trainer *tr)
 {
     const char *log = tr->log_path;
