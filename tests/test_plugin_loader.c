@@ -1,4 +1,4 @@
-#define _POSIX_C_SOURCE 200809L /* mkstemp, setenv */
+#define _POSIX_C_SOURCE 200809L /* mkstemp, mkdtemp, setenv */
 /* Plugin loader: search, every load error and its message, option
  * validation, and the listing of all plugins. */
 #include <stdio.h>
@@ -170,19 +170,31 @@ static void check_model_errors(void)
     HAS(tl_errmsg(), "layer 1: plugin 'itt_v2' not found");
 }
 
-static void check_listing(void)
+/* Reads what tl_plugins_print writes into a string the caller frees. */
+static char *listing_text(int *n_loaded)
 {
     FILE *f = tmpfile();
     CHECK(f != NULL);
     if (!f)
-        return;
-    int n = tl_plugins_print(f);
-    CHECK(n >= 4);
+        return NULL;
+    *n_loaded = tl_plugins_print(f);
     long size = ftell(f);
     rewind(f);
     char *text = calloc(1, (size_t)size + 1);
-    CHECK(fread(text, 1, (size_t)size, f) == (size_t)size);
+    CHECK(text != NULL);
+    if (text)
+        CHECK(fread(text, 1, (size_t)size, f) == (size_t)size);
     fclose(f);
+    return text;
+}
+
+static void check_listing(void)
+{
+    int n = 0;
+    char *text = listing_text(&n);
+    CHECK(n >= 4);
+    if (!text)
+        return;
     HAS(text, "plugin search path, in order:");
     HAS(text, "transformer 1.0");
     HAS(text, "loop 1.0");
@@ -195,6 +207,39 @@ static void check_listing(void)
     free(text);
 }
 
+/* Checks a folder with more plugin files than one listing takes: the listing
+ * states where it stops and still reports why each listed file failed to load. */
+static void check_listing_limit(void)
+{
+    char dir[] = "/tmp/tl_plugin_listXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[256];
+    for (int i = 0; i < 257; i++) {
+        snprintf(path, sizeof path, "%s/p%03d.so", dir, i);
+        FILE *f = fopen(path, "w");
+        CHECK(f != NULL);
+        if (f)
+            fclose(f);
+    }
+    setenv("THINKLAB_PLUGIN_PATH", dir, 1);
+    int n = 0;
+    char *text = listing_text(&n);
+    unsetenv("THINKLAB_PLUGIN_PATH");
+    char expect[512];
+    snprintf(expect, sizeof expect, "%s contains more than 256 plugins; only 256 of them are listed",
+             dir);
+    if (text) {
+        HAS(text, expect);
+        HAS(text, "not loaded");
+    }
+    free(text);
+    for (int i = 0; i < 257; i++) {
+        snprintf(path, sizeof path, "%s/p%03d.so", dir, i);
+        remove(path);
+    }
+    rmdir(dir);
+}
+
 int main(void)
 {
     unsetenv("THINKLAB_PLUGIN_PATH");
@@ -203,5 +248,6 @@ int main(void)
     check_options();
     check_model_errors();
     check_listing();
+    check_listing_limit();
     return gc_finish("plugin loader");
 }

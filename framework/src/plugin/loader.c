@@ -257,22 +257,33 @@ static int tl_print_dir(FILE *out, const char *dir, char (*seen)[256], int *n_se
     DIR *d = opendir(dir);
     if (!d)
         return 0;
-    char *names[256];
+    enum { TL_LIST_MAX = 256 };
+    char *names[TL_LIST_MAX];
     int n = 0;
+    bool truncated = false;
     struct dirent *e;
     size_t suffix = strlen(TL_PLUGIN_SUFFIX);
-    while ((e = readdir(d)) && n < 256) {
+    while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
-        if (len > suffix && strcmp(e->d_name + len - suffix, TL_PLUGIN_SUFFIX) == 0)
-            names[n++] = strdup(e->d_name);
+        if (len <= suffix || strcmp(e->d_name + len - suffix, TL_PLUGIN_SUFFIX) != 0)
+            continue;
+        if (n == TL_LIST_MAX) {
+            truncated = true;
+            break;
+        }
+        /* A failed strdup leaves the name out, so qsort never compares NULL. */
+        char *name = strdup(e->d_name);
+        if (name)
+            names[n++] = name;
     }
     closedir(d);
     qsort(names, (size_t)n, sizeof names[0], tl_name_cmp);
+    if (truncated)
+        fprintf(out, "%s contains more than %d plugins; only %d of them are listed\n\n", dir,
+                TL_LIST_MAX, TL_LIST_MAX);
 
     int loaded = 0;
     for (int i = 0; i < n; i++) {
-        if (!names[i])
-            continue;
         char file[TL_PATH_MAX];
         snprintf(file, sizeof file, "%s/%s", dir, names[i]);
         names[i][strlen(names[i]) - suffix] = '\0';
