@@ -627,52 +627,6 @@ static void test_existing_checkpoint(void)
     remove(path);
 }
 
-/* A resume whose log path contains a run log is rejected, also with
- * log_overwrite, and the earlier run's log stays as it was. */
-static void test_resume_keeps_log(void)
-{
-    char path[512], log[512], keep[512], fresh[512];
-    tu_path(path, sizeof path, "train_resume_log.h5");
-    tu_path(log, sizeof log, "train_resume_log_run.h5");
-    tu_path(keep, sizeof keep, "train_resume_log_keep.h5");
-    tu_path(fresh, sizeof fresh, "train_resume_log_fresh.h5");
-    remove(path);
-    remove(log);
-    remove(fresh);
-    tl_model *m = model(8);
-    tl_train_config c = tu_config(4);
-    c.log_path = log;
-    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
-    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
-    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
-    tl_trainer_free(tr);
-    copy_file(log, keep);
-
-    c.resume_path = path;
-    c.log_overwrite = true;
-    tr = tl_trainer_new(m, &D.data, &c);
-    CHECK_MSG(tr == NULL, "the resume replaced the run log '%s'", log);
-    CHECK(tl_lasterr() == TL_EINVAL);
-    CHECK_MSG(strstr(tl_errmsg(), log) != NULL, "%s", tl_errmsg());
-    CHECK_MSG(strstr(tl_errmsg(), "resuming from step 2") != NULL, "%s", tl_errmsg());
-    CHECK_MSG(strstr(tl_errmsg(), "choose a new log path") != NULL, "%s", tl_errmsg());
-    tl_trainer_free(tr);
-    CHECK_MSG(files_equal(log, keep), "the rejected resume changed the log '%s'", log);
-
-    c.log_path = fresh;
-    tr = tl_trainer_new(m, &D.data, &c);
-    CHECK_MSG(tr != NULL, "a resume into a new log was rejected: %s", tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == 2);
-    tl_trainer_free(tr);
-    tl_model_free(m);
-    remove(path);
-    remove(log);
-    remove(keep);
-    remove(fresh);
-}
-
 /* A checkpoint whose layers have the same parameter names and shapes but
  * other options is rejected with the setting and both values. A resume of a
  * finished run is rejected, one with other training settings is not. */
@@ -733,7 +687,6 @@ int main(void)
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);
     tu_run("test_existing_checkpoint", test_existing_checkpoint);
-    tu_run("test_resume_keeps_log", test_resume_keeps_log);
     tu_run("test_other_layer_options", test_other_layer_options);
     tu_run("test_config_json_types", test_config_json_types);
     tu_data_free(&D);

@@ -136,7 +136,32 @@ out, code = H.run(run .. " steps=15 resume=" .. ck .. " log=" .. second)
 H.check(code == 0, "resume with more steps runs")
 H.check(H.contains(out, "this run uses its own: steps"), "resume names the changed steps")
 H.check(not H.contains(out, "log_path"), "resume does not count the new log as a training setting")
+
+-- A resume into the run's own log continues it. From an earlier checkpoint
+-- it first removes the rows of the steps that the run logs again.
+local function copy(from, to)
+  local i, o = assert(io.open(from, "rb")), assert(io.open(to, "wb"))
+  o:write(i:read("a"))
+  i:close()
+  o:close()
+end
+local ck10 = p.scratch .. "/cli_resume10.ckpt.h5"
 os.remove(ck)
+os.remove(first)
+out, code = H.run(run .. " steps=10 log=" .. first)
+H.check(code == 0, "first run of the continued log")
+copy(ck, ck10)
+out, code = H.run(run .. " steps=15 resume=" .. ck .. " log=" .. first)
+H.check(code == 0, "resume into the run's own log runs")
+H.check(H.contains(out, "continuing run log '" .. first .. "' at step 10; no rows of later steps to remove"),
+        "resume at the log's end names the log and removes nothing")
+local run10 = tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " checkpoint=" .. ck10
+out, code = H.run(run10 .. " steps=15 resume=" .. ck10 .. " log=" .. first)
+H.check(code == 0, "resume from the earlier checkpoint into the continued log runs")
+H.check(H.contains(out, "at step 10; removed the rows of later steps, which this run logs again: train 5"),
+        "resume from an earlier checkpoint names the removed training rows")
+os.remove(ck)
+os.remove(ck10)
 os.remove(first)
 os.remove(second)
 

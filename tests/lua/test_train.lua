@@ -97,7 +97,7 @@ H.check(sa.loss == sc.loss, "resumed last-step loss equals the uninterrupted run
 H.check(sa.eval_loss == sc.eval_loss, "resumed final evaluation equals the uninterrupted run's")
 H.expect_error("resume of a finished run", {ck, "already at step 10 = steps", "raise steps"},
                thinklab.train, config(build(3), {resume = ck, steps = 10}))
-H.expect_error("resume into the earlier run's log", {log, "resuming from step 10", "choose a new log path"},
+H.expect_error("resume into another run's log", {log, ck, "belongs to run", "give the resumed run a new log path"},
                thinklab.train, config(build(3), {resume = ck, log = log, log_overwrite = true}))
 
 -- trainer:load on an existing trainer, after stepping it elsewhere

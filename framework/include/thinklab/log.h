@@ -37,6 +37,8 @@ enum { TL_LOG_FORMAT_VERSION = 1 };
 enum { TL_LOG_FLUSH_EVERY_DEFAULT = 50 };
 /* Matrices of one attention layer in /analysis/gradient_spikes: wq, wk, wv, wo. */
 enum { TL_LOG_SPIKE_MATRICES = 4 };
+/* Bytes of a run id with its terminating NUL: at most 63 characters. */
+enum { TL_LOG_RUN_ID_SIZE = 64 };
 
 typedef struct tl_log tl_log;
 
@@ -49,6 +51,10 @@ typedef struct tl_log_meta {
     int threads;
     int flush_every;                    /* training steps between flushes; 0 = 50 */
     bool overwrite;                     /* replace an existing file instead of failing */
+    /* Identifier of the training run, stored as /meta run_id so that a
+     * resumed run can check that the log is its own; NULL or "" stores
+     * none. At most TL_LOG_RUN_ID_SIZE - 1 characters. */
+    const char *run_id;
 } tl_log_meta;
 
 /* True if path is an HDF5 file whose root carries thinklab_log_version.
@@ -59,6 +65,39 @@ bool tl_log_is_run_log(const char *path);
  * writes /meta and flushes. Fails with TL_EIO if path exists and
  * meta->overwrite is false, or if the file cannot be created. */
 tl_log *tl_log_create(const char *path, const tl_log_meta *meta);
+
+/* Reads /meta run_id of the run log at path into id (size bytes). A log
+ * written before run ids existed has none, and id becomes "". Fails when path
+ * is not a thinklab run log or the id does not fit. */
+tl_status tl_log_read_run_id(const char *path, char *id, size_t size);
+
+/* Opens the run log at path to continue the run that wrote it, after that
+ * run was resumed from a checkpoint taken after `step` completed optimizer
+ * steps. meta->run_id must equal the log's run_id; meta->overwrite is
+ * ignored.
+ *
+ * Rows that the resumed run writes again are removed first. These are the
+ * /train, /grad_norms, /token_grads and /routing rows whose step is `step`
+ * or later, because their step counts the steps before the one they record.
+ * /eval rows go when their step, which counts completed steps, is later
+ * than `step`.
+ * /analysis/gradient_spikes stays as it is, and a later tl_log_spikes_init()
+ * on the log fails, because a log contains one analysis. Fails without
+ * removing rows or changing /meta when the log's run id differs from
+ * meta->run_id or is missing, and when the kept /train rows end before
+ * step - 1, because the continued log would lack the steps between.
+ *
+ * /meta gets the new configuration: config_json, the plugin lists, seed,
+ * threads, versions and flush_every are replaced, start_time stays, and
+ * `step` is appended to the int64 attribute resumed_at_steps. When dropped
+ * is not NULL it receives the groups that lost rows with their counts, such
+ * as "train 12, eval 3, routing/layers.1 2", or "" when none did.
+ *
+ * Existing /grad_norms, /token_grads and /routing/<layer> groups take the
+ * new rows once tl_log_grad_norms_init(), tl_log_token_grads_init() and
+ * tl_log_routing_register() are called with their shapes. */
+tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, char *dropped,
+                      size_t dropped_size);
 
 /* Writes every buffered record and calls H5Fflush once. */
 tl_status tl_log_flush(tl_log *log);
@@ -87,7 +126,8 @@ typedef struct tl_log_train_record {
 tl_status tl_log_train(tl_log *log, const tl_log_train_record *rec);
 
 /* Stores the parameter names of /grad_norms once; call before
- * tl_log_grad_norms(). */
+ * tl_log_grad_norms(). On a log opened by tl_log_append() that has
+ * /grad_norms, checks that n_params and names match the stored ones. */
 tl_status tl_log_grad_norms_init(tl_log *log, int64_t n_params, const char *const *names);
 /* Buffers one row of per-parameter gradient L2 norms (n_params values). */
 tl_status tl_log_grad_norms(tl_log *log, int64_t step, const double *norms);
@@ -97,7 +137,9 @@ tl_status tl_log_grad_norms(tl_log *log, int64_t step, const double *norms);
 tl_status tl_log_grad_norms_params(tl_log *log, int64_t step, const tl_params *params);
 
 /* Sets the shape of /token_grads: n_layers decoder layers, so n_layers + 1
- * residual states h_0..h_L, and n_tokens logged token positions. */
+ * residual states h_0..h_L, and n_tokens logged token positions. On a log
+ * opened by tl_log_append() that has /token_grads, checks that the shape
+ * matches the stored one. */
 tl_status tl_log_token_grads_init(tl_log *log, int n_layers, int64_t n_tokens);
 /* Buffers one logged step. norms is (n_layers + 1, n_tokens): norms[l][i] =
  * ||dL/dh_l[i]||_2, where h_0 is the embedding output and h_l the output of
@@ -116,7 +158,10 @@ typedef struct tl_log_routing_spec {
     double score_min, score_max;
 } tl_log_routing_spec;
 
-/* Registers a routed layer and returns its id (>= 0), or -1 with a message. */
+/* Registers a routed layer and returns its id (>= 0), or -1 with a message.
+ * On a log opened by tl_log_append(), a layer whose group exists continues
+ * it: kind, n_steps, n_mask_tokens and n_bins must match the group's, and
+ * the group's bin edges stay in force over score_min and score_max. */
 int tl_log_routing_register(tl_log *log, const tl_log_routing_spec *spec);
 
 /* The routing decision of one routed step of one training step. */

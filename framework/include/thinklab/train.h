@@ -66,10 +66,13 @@ typedef struct tl_train_stats {
                               (evaluation, checkpoints, callbacks) is not counted */
     double flops_per_step; /* forward + backward FLOPs of the last step */
     double flops_total;    /* FLOPs of all steps of this process so far */
-    double elapsed_s;      /* wall time of tl_trainer_run so far, seconds */
-    double eta_s;          /* estimated wall seconds to the last step: elapsed_s per step
-                              run so far, evaluations and checkpoints included, times
-                              the steps left; NaN before the first step */
+    double elapsed_s;      /* wall seconds of tl_trainer_run so far, earlier calls
+                              included; after a resume it continues from the time the
+                              checkpoint recorded */
+    double eta_s;          /* estimated wall seconds to the last step: the wall time per
+                              step of this tl_trainer_run so far, evaluations and
+                              checkpoints included, times the steps left; NaN before
+                              the first step */
     int64_t eval_step;     /* step of the last evaluation, -1 if none yet */
     double eval_loss;      /* validation loss of the last evaluation; NaN if none */
     double eval_perplexity;
@@ -137,7 +140,10 @@ typedef struct tl_train_config {
      * resume_path names the same file. */
     bool checkpoint_overwrite;
     /* Checkpoint that tl_trainer_new loads with tl_trainer_load, so the run
-     * continues from it; NULL or "" for none. */
+     * continues from it; NULL or "" for none. When log_path contains a run
+     * log, the resumed run continues it if the log's run id equals the
+     * checkpoint's (see tl_log_append). Otherwise tl_trainer_new fails, also
+     * with log_overwrite. */
     const char *resume_path;
 
     int64_t progress_every;   /* steps between progress lines on stderr; 0 = no progress output */
@@ -211,8 +217,9 @@ tl_ctx *tl_trainer_ctx(tl_trainer *tr);
 tl_log *tl_trainer_log(tl_trainer *tr); /* NULL without a log */
 tl_rng *tl_trainer_rng(tl_trainer *tr); /* batch-sampling RNG */
 
-/* Writes a checkpoint to path (path.tmp first, then rename()). On failure the
- * file previously at path is untouched. */
+/* Flushes the trainer's log, so that the log contains every step the
+ * checkpoint has, then writes a checkpoint to path (path.tmp first, then rename()). On
+ * failure the file previously at path is untouched. */
 tl_status tl_trainer_save(tl_trainer *tr, const char *path);
 
 /* Restores a checkpoint written by tl_trainer_save into a trainer built with
@@ -223,8 +230,10 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path);
  * (batch_size x world) or context, and a file that is missing, truncated or
  * not a checkpoint. Training settings may differ: rank 0 names those on one
  * line on stderr. The rank count may differ: a file written by 2 ranks of
- * batch_size 4 continues under 1 rank of 8. On failure the trainer's state
- * is unchanged. */
+ * batch_size 4 continues under 1 rank of 8. A trainer without a log takes
+ * the checkpoint's run id, so that its logs and checkpoints belong to the
+ * checkpoint's run. A trainer with a log keeps its own. On failure the trainer's
+ * state is unchanged. */
 tl_status tl_trainer_load(tl_trainer *tr, const char *path);
 
 /* ---- evaluation ----------------------------------------------------------- */

@@ -144,6 +144,85 @@ fail:
     return TL_EIO;
 }
 
+tl_status tl_log_column_open(const char *path, tl_log_column *col, hid_t group,
+                             const char *name, tl_log_type type, int row_rank)
+{
+    memset(col, 0, sizeof *col);
+    col->dset = H5I_INVALID_HID;
+    col->mem_type = H5I_INVALID_HID;
+    col->is_string = type == TL_LOG_STR;
+    col->row_rank = row_rank;
+    hid_t space = H5I_INVALID_HID;
+    hsize_t dims[3] = {0, 0, 0};
+    TL_H5(path, col->dset = H5Dopen2(group, name, H5P_DEFAULT));
+    TL_H5(path, space = H5Dget_space(col->dset));
+    int rank = H5Sget_simple_extent_ndims(space);
+    if (rank != row_rank + 1) {
+        H5Sclose(space);
+        tl_log_column_close(col);
+        return tl_seterr(TL_EFORMAT, "run log '%s': dataset '%s' has %d dimensions, expected "
+                                     "%d; the file was not written by this thinklab",
+                         path, name, rank, row_rank + 1);
+    }
+    TL_H5(path, H5Sget_simple_extent_dims(space, dims, NULL));
+    H5Sclose(space);
+    space = H5I_INVALID_HID;
+    size_t row_elems = 1;
+    for (int d = 0; d < row_rank; d++) {
+        col->row_dims[d] = dims[d + 1];
+        row_elems *= (size_t)dims[d + 1];
+    }
+    col->row_bytes = row_elems * tl_log_elem_size(type);
+    col->rows_in_file = dims[0];
+    if (col->is_string) {
+        TL_H5(path, col->mem_type = tl_log_str_type());
+    } else {
+        TL_H5(path, col->mem_type = H5Tcopy(tl_log_mem_type(type)));
+    }
+    return TL_OK;
+
+fail:
+    if (space >= 0)
+        H5Sclose(space);
+    tl_log_column_close(col);
+    return TL_EIO;
+}
+
+tl_status tl_log_columns_keep_before(const char *path, tl_log_column *const *cols, int n,
+                                     int64_t limit, int64_t *dropped, int64_t *last_step)
+{
+    hsize_t rows = cols[0]->rows_in_file;
+    for (int i = 1; i < n; i++)
+        if (cols[i]->rows_in_file < rows)
+            rows = cols[i]->rows_in_file;
+    int64_t *steps = malloc((size_t)(cols[0]->rows_in_file ? cols[0]->rows_in_file : 1) *
+                            sizeof *steps);
+    if (!steps)
+        return tl_seterr(TL_ENOMEM, "run log '%s': no memory for %llu step values", path,
+                         (unsigned long long)cols[0]->rows_in_file);
+    if (cols[0]->rows_in_file > 0)
+        TL_H5(path, H5Dread(cols[0]->dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                            steps));
+    /* Steps never decrease within a group, so the kept rows lead. */
+    hsize_t keep = 0;
+    while (keep < rows && steps[keep] < limit)
+        keep++;
+    *dropped = (int64_t)(cols[0]->rows_in_file - keep);
+    *last_step = keep > 0 ? steps[keep - 1] : -1;
+    free(steps);
+    for (int i = 0; i < n; i++) {
+        if (cols[i]->rows_in_file > keep) {
+            cols[i]->rows_in_file = keep;
+            cols[i]->trim = true;
+        }
+    }
+    return TL_OK;
+
+fail:
+    free(steps);
+    return TL_EIO;
+}
+
 void *tl_log_column_push(tl_log_column *col)
 {
     if (col->n_pending == col->cap_pending) {
@@ -186,7 +265,7 @@ static void tl_log_column_drop_pending(tl_log_column *col)
 
 tl_status tl_log_column_write(const char *path, tl_log_column *col)
 {
-    if (col->n_pending == 0)
+    if (col->n_pending == 0 && !col->trim)
         return TL_OK;
     int rank = col->row_rank + 1;
     hsize_t start[3] = {col->rows_in_file, 0, 0};
@@ -195,6 +274,9 @@ tl_status tl_log_column_write(const char *path, tl_log_column *col)
     hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
 
     TL_H5(path, H5Dset_extent(col->dset, extent));
+    col->trim = false;
+    if (col->n_pending == 0)
+        return TL_OK;
     TL_H5(path, fspace = H5Dget_space(col->dset));
     TL_H5(path, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL));
     TL_H5(path, mspace = H5Screate_simple(rank, count, NULL));
@@ -321,6 +403,51 @@ tl_status tl_log_string_scalar(const char *path, hid_t group, const char *name,
 
 fail:
     return TL_EIO;
+}
+
+char *tl_log_read_attr_str(const char *path, hid_t obj, const char *name)
+{
+    hid_t attr = H5I_INVALID_HID, type = H5I_INVALID_HID, mem = H5I_INVALID_HID;
+    char *text = NULL;
+    TL_H5(path, attr = H5Aopen(obj, name, H5P_DEFAULT));
+    TL_H5(path, type = H5Aget_type(attr));
+    if (H5Tget_class(type) != H5T_STRING) {
+        tl_seterr(TL_EFORMAT, "run log '%s': attribute '%s' is not a string", path, name);
+        goto out;
+    }
+    TL_H5(path, mem = H5Tcopy(H5T_C_S1));
+    TL_H5(path, H5Tset_cset(mem, H5Tget_cset(type)));
+    if (H5Tis_variable_str(type) > 0) {
+        char *value = NULL;
+        TL_H5(path, H5Tset_size(mem, H5T_VARIABLE));
+        TL_H5(path, H5Aread(attr, mem, &value));
+        text = strdup(value ? value : "");
+        H5free_memory(value);
+    } else {
+        size_t size = H5Tget_size(type);
+        TL_H5(path, H5Tset_size(mem, size));
+        text = calloc(size + 1, 1);
+        if (text && H5Aread(attr, mem, text) < 0) {
+            tl_log_h5_error(path, "H5Aread(attr, mem, text)");
+            free(text);
+            text = NULL;
+            goto out;
+        }
+    }
+    if (!text)
+        tl_seterr(TL_ENOMEM, "run log '%s': no memory for attribute '%s'", path, name);
+    goto out;
+
+fail:
+    text = NULL;
+out:
+    if (mem >= 0)
+        H5Tclose(mem);
+    if (type >= 0)
+        H5Tclose(type);
+    if (attr >= 0)
+        H5Aclose(attr);
+    return text;
 }
 
 tl_status tl_log_f64_array(const char *path, hid_t group, const char *name, int64_t n,

@@ -8,13 +8,6 @@
 #include "log_internal.h"
 #include "thinklab/thinklab.h"
 
-/* H5Pset_file_locking exists in HDF5 1.10.7+ and 1.12.1+. */
-#if H5_VERSION_GE(1, 12, 1) || (H5_VERS_MAJOR == 1 && H5_VERS_MINOR == 10 && H5_VERS_RELEASE >= 7)
-#define TL_LOG_HAVE_FILE_LOCKING 1
-#else
-#define TL_LOG_HAVE_FILE_LOCKING 0
-#endif
-
 bool tl_log_usable(const tl_log *log, const char *func)
 {
     if (!log) {
@@ -36,23 +29,16 @@ int64_t tl_log_train_rows_flushed(const tl_log *log)
     return log ? (int64_t)log->train_step.rows_in_file : 0;
 }
 
-static tl_status tl_log_write_meta(tl_log *log, const tl_log_meta *meta)
+tl_status tl_log_write_run_meta(tl_log *log, const tl_log_meta *meta)
 {
     const char *p = log->path;
     hid_t g = log->g_meta;
-    char start[32];
-    time_t now = time(NULL);
-    struct tm utc;
-    if (!gmtime_r(&now, &utc) || strftime(start, sizeof start, "%Y-%m-%dT%H:%M:%SZ", &utc) == 0)
-        strcpy(start, "unknown");
     unsigned major = 0, minor = 0, release = 0;
     H5get_libversion(&major, &minor, &release);
     char hdf5_version[32];
     snprintf(hdf5_version, sizeof hdf5_version, "%u.%u.%u", major, minor, release);
 
-    tl_status st = tl_log_attr_i64(p, log->file, "thinklab_log_version", TL_LOG_FORMAT_VERSION);
-    if (st == TL_OK)
-        st = tl_log_string_scalar(p, g, "config_json", meta->config_json);
+    tl_status st = tl_log_string_scalar(p, g, "config_json", meta->config_json);
     if (st == TL_OK)
         st = tl_log_strings(p, g, "plugin_names", meta->n_plugins, meta->plugin_names);
     if (st == TL_OK)
@@ -64,15 +50,31 @@ static tl_status tl_log_write_meta(tl_log *log, const tl_log_meta *meta)
     if (st == TL_OK)
         st = tl_log_attr_str(p, g, "thinklab_version", TL_VERSION_STRING);
     if (st == TL_OK)
-        st = tl_log_attr_str(p, g, "start_time", start);
-    if (st == TL_OK)
         st = tl_log_attr_str(p, g, "hdf5_version", hdf5_version);
     if (st == TL_OK)
         st = tl_log_attr_i64(p, g, "flush_every", log->flush_every);
+    if (st == TL_OK && meta->run_id && meta->run_id[0])
+        st = tl_log_attr_str(p, g, "run_id", meta->run_id);
     return st;
 }
 
-static tl_status tl_log_create_columns(tl_log *log)
+static tl_status tl_log_write_meta(tl_log *log, const tl_log_meta *meta)
+{
+    const char *p = log->path;
+    char start[32];
+    time_t now = time(NULL);
+    struct tm utc;
+    if (!gmtime_r(&now, &utc) || strftime(start, sizeof start, "%Y-%m-%dT%H:%M:%SZ", &utc) == 0)
+        strcpy(start, "unknown");
+    tl_status st = tl_log_attr_i64(p, log->file, "thinklab_log_version", TL_LOG_FORMAT_VERSION);
+    if (st == TL_OK)
+        st = tl_log_attr_str(p, log->g_meta, "start_time", start);
+    if (st == TL_OK)
+        st = tl_log_write_run_meta(log, meta);
+    return st;
+}
+
+tl_status tl_log_main_columns(tl_log *log, bool open_existing)
 {
     const char *p = log->path;
     struct {
@@ -96,40 +98,48 @@ static tl_status tl_log_create_columns(tl_log *log)
         {&log->eval_selected_fraction, log->g_eval, "selected_fraction", TL_LOG_F64},
     };
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) {
-        tl_status st = tl_log_column_create(p, cols[i].col, cols[i].group, cols[i].name,
-                                            cols[i].type, 0, NULL);
+        tl_status st = open_existing
+                           ? tl_log_column_open(p, cols[i].col, cols[i].group, cols[i].name,
+                                                cols[i].type, 0)
+                           : tl_log_column_create(p, cols[i].col, cols[i].group, cols[i].name,
+                                                  cols[i].type, 0, NULL);
         if (st != TL_OK)
             return st;
     }
     return TL_OK;
 }
 
-static bool tl_log_meta_valid(const char *path, const tl_log_meta *meta)
+bool tl_log_meta_valid(const char *func, const char *path, const tl_log_meta *meta)
 {
     if (!path || !*path) {
-        tl_seterr(TL_EINVAL, "tl_log_create: path is empty; pass the run's log file path");
+        tl_seterr(TL_EINVAL, "%s: path is empty; pass the run's log file path", func);
         return false;
     }
     if (!meta || !meta->config_json) {
-        tl_seterr(TL_EINVAL, "tl_log_create: meta and meta->config_json are required for "
-                             "run log '%s'", path);
+        tl_seterr(TL_EINVAL, "%s: meta and meta->config_json are required for "
+                             "run log '%s'", func, path);
         return false;
     }
     if (meta->n_plugins < 0 ||
         (meta->n_plugins > 0 && (!meta->plugin_names || !meta->plugin_versions))) {
-        tl_seterr(TL_EINVAL, "tl_log_create: n_plugins is %d but plugin_names or "
-                             "plugin_versions is missing for run log '%s'",
+        tl_seterr(TL_EINVAL, "%s: n_plugins is %d but plugin_names or "
+                             "plugin_versions is missing for run log '%s'", func,
                   meta->n_plugins, path);
         return false;
     }
     for (int i = 0; i < meta->n_plugins; i++)
         if (!meta->plugin_names[i] || !meta->plugin_versions[i]) {
-            tl_seterr(TL_EINVAL, "tl_log_create: plugin %d has a NULL name or version", i);
+            tl_seterr(TL_EINVAL, "%s: plugin %d has a NULL name or version", func, i);
             return false;
         }
     if (meta->flush_every < 0) {
-        tl_seterr(TL_EINVAL, "tl_log_create: flush_every is %d; use a positive step count "
-                             "or 0 for %d", meta->flush_every, TL_LOG_FLUSH_EVERY_DEFAULT);
+        tl_seterr(TL_EINVAL, "%s: flush_every is %d; use a positive step count "
+                             "or 0 for %d", func, meta->flush_every, TL_LOG_FLUSH_EVERY_DEFAULT);
+        return false;
+    }
+    if (meta->run_id && strlen(meta->run_id) >= TL_LOG_RUN_ID_SIZE) {
+        tl_seterr(TL_EINVAL, "%s: run_id '%s' is longer than %d characters", func,
+                  meta->run_id, TL_LOG_RUN_ID_SIZE - 1);
         return false;
     }
     return true;
@@ -148,7 +158,7 @@ bool tl_log_is_run_log(const char *path)
 
 tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
 {
-    if (!tl_log_meta_valid(path, meta))
+    if (!tl_log_meta_valid("tl_log_create", path, meta))
         return NULL;
     if (tl_check_parent_folder(path, "run log") != TL_OK)
         return NULL;
@@ -197,7 +207,7 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
     TL_H5(path, log->g_eval = H5Gcreate2(log->file, "eval", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     TL_H5(path, log->g_routing = H5Gcreate2(log->file, "routing", H5P_DEFAULT, H5P_DEFAULT,
                                             H5P_DEFAULT));
-    if (tl_log_write_meta(log, meta) != TL_OK || tl_log_create_columns(log) != TL_OK)
+    if (tl_log_write_meta(log, meta) != TL_OK || tl_log_main_columns(log, false) != TL_OK)
         goto fail_keep_message;
     TL_H5(path, H5Fflush(log->file, H5F_SCOPE_LOCAL));
     return log;

@@ -6,6 +6,13 @@
 
 #include "thinklab/log.h"
 
+/* H5Pset_file_locking exists in HDF5 1.10.7+ and 1.12.1+. */
+#if H5_VERSION_GE(1, 12, 1) || (H5_VERS_MAJOR == 1 && H5_VERS_MINOR == 10 && H5_VERS_RELEASE >= 7)
+#define TL_LOG_HAVE_FILE_LOCKING 1
+#else
+#define TL_LOG_HAVE_FILE_LOCKING 0
+#endif
+
 /* Sets a message naming the log file, the failing HDF5 call and the innermost
  * HDF5 error description, then clears the HDF5 error stack. */
 void tl_log_h5_error(const char *path, const char *call);
@@ -30,6 +37,10 @@ typedef struct tl_log_column {
     hsize_t row_dims[2];
     size_t row_bytes;
     hsize_t rows_in_file;
+    /* The dataset contains more than rows_in_file rows, and the next write
+     * removes the extra ones, which a resumed run logs again (see
+     * tl_log_append). */
+    bool trim;
     unsigned char *pending; /* n_pending rows of row_bytes */
     size_t n_pending, cap_pending;
 } tl_log_column;
@@ -52,12 +63,26 @@ hid_t tl_log_str_type(void);
 tl_status tl_log_column_create(const char *path, tl_log_column *col, hid_t group,
                                const char *name, tl_log_type type, int row_rank,
                                const hsize_t *row_dims);
+/* Opens dataset name of group, written by tl_log_column_create() with type
+ * and row_rank dimensions after the first, to append to it. The row
+ * dimensions come from the file. */
+tl_status tl_log_column_open(const char *path, tl_log_column *col, hid_t group,
+                             const char *name, tl_log_type type, int row_rank);
+/* Plans to keep only the leading rows of the n columns whose step, read from
+ * the int64 column cols[0], is below limit: the rows from the first step at
+ * limit or above are removed at the next write. Rows beyond the shortest
+ * column, which a crash during a flush can leave, go as well. Sets *dropped
+ * to the rows of cols[0] removed and *last_step to the last kept step, or -1
+ * when no row stays. */
+tl_status tl_log_columns_keep_before(const char *path, tl_log_column *const *cols, int n,
+                                     int64_t limit, int64_t *dropped, int64_t *last_step);
 /* Appends a zeroed row and returns it, or NULL with a message. */
 void *tl_log_column_push(tl_log_column *col);
 /* Appends one zeroed row to each of n columns; on failure no column keeps a
  * new row. */
 tl_status tl_log_columns_push(tl_log_column *const *cols, void **rows, int n);
-/* Extends the dataset by the buffered rows, writes them and empties the buffer. */
+/* Sets the dataset to rows_in_file plus the buffered rows, which removes the
+ * rows of a planned trim, writes the buffered rows and empties the buffer. */
 tl_status tl_log_column_write(const char *path, tl_log_column *col);
 void tl_log_column_close(tl_log_column *col);
 
@@ -70,6 +95,9 @@ tl_status tl_log_strings(const char *path, hid_t group, const char *name, int64_
                          const char *const *values);
 tl_status tl_log_string_scalar(const char *path, hid_t group, const char *name,
                                const char *value);
+/* Reads a scalar string attribute into a heap string the caller frees, or
+ * NULL with a message. */
+char *tl_log_read_attr_str(const char *path, hid_t obj, const char *name);
 /* Writes a fixed 1-D float64 dataset. */
 tl_status tl_log_f64_array(const char *path, hid_t group, const char *name, int64_t n,
                            const double *values);
@@ -93,6 +121,9 @@ struct tl_log {
         eval_routing_mode, eval_selected_fraction;
 
     hid_t g_grad_norms; /* H5I_INVALID_HID until initialised */
+    /* The group came from the file (tl_log_append) and waits for the
+     * matching tl_log_grad_norms_init(); likewise for /token_grads. */
+    bool grad_norms_reopened, token_grads_reopened;
     int64_t n_params;
     tl_log_column gn_step, gn_values;
 
@@ -105,10 +136,26 @@ struct tl_log {
     int n_routing;
 
     tl_log_spikes *spikes;
+    bool spikes_in_file; /* /analysis/gradient_spikes was there before tl_log_append */
 };
 
 /* Rejects calls on a NULL or failed log. */
 bool tl_log_usable(const tl_log *log, const char *func);
+/* Checks path and meta for func, tl_log_create() or tl_log_append(). */
+bool tl_log_meta_valid(const char *func, const char *path, const tl_log_meta *meta);
+/* Writes the /meta items that describe the run's configuration: all but
+ * start_time and resumed_at_steps. */
+tl_status tl_log_write_run_meta(tl_log *log, const tl_log_meta *meta);
+/* Creates the /train and /eval columns, or opens those of an existing log. */
+tl_status tl_log_main_columns(tl_log *log, bool open_existing);
+
+/* Parts of tl_log_append(): reopen the groups of the part that the file
+ * has, plan the removal of rows of steps from `step` on, and append
+ * "group rows" items for groups that lose rows to report (size bytes). */
+tl_status tl_log_records_reopen(tl_log *log, int64_t step, char *report, size_t size);
+tl_status tl_log_routing_reopen(tl_log *log, int64_t step, char *report, size_t size);
+/* Appends ", name count" (without the comma when report is empty). */
+void tl_log_report_add(char *report, size_t size, const char *name, int64_t count);
 
 /* Parts of tl_log_flush() and tl_log_close() owned by the part's file. */
 tl_status tl_log_routing_flush(tl_log *log);

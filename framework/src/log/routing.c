@@ -15,6 +15,8 @@ struct tl_log_routing_layer {
     /* Rows: step (), fraction, score_mean, score_std, topk_agreement (n_steps),
      * histogram (n_steps, n_bins), mask (n_steps, n_mask). */
     tl_log_column step, fraction, score_mean, score_std, topk_agreement, histogram, mask;
+    char *kind;         /* of a group reopened by tl_log_append, else NULL */
+    bool reopened;      /* reopened and not yet claimed by tl_log_routing_register */
     bool row_open;      /* the last buffered row can still take records of row_step */
     bool any_row;
     int64_t row_step;   /* step of the last row, buffered or written */
@@ -44,6 +46,7 @@ static void tl_log_routing_layer_free(tl_log_routing_layer *r)
     if (r->group > 0)
         H5Gclose(r->group);
     free(r->name);
+    free(r->kind);
     free(r);
 }
 
@@ -72,7 +75,7 @@ static bool tl_log_routing_spec_valid(const tl_log *log, const tl_log_routing_sp
         return false;
     }
     for (int i = 0; i < log->n_routing; i++)
-        if (strcmp(log->routing[i]->name, spec->name) == 0) {
+        if (!log->routing[i]->reopened && strcmp(log->routing[i]->name, spec->name) == 0) {
             tl_seterr(TL_EINVAL, "tl_log_routing_register: layer '%s' is already registered "
                                  "in run log '%s'; give every routed layer its own name",
                       spec->name, log->path);
@@ -132,12 +135,40 @@ fail:
     return TL_EIO;
 }
 
+/* Claims the reopened group of spec's layer when it has the same shape, so
+ * that the layer's rows continue it. Returns its id, -1 with a message for
+ * another shape, or -2 when no reopened group has the name. */
+static int tl_log_routing_claim(tl_log *log, const tl_log_routing_spec *spec)
+{
+    for (int i = 0; i < log->n_routing; i++) {
+        tl_log_routing_layer *r = log->routing[i];
+        if (!r->reopened || strcmp(r->name, spec->name) != 0)
+            continue;
+        if (strcmp(r->kind, spec->kind) != 0 || r->n_steps != spec->n_steps ||
+            r->n_mask != spec->n_mask_tokens || r->n_bins != spec->n_bins) {
+            tl_seterr(TL_EINVAL, "tl_log_routing_register: /routing/%s of run log '%s' has "
+                                 "kind %s, %d routed steps, masks of %lld tokens and %d bins, "
+                                 "but this run's layer has %s, %d, %lld and %d; give the run a "
+                                 "new log path", r->name, log->path, r->kind, r->n_steps,
+                      (long long)r->n_mask, r->n_bins, spec->kind, spec->n_steps,
+                      (long long)spec->n_mask_tokens, spec->n_bins);
+            return -1;
+        }
+        r->reopened = false;
+        return i;
+    }
+    return -2;
+}
+
 int tl_log_routing_register(tl_log *log, const tl_log_routing_spec *spec)
 {
     if (!tl_log_usable(log, "tl_log_routing_register"))
         return -1;
     if (!tl_log_routing_spec_valid(log, spec))
         return -1;
+    int claimed = tl_log_routing_claim(log, spec);
+    if (claimed != -2)
+        return claimed;
 
     tl_log_routing_layer *r = calloc(1, sizeof *r);
     tl_log_routing_layer **grown = realloc(log->routing,
@@ -197,6 +228,10 @@ tl_status tl_log_routing(tl_log *log, int id, const tl_log_routing_record *rec)
         return tl_seterr(TL_EINVAL, "tl_log_routing: layer id %d is not registered in run log "
                                     "'%s' (%d layers)", id, log->path, log->n_routing);
     tl_log_routing_layer *r = log->routing[id];
+    if (r->reopened)
+        return tl_seterr(TL_ESTATE, "tl_log_routing: layer '%s' of run log '%s' was written "
+                                    "before the run was resumed; register it again first",
+                         r->name, log->path);
     if (!rec || !rec->scores || !rec->selected)
         return tl_seterr(TL_EINVAL, "tl_log_routing: layer '%s' needs a record with scores and "
                                     "selected", r->name);
@@ -255,6 +290,135 @@ tl_status tl_log_routing(tl_log *log, int id, const tl_log_routing_record *rec)
     for (int64_t i = 0; i < r->n_mask; i++)
         mask[i] = rec->selected[i] != 0;
     return TL_OK;
+}
+
+static tl_status tl_log_read_attr_i64(const char *path, hid_t obj, const char *name,
+                                      int64_t *value)
+{
+    hid_t attr = H5I_INVALID_HID;
+    TL_H5(path, attr = H5Aopen(obj, name, H5P_DEFAULT));
+    TL_H5(path, H5Aread(attr, H5T_NATIVE_INT64, value));
+    H5Aclose(attr);
+    return TL_OK;
+
+fail:
+    if (attr >= 0)
+        H5Aclose(attr);
+    return TL_EIO;
+}
+
+/* Reads the attributes and bin edges of the open group r->group and opens
+ * its columns. */
+static tl_status tl_log_routing_open(tl_log *log, tl_log_routing_layer *r)
+{
+    const char *p = log->path;
+    int64_t n_steps = 0;
+    tl_status st = tl_log_read_attr_i64(p, r->group, "n_steps", &n_steps);
+    if (st == TL_OK)
+        st = tl_log_read_attr_i64(p, r->group, "n_mask_tokens", &r->n_mask);
+    if (st == TL_OK && !(r->kind = tl_log_read_attr_str(p, r->group, "kind")))
+        st = tl_lasterr();
+    if (st != TL_OK)
+        return st;
+    r->n_steps = (int)n_steps;
+
+    tl_log_column *cols[TL_LOG_ROUTING_COLUMNS];
+    tl_log_routing_columns(r, cols);
+    static const char *const names[TL_LOG_ROUTING_COLUMNS] = {
+        "step", "fraction", "score_mean", "score_std", "topk_agreement", "histogram", "mask"};
+    static const tl_log_type types[TL_LOG_ROUTING_COLUMNS] = {
+        TL_LOG_I64, TL_LOG_F64, TL_LOG_F64, TL_LOG_F64, TL_LOG_F64, TL_LOG_I64, TL_LOG_U8};
+    static const int ranks[TL_LOG_ROUTING_COLUMNS] = {0, 1, 1, 1, 1, 2, 2};
+    for (int c = 0; c < TL_LOG_ROUTING_COLUMNS && st == TL_OK; c++)
+        st = tl_log_column_open(p, cols[c], r->group, names[c], types[c], ranks[c]);
+    if (st != TL_OK)
+        return st;
+    r->n_bins = (int)r->histogram.row_dims[1];
+
+    /* The first and last bin edges give the score range, so that the
+     * continued rows bin as the earlier ones did. */
+    hid_t dset = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    double *edges = NULL;
+    hsize_t n_edges = 0;
+    TL_H5(p, dset = H5Dopen2(r->group, "bin_edges", H5P_DEFAULT));
+    TL_H5(p, space = H5Dget_space(dset));
+    if (H5Sget_simple_extent_ndims(space) != 1 ||
+        H5Sget_simple_extent_dims(space, &n_edges, NULL) != 1 ||
+        n_edges != (hsize_t)r->n_bins + 1) {
+        st = tl_seterr(TL_EFORMAT, "run log '%s': /routing/%s/bin_edges does not hold %d edges "
+                                   "for %d histogram bins; the file is damaged", p, r->name,
+                       r->n_bins + 1, r->n_bins);
+        goto out;
+    }
+    edges = malloc((size_t)n_edges * sizeof *edges);
+    if (!edges) {
+        st = tl_seterr(TL_ENOMEM, "no memory for %d histogram bin edges", r->n_bins + 1);
+        goto out;
+    }
+    TL_H5(p, H5Dread(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, edges));
+    r->score_min = edges[0];
+    r->score_max = edges[r->n_bins];
+    goto out;
+
+fail:
+    st = TL_EIO;
+out:
+    free(edges);
+    if (space >= 0)
+        H5Sclose(space);
+    if (dset >= 0)
+        H5Dclose(dset);
+    return st;
+}
+
+tl_status tl_log_routing_reopen(tl_log *log, int64_t step, char *report, size_t size)
+{
+    const char *p = log->path;
+    H5G_info_t info;
+    TL_H5(p, H5Gget_info(log->g_routing, &info));
+    for (hsize_t i = 0; i < info.nlinks; i++) {
+        char name[256];
+        ssize_t len = H5Lget_name_by_idx(log->g_routing, ".", H5_INDEX_NAME, H5_ITER_INC, i,
+                                         name, sizeof name, H5P_DEFAULT);
+        if (len < 0 || (size_t)len >= sizeof name) {
+            tl_log_h5_error(p, "H5Lget_name_by_idx(/routing)");
+            return TL_EIO;
+        }
+        tl_log_routing_layer *r = calloc(1, sizeof *r);
+        tl_log_routing_layer **grown = realloc(log->routing,
+                                               (size_t)(log->n_routing + 1) * sizeof *grown);
+        if (grown)
+            log->routing = grown;
+        if (!r || !grown || !(r->name = strdup(name))) {
+            free(r);
+            return tl_seterr(TL_ENOMEM, "could not reopen routed layer '%s'", name);
+        }
+        r->group = H5Gopen2(log->g_routing, name, H5P_DEFAULT);
+        tl_status st = r->group < 0 ? TL_EIO : tl_log_routing_open(log, r);
+        if (r->group < 0)
+            tl_log_h5_error(p, "H5Gopen2(/routing/<layer>)");
+        int64_t dropped = 0, last = -1;
+        tl_log_column *cols[TL_LOG_ROUTING_COLUMNS];
+        tl_log_routing_columns(r, cols);
+        if (st == TL_OK)
+            st = tl_log_columns_keep_before(p, cols, TL_LOG_ROUTING_COLUMNS, step, &dropped,
+                                            &last);
+        if (st != TL_OK) {
+            tl_log_routing_layer_free(r);
+            return st;
+        }
+        r->reopened = true;
+        r->any_row = last >= 0;
+        r->row_step = last;
+        log->routing[log->n_routing++] = r;
+        char group[300];
+        snprintf(group, sizeof group, "routing/%s", name);
+        tl_log_report_add(report, size, group, dropped);
+    }
+    return TL_OK;
+
+fail:
+    return TL_EIO;
 }
 
 tl_status tl_log_routing_flush(tl_log *log)

@@ -35,8 +35,13 @@ static tl_status tl_log_spikes_create(tl_log *log, tl_log_spikes *s)
 {
     const char *p = log->path;
     static const char *const matrices[TL_LOG_SPIKE_MATRICES] = {"wq", "wk", "wv", "wo"};
-    TL_H5(p, s->analysis = H5Gcreate2(log->file, "analysis", H5P_DEFAULT, H5P_DEFAULT,
-                                      H5P_DEFAULT));
+    htri_t has_analysis = H5Lexists(log->file, "analysis", H5P_DEFAULT);
+    TL_H5(p, has_analysis);
+    if (has_analysis > 0)
+        TL_H5(p, s->analysis = H5Gopen2(log->file, "analysis", H5P_DEFAULT));
+    else
+        TL_H5(p, s->analysis = H5Gcreate2(log->file, "analysis", H5P_DEFAULT, H5P_DEFAULT,
+                                          H5P_DEFAULT));
     TL_H5(p, s->group = H5Gcreate2(s->analysis, "gradient_spikes", H5P_DEFAULT, H5P_DEFAULT,
                                    H5P_DEFAULT));
     tl_status st = tl_log_strings(p, s->group, "matrices", TL_LOG_SPIKE_MATRICES, matrices);
@@ -86,6 +91,11 @@ tl_status tl_log_spikes_init(tl_log *log, int n_layers, double easy_quantile,
     if (log->spikes)
         return tl_seterr(TL_ESTATE, "tl_log_spikes_init: run log '%s' already has "
                                     "/analysis/gradient_spikes; initialise it once", log->path);
+    if (log->spikes_in_file)
+        return tl_seterr(TL_ESTATE, "tl_log_spikes_init: run log '%s' already has "
+                                    "/analysis/gradient_spikes, written before the run was "
+                                    "resumed, and a log contains one analysis; run this analysis "
+                                    "with a trainer that logs to another path", log->path);
     if (n_layers <= 0 || !(easy_quantile >= 0.0 && easy_quantile <= hard_quantile &&
                            hard_quantile <= 1.0))
         return tl_seterr(TL_EINVAL, "tl_log_spikes_init: n_layers %d, quantiles easy %g and "

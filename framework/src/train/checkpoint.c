@@ -10,6 +10,10 @@
  *               config_checksum (uint64, FNV-1a over config_json, arch/names and
  *               arch/shapes). Files written before state_checksum or
  *               config_checksum existed load without that check.
+ *               run_id (string): the run the checkpoint belongs to, as in the
+ *               run log's /meta; elapsed_s (float64): wall seconds of training
+ *               up to the checkpoint. Files without them load as runs
+ *               without an id and with 0 s.
  *   rng         uint64 (4): the batch-sampling xoshiro state
  *   config_json string: trainer and model configuration
  *   arch/names  string: parameter names in store order, one per line
@@ -274,6 +278,9 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, write_attr(file, "state_checksum", H5T_NATIVE_UINT64, &state));
     uint64_t config = config_checksum(tr->config_json, names, shapes, (size_t)n_params);
     CK_H5(path, write_attr(file, "config_checksum", H5T_NATIVE_UINT64, &config));
+    CK_H5(path, write_text(file, "run_id", tr->run_id, true));
+    double elapsed = tl_train_elapsed(tr);
+    CK_H5(path, write_attr(file, "elapsed_s", H5T_NATIVE_DOUBLE, &elapsed));
 
     hsize_t four = 4;
     CK_H5(path, write_array(file, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &four, tr->rng.s));
@@ -314,6 +321,13 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
 {
     if (!tr || !path || !path[0])
         return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
+    /* A run killed after this save resumes from it, and continues its log
+     * only if the log has every step up to it. */
+    if (tr->log) {
+        tl_status st = tl_log_flush(tr->log);
+        if (st != TL_OK)
+            return st;
+    }
     char *tmp = temp_path(path);
     if (!tmp)
         return TL_ENOMEM;
@@ -406,6 +420,40 @@ out:
         H5Tclose(ftype);
     H5Dclose(dset);
     return text;
+}
+
+/* Reads the string attribute run_id, fixed-length as thinklab writes it,
+ * into id; "" when the file has none. */
+static tl_status read_run_id(const char *path, hid_t file, char id[TL_LOG_RUN_ID_SIZE])
+{
+    id[0] = '\0';
+    htri_t has = H5Aexists(file, "run_id");
+    if (has < 0) {
+        h5_error(path, "H5Aexists(run_id)");
+        return TL_EIO;
+    }
+    if (has == 0)
+        return TL_OK;
+    hid_t attr = H5Aopen(file, "run_id", H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : -1;
+    size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    bool ok = type >= 0 && H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0 &&
+              size > 0 && size < TL_LOG_RUN_ID_SIZE;
+    if (ok)
+        ok = H5Aread(attr, type, id) >= 0;
+    if (type >= 0)
+        H5Tclose(type);
+    if (attr >= 0)
+        H5Aclose(attr);
+    if (!ok) {
+        H5Eclear2(H5E_DEFAULT);
+        id[0] = '\0';
+        return tl_seterr(TL_EFORMAT, "checkpoint '%s': attribute run_id is not a string of at "
+                                     "most %d characters; the file is damaged", path,
+                         TL_LOG_RUN_ID_SIZE - 1);
+    }
+    id[size] = '\0';
+    return TL_OK;
 }
 
 /* Reads a 1-D dataset that must hold exactly n elements. */
@@ -649,6 +697,13 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
             goto out;
         }
     }
+    char run_id[TL_LOG_RUN_ID_SIZE];
+    st = read_run_id(path, file, run_id);
+    if (st != TL_OK)
+        goto out;
+    double elapsed = 0.0;
+    if (H5Aexists(file, "elapsed_s") > 0)
+        CK_H5(path, read_attr(file, "elapsed_s", H5T_NATIVE_DOUBLE, &elapsed));
     /* Files from before data parallelism have no "world": one process. */
     int64_t file_world = 1;
     if (H5Aexists(file, "world") > 0)
@@ -711,6 +766,12 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tr->step = step;
     tr->stats.step = step;
     tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
+    tr->elapsed_base = elapsed;
+    tr->stats.elapsed_s = elapsed;
+    snprintf(tr->checkpoint_run_id, sizeof tr->checkpoint_run_id, "%s", run_id);
+    /* A trainer with a log keeps its id, which the log records. */
+    if (!tr->log && run_id[0])
+        snprintf(tr->run_id, sizeof tr->run_id, "%s", run_id);
     if (tr->cfg.rank == 0)
         tl_checkpoint_print_training_changes(path, file_config, tr->config_json);
     st = TL_OK;

@@ -61,6 +61,15 @@ struct tl_trainer {
         bool done;      /* its forward finished, so ce and aux are set */
     } *shard_loss;       /* one per shard */
 
+    /* Identifier of the training run, written to the log's /meta and to
+     * checkpoints: 32 hex digits, new for a fresh trainer, the checkpoint's
+     * after a resume. */
+    char run_id[TL_LOG_RUN_ID_SIZE];
+    /* run_id of the checkpoint last loaded, "" when it had none or none was
+     * loaded. */
+    char checkpoint_run_id[TL_LOG_RUN_ID_SIZE];
+    bool append_log;     /* log_path contains this run's log, which the resumed run continues */
+
     int64_t step;        /* optimizer steps completed */
     tl_train_stats stats;
     char *config_json;   /* trainer and model configuration, written to logs and checkpoints */
@@ -78,6 +87,10 @@ struct tl_trainer {
 
     /* Progress and timing. */
     double run_start;         /* monotonic seconds at the start of tl_trainer_run */
+    /* Wall seconds of training before the current tl_trainer_run: those of
+     * earlier calls, and after a load those the checkpoint recorded. */
+    double elapsed_base;
+    bool running;             /* inside tl_trainer_run */
     int64_t run_start_step;   /* step at the start of tl_trainer_run (above 0 on resume) */
     double window_step_s;     /* summed step times (dt of tl_trainer_step) of the window */
     int64_t window_steps;     /* steps run within the current window */
@@ -87,6 +100,8 @@ struct tl_trainer {
 
 /* Monotonic clock in seconds. */
 double tl_train_now(void);
+/* Wall seconds of training so far, across resumes (see elapsed_base). */
+double tl_train_elapsed(const tl_trainer *tr);
 
 /* Checks that a checkpoint can be saved at path: its folder exists, path is
  * missing or a thinklab checkpoint, and path.tmp is missing or a file. */

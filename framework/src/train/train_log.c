@@ -164,10 +164,23 @@ tl_status tl_train_log_open(tl_trainer *tr)
         .threads = tr->threads,
         .flush_every = tr->cfg.log_flush_every,
         .overwrite = tr->cfg.log_overwrite,
+        .run_id = tr->run_id,
     };
-    tr->log = tl_log_create(tr->cfg.log_path, &meta);
-    if (!tr->log)
-        return tl_lasterr();
+    if (tr->append_log) {
+        char dropped[512];
+        tr->log = tl_log_append(tr->cfg.log_path, &meta, tr->step, dropped, sizeof dropped);
+        if (!tr->log)
+            return tl_lasterr();
+        fprintf(stderr, "thinklab: continuing run log '%s' at step %lld; %s%s\n",
+                tr->cfg.log_path, (long long)tr->step,
+                dropped[0] ? "removed the rows of later steps, which this run logs again: "
+                           : "no rows of later steps to remove",
+                dropped);
+    } else {
+        tr->log = tl_log_create(tr->cfg.log_path, &meta);
+        if (!tr->log)
+            return tl_lasterr();
+    }
     if (tr->cfg.log_grads_every > 0) {
         const tl_params *p = tr->params;
         size_t n = tl_params_count(p);

@@ -19,6 +19,41 @@ double tl_train_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double tl_train_elapsed(const tl_trainer *tr)
+{
+    return tr->elapsed_base + (tr->running ? tl_train_now() - tr->run_start : 0.0);
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Writes 32 random hex digits to id. The id only distinguishes runs, so it
+ * comes from /dev/urandom and not from the seeded training RNG. Where that
+ * device cannot be read, the clock and the process id are mixed instead. */
+static void new_run_id(char id[TL_LOG_RUN_ID_SIZE])
+{
+    uint64_t bits[2] = {0, 0};
+    FILE *f = fopen("/dev/urandom", "rb");
+    bool ok = f && fread(bits, sizeof bits, 1, f) == 1;
+    if (f)
+        fclose(f);
+    if (!ok) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t x = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        x ^= (uint64_t)getpid() << 32;
+        bits[0] = splitmix64(&x);
+        bits[1] = splitmix64(&x);
+    }
+    snprintf(id, TL_LOG_RUN_ID_SIZE, "%016llx%016llx", (unsigned long long)bits[0],
+             (unsigned long long)bits[1]);
+}
+
 static char *copy_string(const char *s)
 {
     if (!s || !s[0])
@@ -120,17 +155,36 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
     return TL_OK;
 }
 
-/* Rejects a resume whose log path contains a run log, even with
- * log_overwrite set. Logs have no append mode, so the new log would erase
- * the earlier run's rows. */
-static tl_status check_resumed_log(const tl_trainer *tr)
+/* Decides what a resume does with a run log already at the log path. The
+ * resumed run continues the log when the log's run id equals the
+ * checkpoint's. Otherwise the resume is rejected, also with log_overwrite
+ * set, so that it never erases a run's rows or mixes two runs in one log. */
+static tl_status check_resumed_log(tl_trainer *tr)
 {
-    const char *log = tr->log_path;
+    const char *log = tr->log_path, *ck = tr->resume_path;
     if (!log || access(log, F_OK) != 0 || !tl_log_is_run_log(log))
         return TL_OK;
-    return tl_seterr(TL_EINVAL, "run log '%s' already exists and resuming from step %lld would "
-                                "replace it, because a resumed run writes a new log: choose a "
-                                "new log path", log, (long long)tr->step);
+    char log_id[TL_LOG_RUN_ID_SIZE];
+    tl_status st = tl_log_read_run_id(log, log_id, sizeof log_id);
+    if (st != TL_OK)
+        return st;
+    if (!tr->checkpoint_run_id[0])
+        return tl_seterr(TL_EINVAL, "run log '%s' already exists, and checkpoint '%s' has no "
+                                    "run id (an older thinklab wrote it), so it cannot be "
+                                    "checked that the log belongs to the same run: give the "
+                                    "resumed run a new log path", log, ck);
+    if (!log_id[0])
+        return tl_seterr(TL_EINVAL, "run log '%s' has no run id (an older thinklab wrote it), so "
+                                    "it cannot be checked that it belongs to the run of "
+                                    "checkpoint '%s': give the resumed run a new log path",
+                         log, ck);
+    if (strcmp(log_id, tr->checkpoint_run_id) != 0)
+        return tl_seterr(TL_EINVAL, "run log '%s' belongs to run %s, but checkpoint '%s' to run "
+                                    "%s, so resuming from step %lld would mix two runs in one "
+                                    "log: give the resumed run a new log path",
+                         log, log_id, ck, tr->checkpoint_run_id, (long long)tr->step);
+    tr->append_log = true;
+    return TL_OK;
 }
 
 tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_train_config *cfg)
@@ -168,6 +222,7 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
         tr->cfg.world = 1;
     if (tl_train_config_resolve(&tr->cfg) != TL_OK)
         goto fail;
+    new_run_id(tr->run_id);
     if (tr->cfg.world < 1 || tr->cfg.rank < 0 || tr->cfg.rank >= tr->cfg.world) {
         tl_seterr(TL_EINVAL, "rank %d must lie in [0, world = %d)", tr->cfg.rank, tr->cfg.world);
         goto fail;
@@ -504,8 +559,9 @@ static void format_duration(double sec, char *buf, size_t size)
 /* Updates throughput, elapsed time and ETA, and starts a new window. The
  * throughput counts only the window's step times, so that evaluation,
  * calibration, checkpoints and callbacks between steps do not lower it. The
- * ETA is wall time: the run's elapsed time per step so far, those pauses
- * included, times the steps left. */
+ * ETA is wall time: this tl_trainer_run's time per step so far, those pauses
+ * included, times the steps left. The elapsed time adds the time before it
+ * (elapsed_base). */
 static void update_timing(tl_trainer *tr)
 {
     tl_train_stats *s = &tr->stats;
@@ -513,9 +569,10 @@ static void update_timing(tl_trainer *tr)
     if (tr->window_steps > 0 && step_s > 0)
         s->tokens_per_s = (double)(tr->window_steps * tr->cfg.batch_size * tr->cfg.context *
                                    tr->cfg.world) / step_s;
-    s->elapsed_s = tl_train_now() - tr->run_start;
+    double run_s = tl_train_now() - tr->run_start;
+    s->elapsed_s = tr->elapsed_base + run_s;
     int64_t done = s->step - tr->run_start_step;
-    s->eta_s = done > 0 ? s->elapsed_s / (double)done * (double)(s->total - s->step) : NAN;
+    s->eta_s = done > 0 ? run_s / (double)done * (double)(s->total - s->step) : NAN;
     tr->window_step_s = 0.0;
     tr->window_steps = 0;
 }
@@ -603,12 +660,11 @@ static bool every(int64_t step, int64_t interval)
     return interval > 0 && step % interval == 0;
 }
 
-tl_status tl_trainer_run(tl_trainer *tr)
+static tl_status run_steps(tl_trainer *tr)
 {
     const tl_train_config *c = &tr->cfg;
     bool leader = c->rank == 0;
     bool can_eval = tr->data.val != NULL;
-    tr->run_start = tl_train_now();
     tr->run_start_step = tr->step;
     tr->window_step_s = 0.0;
     tr->window_steps = 0;
@@ -673,4 +729,14 @@ tl_status tl_trainer_run(tl_trainer *tr)
     if (tr->log && (st = tl_log_flush(tr->log)) != TL_OK)
         return st;
     return TL_OK;
+}
+
+tl_status tl_trainer_run(tl_trainer *tr)
+{
+    tr->run_start = tl_train_now();
+    tr->running = true;
+    tl_status st = run_steps(tr);
+    tr->elapsed_base += tl_train_now() - tr->run_start;
+    tr->running = false;
+    return st;
 }

@@ -1,0 +1,515 @@
+/* A resumed run that continues its own run log: the continued log must equal
+ * the log of an uninterrupted run, and logs of other runs, or without a run
+ * id, must be rejected without a change. */
+#define _POSIX_C_SOURCE 200809L /* strdup() */
+#include <hdf5.h>
+#include <math.h>
+#include <string.h>
+
+#include "train_util.h"
+
+static tu_data D;
+
+static tl_model *model(uint64_t seed)
+{
+    return tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "causal", seed);
+}
+
+static bool files_equal(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    int ch;
+    while (in && out && (ch = fgetc(in)) != EOF)
+        fputc(ch, out);
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+}
+
+/* Deletes attribute name of object obj ("." for the root) in file path. */
+static void delete_attr(const char *path, const char *obj, const char *name)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    CHECK(f >= 0);
+    CHECK(f >= 0 && H5Adelete_by_name(f, obj, name, H5P_DEFAULT) >= 0);
+    if (f >= 0)
+        H5Fclose(f);
+}
+
+/* A dataset read whole in its native type: rows along the first axis. */
+typedef struct dataset {
+    hsize_t rows;
+    size_t bytes;
+    unsigned char *data;
+} dataset;
+
+static dataset read_dataset(hid_t file, const char *name)
+{
+    dataset d = {0, 0, NULL};
+    hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    CHECK_MSG(ds >= 0, "dataset %s is missing", name);
+    if (ds < 0)
+        return d;
+    hid_t ftype = H5Dget_type(ds), space = H5Dget_space(ds);
+    hid_t mtype = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
+    hsize_t dims[3] = {0, 0, 0};
+    int rank = H5Sget_simple_extent_dims(space, dims, NULL);
+    size_t n = (size_t)H5Sget_simple_extent_npoints(space);
+    d.rows = rank > 0 ? dims[0] : 1;
+    d.bytes = n * H5Tget_size(mtype);
+    d.data = malloc(d.bytes ? d.bytes : 1);
+    CHECK(d.data && (n == 0 || H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, d.data) >= 0));
+    H5Tclose(mtype);
+    H5Tclose(ftype);
+    H5Sclose(space);
+    H5Dclose(ds);
+    return d;
+}
+
+/* The int64 column name as a heap array of *n values. */
+static int64_t *read_steps(hid_t file, const char *name, size_t *n)
+{
+    dataset d = read_dataset(file, name);
+    *n = d.bytes / sizeof(int64_t);
+    return (int64_t *)d.data;
+}
+
+/* Checks that dataset name has the same rows and the same bits in both logs. */
+static void check_same_dataset(hid_t straight, hid_t continued, const char *name)
+{
+    dataset a = read_dataset(straight, name), b = read_dataset(continued, name);
+    CHECK_MSG(a.rows == b.rows, "%s: %llu rows in the uninterrupted log, %llu in the continued "
+              "one", name, (unsigned long long)a.rows, (unsigned long long)b.rows);
+    CHECK_MSG(a.bytes == b.bytes && a.data && b.data && memcmp(a.data, b.data, a.bytes) == 0,
+              "%s differs between the uninterrupted and the continued log", name);
+    free(a.data);
+    free(b.data);
+}
+
+/* Checks that the string column name has the same values in both logs. */
+static void check_same_strings(hid_t straight, hid_t continued, const char *name)
+{
+    hid_t files[2] = {straight, continued};
+    char **values[2] = {NULL, NULL};
+    hsize_t rows[2] = {0, 0};
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, H5T_VARIABLE);
+    H5Tset_cset(str, H5T_CSET_UTF8);
+    for (int i = 0; i < 2; i++) {
+        hid_t ds = H5Dopen2(files[i], name, H5P_DEFAULT);
+        hid_t space = H5Dget_space(ds);
+        H5Sget_simple_extent_dims(space, &rows[i], NULL);
+        values[i] = calloc(rows[i] ? rows[i] : 1, sizeof *values[i]);
+        CHECK(H5Dread(ds, str, H5S_ALL, H5S_ALL, H5P_DEFAULT, values[i]) >= 0);
+        H5Sclose(space);
+        H5Dclose(ds);
+    }
+    CHECK_MSG(rows[0] == rows[1], "%s: %llu rows against %llu", name,
+              (unsigned long long)rows[0], (unsigned long long)rows[1]);
+    for (hsize_t r = 0; r < rows[0] && r < rows[1]; r++)
+        CHECK_MSG(values[0][r] && values[1][r] && strcmp(values[0][r], values[1][r]) == 0,
+                  "%s row %llu: '%s' against '%s'", name, (unsigned long long)r,
+                  values[0][r] ? values[0][r] : "", values[1][r] ? values[1][r] : "");
+    for (int i = 0; i < 2; i++) {
+        for (hsize_t r = 0; r < rows[i]; r++)
+            H5free_memory(values[i][r]);
+        free(values[i]);
+    }
+    H5Tclose(str);
+}
+
+/* The text of the scalar string dataset or the string attribute name. */
+static char *read_text(hid_t file, const char *obj, const char *name, bool attribute)
+{
+    hid_t h = attribute ? H5Aopen_by_name(file, obj, name, H5P_DEFAULT, H5P_DEFAULT)
+                        : H5Dopen2(file, name, H5P_DEFAULT);
+    CHECK_MSG(h >= 0, "%s is missing", name);
+    if (h < 0)
+        return NULL;
+    hid_t type = attribute ? H5Aget_type(h) : H5Dget_type(h);
+    char *text = NULL;
+    if (H5Tis_variable_str(type) > 0) {
+        char *value = NULL;
+        hid_t mem = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mem, H5T_VARIABLE);
+        H5Tset_cset(mem, H5Tget_cset(type));
+        herr_t st = attribute ? H5Aread(h, mem, &value)
+                              : H5Dread(h, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value);
+        text = st >= 0 && value ? strdup(value) : NULL;
+        H5free_memory(value);
+        H5Tclose(mem);
+    } else {
+        text = calloc(H5Tget_size(type) + 1, 1);
+        herr_t st = attribute ? H5Aread(h, type, text)
+                              : H5Dread(h, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text);
+        CHECK(st >= 0);
+    }
+    H5Tclose(type);
+    if (attribute)
+        H5Aclose(h);
+    else
+        H5Dclose(h);
+    return text;
+}
+
+static char *run_id_of_checkpoint(const char *path)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    char *id = f >= 0 ? read_text(f, ".", "run_id", true) : NULL;
+    if (f >= 0)
+        H5Fclose(f);
+    return id;
+}
+
+static double elapsed_of_checkpoint(const char *path)
+{
+    double elapsed = NAN;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t a = f >= 0 ? H5Aopen(f, "elapsed_s", H5P_DEFAULT) : -1;
+    CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_DOUBLE, &elapsed) >= 0);
+    if (a >= 0)
+        H5Aclose(a);
+    if (f >= 0)
+        H5Fclose(f);
+    return elapsed;
+}
+
+/* The callback of the interrupted run: fails at step *user, as a killed
+ * process would stop, so that no checkpoint follows the last one. */
+static int fail_at_step(const tl_train_stats *s, void *user)
+{
+    if (s->step != *(const int64_t *)user)
+        return TL_TRAIN_CONTINUE;
+    tl_seterr(TL_ESTATE, "the test stopped the run at step %lld", (long long)s->step);
+    return -1;
+}
+
+/* Settings of the three runs below: every record group of the log gets
+ * rows, and the steps after the checkpoint have rows of each group. */
+static tl_train_config logged_config(int64_t steps, const char *log)
+{
+    tl_train_config c = tu_config(steps);
+    c.log_path = log;
+    c.log_grads_every = 2;
+    c.log_routing_every = 3;
+    c.eval_every = 2;
+    c.eval_batches = 2;
+    c.eval_calibration_batches = 1;
+    return c;
+}
+
+/* Every dataset of a step-indexed group of the log, except
+ * /train/tokens_per_s, which measures time. */
+static const char *const compared[] = {
+    "train/step",          "train/loss",           "train/lr",
+    "train/grad_norm",     "train/flops",          "eval/step",
+    "eval/loss",           "eval/perplexity",      "eval/bits_per_byte",
+    "eval/selected_fraction", "grad_norms/step",   "grad_norms/values",
+    "token_grads/step",    "token_grads/norms",    "token_grads/tokens",
+    "token_grads/losses",  "routing/layers.1/step", "routing/layers.1/fraction",
+    "routing/layers.1/score_mean", "routing/layers.1/score_std",
+    "routing/layers.1/topk_agreement", "routing/layers.1/histogram",
+    "routing/layers.1/mask",
+};
+
+/* An uninterrupted run of N steps against a run that checkpoints at step S,
+ * logs on to step M and stops, then resumes from the step-S checkpoint into
+ * the same log and trains to N. The continued log must have each step once
+ * and the rows of the uninterrupted log, bit for bit: the trainer is
+ * deterministic at a fixed thread count. A second resume with more steps
+ * appends after the first. */
+static void test_continued_log_equals_straight(void)
+{
+    enum { S = 4, M = 7, N = 12, MORE = 14 };
+    char straight[512], continued[512], ck[512];
+    tu_path(straight, sizeof straight, "resume_log_straight.h5");
+    tu_path(continued, sizeof continued, "resume_log_continued.h5");
+    tu_path(ck, sizeof ck, "resume_log.ckpt.h5");
+    remove(straight);
+    remove(continued);
+    remove(ck);
+
+    tl_model *ma = model(41);
+    tl_train_config c = logged_config(N, straight);
+    tl_trainer *tr = tl_trainer_new(ma, &D.data, &c);
+    CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    tl_model_free(ma);
+
+    /* The interrupted run: a checkpoint at S only, rows up to step M - 1. */
+    tl_model *mb = model(41);
+    int64_t stop = M;
+    c = logged_config(N, continued);
+    c.checkpoint_path = ck;
+    c.checkpoint_every = S;
+    c.callback = fail_at_step;
+    c.callback_user = &stop;
+    c.callback_every = 1;
+    tr = tl_trainer_new(mb, &D.data, &c);
+    CHECK(tr != NULL);
+    tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ESTATE, "the interrupted run returned %s: %s", tl_status_name(st),
+              tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == M);
+    tl_trainer_free(tr);
+    tl_model_free(mb);
+    hid_t f = H5Fopen(continued, H5F_ACC_RDONLY, H5P_DEFAULT);
+    size_t n_before = 0;
+    int64_t *before = f >= 0 ? read_steps(f, "train/step", &n_before) : NULL;
+    CHECK_MSG(n_before == M, "the interrupted log has %zu training rows, want %d", n_before, M);
+    free(before);
+    if (f >= 0)
+        H5Fclose(f);
+    double ck_elapsed = elapsed_of_checkpoint(ck);
+    CHECK_MSG(ck_elapsed > 0, "checkpoint elapsed_s is %g", ck_elapsed);
+
+    /* The resume into the same log. Other initial weights: all state must
+     * come from the checkpoint. */
+    tl_model *mc = model(97);
+    c = logged_config(N, continued);
+    c.checkpoint_path = ck;
+    c.checkpoint_every = S;
+    c.resume_path = ck;
+    tr = tl_trainer_new(mc, &D.data, &c);
+    CHECK_MSG(tr != NULL, "the resume into its own log was rejected: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == S);
+    CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    double elapsed = tr ? tl_trainer_stats(tr)->elapsed_s : NAN;
+    CHECK_MSG(elapsed >= ck_elapsed, "elapsed_s %g after the resume, the checkpoint had %g",
+              elapsed, ck_elapsed);
+    tl_trainer_free(tr);
+
+    hid_t fa = H5Fopen(straight, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t fb = H5Fopen(continued, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(fa >= 0);
+    CHECK(fb >= 0);
+    if (fa >= 0 && fb >= 0) {
+        for (size_t i = 0; i < sizeof compared / sizeof compared[0]; i++)
+            check_same_dataset(fa, fb, compared[i]);
+        check_same_strings(fa, fb, "eval/routing_mode");
+        check_same_strings(fa, fb, "eval/split");
+        size_t n = 0;
+        int64_t *steps = read_steps(fb, "train/step", &n);
+        CHECK_MSG(n == N, "%zu training rows, want %d", n, N);
+        for (size_t i = 0; steps && i < n; i++)
+            CHECK_MSG(steps[i] == (int64_t)i, "training row %zu has step %lld", i,
+                      (long long)steps[i]);
+        free(steps);
+        /* Sanity of the comparison: the groups have rows after the checkpoint. */
+        int64_t *grads = read_steps(fb, "grad_norms/step", &n);
+        CHECK_MSG(n == N / 2 && grads && grads[n - 1] == N - 2, "%zu gradient rows", n);
+        free(grads);
+        char *log_id = read_text(fb, "meta", "run_id", true);
+        char *ck_id = run_id_of_checkpoint(ck);
+        CHECK_MSG(log_id && ck_id && strlen(log_id) == 32 && strcmp(log_id, ck_id) == 0,
+                  "run ids: log %s, checkpoint %s", log_id ? log_id : "(none)",
+                  ck_id ? ck_id : "(none)");
+        free(log_id);
+        free(ck_id);
+    }
+    if (fa >= 0)
+        H5Fclose(fa);
+    if (fb >= 0)
+        H5Fclose(fb);
+
+    /* The checkpoint at N continues with more steps: the log gets steps N to
+     * MORE - 1, the new step count and both resume steps. */
+    c = logged_config(MORE, continued);
+    c.resume_path = ck;
+    tr = tl_trainer_new(mc, &D.data, &c);
+    CHECK_MSG(tr != NULL, "the second resume was rejected: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == N);
+    CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    tl_model_free(mc);
+    fb = H5Fopen(continued, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(fb >= 0);
+    if (fb >= 0) {
+        size_t n = 0;
+        int64_t *steps = read_steps(fb, "train/step", &n);
+        CHECK_MSG(n == MORE, "%zu training rows after the second resume, want %d", n, MORE);
+        for (size_t i = 0; steps && i < n; i++)
+            CHECK(steps[i] == (int64_t)i);
+        free(steps);
+        int64_t resumed[2] = {-1, -1};
+        hid_t a = H5Aopen_by_name(fb, "meta", "resumed_at_steps", H5P_DEFAULT, H5P_DEFAULT);
+        hid_t space = a >= 0 ? H5Aget_space(a) : -1;
+        CHECK(space >= 0 && H5Sget_simple_extent_npoints(space) == 2 &&
+              H5Aread(a, H5T_NATIVE_INT64, resumed) >= 0);
+        CHECK_MSG(resumed[0] == S && resumed[1] == N, "resumed_at_steps %lld, %lld",
+                  (long long)resumed[0], (long long)resumed[1]);
+        if (space >= 0)
+            H5Sclose(space);
+        if (a >= 0)
+            H5Aclose(a);
+        char *json = read_text(fb, "meta", "meta/config_json", false);
+        CHECK_MSG(json && strstr(json, "\"steps\": 14,") != NULL, "config_json: %s",
+                  json ? json : "(none)");
+        free(json);
+        H5Fclose(fb);
+    }
+    remove(straight);
+    remove(continued);
+    remove(ck);
+}
+
+/* Expects tl_trainer_new to reject the configuration with a message that
+ * contains every string of want, and the log at log_path to stay as it was
+ * (compared with its copy keep). */
+static void expect_rejected(tl_model *m, const tl_train_config *c, const char *keep,
+                            const char *const *want, int n_want)
+{
+    tl_trainer *tr = tl_trainer_new(m, &D.data, c);
+    CHECK_MSG(tr == NULL, "resume from '%s' into '%s' was accepted", c->resume_path,
+              c->log_path);
+    CHECK(tl_lasterr() == TL_EINVAL);
+    for (int i = 0; i < n_want; i++)
+        CHECK_MSG(strstr(tl_errmsg(), want[i]) != NULL, "missing \"%s\" in: %s", want[i],
+                  tl_errmsg());
+    tl_trainer_free(tr);
+    CHECK_MSG(files_equal(c->log_path, keep), "the rejected resume changed the log '%s'",
+              c->log_path);
+}
+
+/* A resume is rejected when the log belongs to another run, also with
+ * log_overwrite; when the log or the checkpoint has no run id; and when the
+ * log lacks steps before the checkpoint. A new log path works in each case,
+ * and the gradient-spike analysis stays once per log. */
+static void test_rejected_logs(void)
+{
+    char log_x[512], log_y[512], ck_x[512], ck_old[512], log_old[512], keep[512], fresh[512];
+    char ck_later[512];
+    tu_path(log_x, sizeof log_x, "resume_reject_x.h5");
+    tu_path(log_y, sizeof log_y, "resume_reject_y.h5");
+    tu_path(ck_x, sizeof ck_x, "resume_reject_x.ckpt.h5");
+    tu_path(ck_old, sizeof ck_old, "resume_reject_old.ckpt.h5");
+    tu_path(ck_later, sizeof ck_later, "resume_reject_later.ckpt.h5");
+    tu_path(log_old, sizeof log_old, "resume_reject_old.h5");
+    tu_path(keep, sizeof keep, "resume_reject_keep.h5");
+    tu_path(fresh, sizeof fresh, "resume_reject_fresh.h5");
+    const char *paths[] = {log_x, log_y, ck_x, ck_old, ck_later, log_old, keep, fresh};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        remove(paths[i]);
+
+    /* Run X: 2 steps, a gradient-spike analysis and a checkpoint. Run Y: 1 step. */
+    tl_model *m = model(43);
+    tl_train_config c = tu_config(6);
+    c.log_path = log_x;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    tl_spike_config sc = {.n_sequences = 2, .seq_len = 16, .hard_quantile = 0.8,
+                          .routing = TL_EVAL_TOPK, .step = 2};
+    CHECK_MSG(tr && tl_spike_analysis(tl_trainer_ctx(tr), m, &D.data, &sc, tl_trainer_log(tr),
+                                      NULL, NULL, NULL, NULL) == TL_OK, "%s", tl_errmsg());
+    CHECK_MSG(tr && tl_trainer_save(tr, ck_x) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    c.log_path = log_y;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    tl_trainer_free(tr);
+    char *id_x = run_id_of_checkpoint(ck_x);
+    CHECK(id_x != NULL);
+
+    /* Another run's log, also with log_overwrite. */
+    copy_file(log_y, keep);
+    c.resume_path = ck_x;
+    c.log_overwrite = true;
+    const char *other[] = {log_y, ck_x, "belongs to run", id_x ? id_x : "?",
+                           "give the resumed run a new log path"};
+    expect_rejected(m, &c, keep, other, 5);
+    c.log_overwrite = false;
+
+    /* A checkpoint without a run id: rejected for the log, loadable for a new one. */
+    copy_file(ck_x, ck_old);
+    delete_attr(ck_old, ".", "run_id");
+    delete_attr(ck_old, ".", "elapsed_s");
+    copy_file(log_x, keep);
+    c.resume_path = ck_old;
+    c.log_path = log_x;
+    const char *old_checkpoint[] = {ck_old, log_x, "has no run id", "new log path"};
+    expect_rejected(m, &c, keep, old_checkpoint, 4);
+    c.log_path = fresh;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "an old checkpoint with a new log was rejected: %s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 2);
+    tl_trainer_free(tr);
+    remove(fresh);
+
+    /* A log without a run id. */
+    copy_file(log_x, log_old);
+    delete_attr(log_old, "meta", "run_id");
+    copy_file(log_old, keep);
+    c.resume_path = ck_x;
+    c.log_path = log_old;
+    const char *old_log[] = {log_old, ck_x, "has no run id", "new log path"};
+    expect_rejected(m, &c, keep, old_log, 4);
+
+    /* The run continues elsewhere to step 4: log_x lacks steps 2 and 3. */
+    c.log_path = fresh;
+    c.checkpoint_path = ck_later;
+    c.steps = 4;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    c.checkpoint_path = NULL;
+    c.steps = 6;
+    c.resume_path = ck_later;
+    c.log_path = log_x;
+    copy_file(log_x, keep);
+    const char *gap[] = {log_x, "training rows up to step 1 only", "steps 2 to 3",
+                         "new log path"};
+    expect_rejected(m, &c, keep, gap, 4);
+
+    /* The run's own log continues; its analysis stays and cannot be written again. */
+    c.resume_path = ck_x;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "the resume into its own log was rejected: %s", tl_errmsg());
+    tl_status st = tr ? tl_spike_analysis(tl_trainer_ctx(tr), m, &D.data, &sc,
+                                          tl_trainer_log(tr), NULL, NULL, NULL, NULL)
+                      : TL_OK;
+    CHECK_MSG(st == TL_ESTATE, "a second analysis in the continued log returned %s",
+              tl_status_name(st));
+    CHECK_MSG(strstr(tl_errmsg(), "written before the run was resumed") != NULL, "%s",
+              tl_errmsg());
+    tl_trainer_free(tr);
+    hid_t f = H5Fopen(log_x, H5F_ACC_RDONLY, H5P_DEFAULT);
+    dataset rows = f >= 0 ? read_dataset(f, "analysis/gradient_spikes/step") : (dataset){0};
+    CHECK_MSG(rows.rows == 2, "%llu gradient-spike rows, want 2", (unsigned long long)rows.rows);
+    free(rows.data);
+    if (f >= 0)
+        H5Fclose(f);
+
+    free(id_x);
+    tl_model_free(m);
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        remove(paths[i]);
+}
+
+int main(void)
+{
+    tu_data_load(&D);
+    tu_run("test_continued_log_equals_straight", test_continued_log_equals_straight);
+    tu_run("test_rejected_logs", test_rejected_logs);
+    tu_data_free(&D);
+    return gc_finish("train_resume_log");
+}
