@@ -21,7 +21,8 @@ local p = thinklab.params{
   log = "",            -- HDF5 run log path; empty = no log
   checkpoint = "",     -- checkpoint path; empty = none
   checkpoint_overwrite = false, -- replace a checkpoint already at that path
-  resume = "",         -- checkpoint to continue from; empty = start fresh
+  resume = "",         -- checkpoint to continue from; empty = start fresh. With the
+                       -- interrupted run's log, the resumed run continues that log
   sample_tokens = 300,
 }
 
