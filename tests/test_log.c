@@ -910,10 +910,145 @@ static void test_matrix_norms(void)
     CHECK(tl_matrix_norms(bad, (int64_t)1 << 32, 2, &n, &f, &m) == TL_EINVAL);
 }
 
+/* Writes one routing record of layer id at step with every score equal to
+ * score, all tokens selected. */
+static void log_routing_step(tl_log *log, int id, int64_t step, float score)
+{
+    float scores[2] = {score, score};
+    uint8_t selected[2] = {1, 1};
+    tl_log_routing_record rec = {.step = step, .routed_step = 0, .n_scores = 2,
+                                 .scores = scores, .selected = selected, .topk_agreement = NAN};
+    CHECK_MSG(tl_log_routing(log, id, &rec) == TL_OK, "%s", tl_errmsg());
+}
+
+/* tl_log_append on a log whose last flush was cut short: /train/loss has
+ * fewer rows than /train/step, as after a crash during a flush. The kept
+ * rows stop at the shortest dataset, the run id and the missing steps are
+ * checked, and a continued routing layer keeps the bin edges in the file. */
+static void test_append_after_partial_flush(void)
+{
+    enum { STEPS = 10, CUT = 7 };
+    char path[160];
+    path_in_dir(path, sizeof path, "append.h5");
+    tl_log_meta meta = test_meta(100);
+    meta.run_id = "run-a";
+    tl_log *log = tl_log_create(path, &meta);
+    CHECK_MSG(log != NULL, "%s", tl_errmsg());
+    if (!log)
+        return;
+    tl_log_routing_spec spec = {.name = "layers.1", .kind = "mod", .n_steps = 1,
+                                .n_mask_tokens = 2, .n_bins = 2, .score_min = -1,
+                                .score_max = 1};
+    CHECK(tl_log_routing_register(log, &spec) == 0);
+    for (int s = 0; s < STEPS; s++) {
+        tl_log_train_record rec = {.step = s, .loss = 3.0 - 0.1 * s};
+        CHECK(tl_log_train(log, &rec) == TL_OK);
+        log_routing_step(log, 0, s, -0.5f);
+    }
+    tl_log_eval_record eval = {.step = 5, .split = "val", .loss = 2.5, .routing_mode = "topk"};
+    CHECK(tl_log_eval(log, &eval) == TL_OK);
+    eval.step = 10;
+    CHECK(tl_log_eval(log, &eval) == TL_OK);
+    CHECK(tl_log_close(log) == TL_OK);
+
+    char start_before[32] = "", start_after[32] = "";
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    CHECK(f >= 0);
+    hid_t d = H5Dopen2(f, "train/loss", H5P_DEFAULT);
+    hsize_t cut[1] = {CUT};
+    CHECK(d >= 0);
+    CHECK(H5Dset_extent(d, cut) >= 0);
+    H5Dclose(d);
+    char *text = NULL;
+    hid_t str = str_type();
+    CHECK(attr_read(f, "meta", "start_time", str, &text));
+    snprintf(start_before, sizeof start_before, "%s", text ? text : "");
+    H5free_memory(text);
+    H5Fclose(f);
+
+    char dropped[256] = "unset";
+    meta.run_id = "run-b";
+    CHECK(tl_log_append(path, &meta, CUT, dropped, sizeof dropped) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "belongs to run run-a, not to run run-b") != NULL, "%s",
+              tl_errmsg());
+    meta.run_id = NULL;
+    CHECK(tl_log_append(path, &meta, CUT, dropped, sizeof dropped) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "meta->run_id is required") != NULL, "%s", tl_errmsg());
+    meta.run_id = "run-a";
+    CHECK(tl_log_append(path, &meta, STEPS - 1, dropped, sizeof dropped) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "training rows up to step 6 only") != NULL, "%s",
+              tl_errmsg());
+
+    meta.threads = 3;
+    log = tl_log_append(path, &meta, CUT, dropped, sizeof dropped);
+    CHECK_MSG(log != NULL, "%s", tl_errmsg());
+    if (!log) {
+        H5Tclose(str);
+        return;
+    }
+    CHECK_MSG(strcmp(dropped, "train 3, eval 1, routing/layers.1 3") == 0, "dropped: %s",
+              dropped);
+
+    /* Another shape is rejected. The same shape continues the group, whose
+     * edges [-1, 0, 1] bin a score of 0.5 into bin 1, where the spec's
+     * range [0, 4] would put it into bin 0. */
+    tl_log_routing_spec wider = spec;
+    wider.n_bins = 3;
+    CHECK(tl_log_routing_register(log, &wider) == -1);
+    CHECK_MSG(strstr(tl_errmsg(), "has kind mod, 1 routed steps, masks of 2 tokens and 2 bins")
+              != NULL, "%s", tl_errmsg());
+    spec.score_min = 0;
+    spec.score_max = 4;
+    CHECK(tl_log_routing_register(log, &spec) == 0);
+    tl_log_train_record old = {.step = CUT - 1};
+    CHECK(tl_log_train(log, &old) == TL_EINVAL);
+    tl_log_train_record next = {.step = CUT, .loss = 1.0};
+    CHECK(tl_log_train(log, &next) == TL_OK);
+    log_routing_step(log, 0, CUT, 0.5f);
+    CHECK(tl_log_close(log) == TL_OK);
+
+    f = open_read(path);
+    CHECK(f >= 0);
+    const char *train[] = {"train/step", "train/loss", "train/lr", "train/grad_norm",
+                           "train/tokens_per_s", "train/flops"};
+    for (size_t i = 0; i < sizeof train / sizeof train[0]; i++)
+        CHECK_MSG(rows_of(f, train[i]) == CUT + 1, "%s: %lld rows", train[i],
+                  (long long)rows_of(f, train[i]));
+    int64_t steps[CUT + 1];
+    CHECK(read_all(f, "train/step", H5T_NATIVE_INT64, steps));
+    for (int s = 0; s <= CUT; s++)
+        CHECK(steps[s] == s);
+    CHECK(rows_of(f, "eval/step") == 1);
+    CHECK(rows_of(f, "routing/layers.1/step") == CUT + 1);
+    int64_t histogram[(CUT + 1) * 2];
+    CHECK(read_all(f, "routing/layers.1/histogram", H5T_NATIVE_INT64, histogram));
+    CHECK_MSG(histogram[2 * CUT] == 0 && histogram[2 * CUT + 1] == 2, "bins %lld %lld",
+              (long long)histogram[2 * CUT], (long long)histogram[2 * CUT + 1]);
+    int64_t resumed[1] = {-1}, threads = 0;
+    CHECK(attr_read(f, "meta", "resumed_at_steps", H5T_NATIVE_INT64, resumed));
+    CHECK(resumed[0] == CUT);
+    CHECK(attr_read(f, "meta", "threads", H5T_NATIVE_INT64, &threads));
+    CHECK(threads == 3);
+    text = NULL;
+    CHECK(attr_read(f, "meta", "start_time", str, &text));
+    snprintf(start_after, sizeof start_after, "%s", text ? text : "");
+    H5free_memory(text);
+    CHECK_MSG(strcmp(start_before, start_after) == 0, "start_time %s became %s", start_before,
+              start_after);
+    text = NULL;
+    CHECK(attr_read(f, "meta", "run_id", str, &text));
+    CHECK(text != NULL);
+    CHECK(text && strcmp(text, "run-a") == 0);
+    H5free_memory(text);
+    H5Tclose(str);
+    if (f >= 0)
+        H5Fclose(f);
+}
+
 static void remove_dir(void)
 {
     const char *files[] = {"killed.h5", "round_trip.h5", "growth.h5", "params.h5",
-                           "misuse.h5", "stderr.txt", "matrix.f32"};
+                           "misuse.h5", "stderr.txt", "matrix.f32", "append.h5"};
     char path[160];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         path_in_dir(path, sizeof path, files[i]);
@@ -935,6 +1070,7 @@ int main(void)
     test_growth();
     test_grad_norms_params();
     test_errors();
+    test_append_after_partial_flush();
     test_matrix_norms();
     if (gc_failures == 0)
         remove_dir();

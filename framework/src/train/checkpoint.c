@@ -322,11 +322,14 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
     if (!tr || !path || !path[0])
         return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
     /* A run killed after this save resumes from it, and continues its log
-     * only if the log has every step up to it. */
-    if (tr->log) {
-        tl_status st = tl_log_flush(tr->log);
-        if (st != TL_OK)
-            return st;
+     * only if the log has every step up to it. A failed log does not stop
+     * the save, because the weights matter more. A resume into that log is
+     * then rejected for the missing steps. */
+    if (tr->log && tl_log_flush(tr->log) != TL_OK) {
+        fprintf(stderr, "thinklab: saving checkpoint '%s' although flushing run log '%s' "
+                        "failed, so the log may lack steps before it: %s\n",
+                path, tl_log_path(tr->log), tl_errmsg());
+        tl_clearerr();
     }
     char *tmp = temp_path(path);
     if (!tmp)
