@@ -769,7 +769,9 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     tr->step = step;
     tr->stats.step = step;
     tr->stats.tokens = step * tr->cfg.batch_size * tr->cfg.context * tr->cfg.world;
-    tr->elapsed_base = elapsed;
+    /* Inside tl_trainer_run (a load from the callback), the time since the
+     * run started no longer counts. */
+    tr->elapsed_base = elapsed - (tr->running ? tl_train_now() - tr->run_start : 0.0);
     tr->stats.elapsed_s = elapsed;
     snprintf(tr->checkpoint_run_id, sizeof tr->checkpoint_run_id, "%s", run_id);
     /* A trainer with a log keeps its id, which the log records. */

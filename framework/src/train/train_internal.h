@@ -63,7 +63,7 @@ struct tl_trainer {
 
     /* Identifier of the training run, written to the log's /meta and to
      * checkpoints: 32 hex digits, new for a fresh trainer, the checkpoint's
-     * after a resume. */
+     * after a resume or a load into a trainer without a log. */
     char run_id[TL_LOG_RUN_ID_SIZE];
     /* run_id of the checkpoint last loaded, "" when it had none or none was
      * loaded. */

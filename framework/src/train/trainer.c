@@ -170,13 +170,13 @@ static tl_status check_resumed_log(tl_trainer *tr)
         return st;
     if (!tr->checkpoint_run_id[0])
         return tl_seterr(TL_EINVAL, "run log '%s' already exists, and checkpoint '%s' has no "
-                                    "run id (an older thinklab wrote it), so it cannot be "
-                                    "checked that the log belongs to the same run: give the "
-                                    "resumed run a new log path", log, ck);
+                                    "run id (an older thinklab wrote it), so the resume cannot "
+                                    "check that the log belongs to its run: give the resumed "
+                                    "run a new log path", log, ck);
     if (!log_id[0])
         return tl_seterr(TL_EINVAL, "run log '%s' has no run id (an older thinklab wrote it), so "
-                                    "it cannot be checked that it belongs to the run of "
-                                    "checkpoint '%s': give the resumed run a new log path",
+                                    "the resume from checkpoint '%s' cannot check that the log "
+                                    "belongs to its run: give the resumed run a new log path",
                          log, ck);
     if (strcmp(log_id, tr->checkpoint_run_id) != 0)
         return tl_seterr(TL_EINVAL, "run log '%s' belongs to run %s, but checkpoint '%s' to run "
