@@ -268,6 +268,47 @@ def test_compare_runs_marks_unfinished_run(logs, scratch):
     assert rows["killed"]["planned_steps"] == "3000"
 
 
+def test_compare_runs_reads_a_continued_log(scratch):
+    """A run stops at step 10 and resumes twice into its own log, the second
+    time from its step-10 checkpoint after the log already reached step 20.
+    compare_runs gives the row of an uninterrupted run, because the continued
+    log has each step once and the same losses (training at 2 threads is
+    deterministic)."""
+    thinklab = env_path("TL_THINKLAB", os.path.join(TOP, "build", "bin", "thinklab"))
+    text = env_path("TL_TEXT", os.path.join(TOP, "experiments", "data", "tinyshakespeare.txt"))
+    work = os.path.join(scratch, "continued")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    straight, continued = os.path.join(work, "straight.h5"), os.path.join(work, "continued.h5")
+    ck, ck10 = os.path.join(work, "run.ckpt.h5"), os.path.join(work, "run10.ckpt.h5")
+    short_run = os.path.join(HERE, "lua", "fixtures", "short_run.lua")
+
+    def train(*args):
+        r = subprocess.run([thinklab, "run", short_run, f"text={text}", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{args}:\n{r.stdout}\n{r.stderr}"
+        return r.stderr
+
+    train(f"log={straight}")
+    train(f"log={continued}", f"checkpoint={ck}", "stop_at=10")
+    shutil.copyfile(ck, ck10)
+    train(f"log={continued}", f"checkpoint={ck}", f"resume={ck}")
+    err = train(f"log={continued}", f"checkpoint={ck10}", f"resume={ck10}")
+    assert "removed the rows of later steps, which this run logs again: train 10, eval 1" in err, err
+
+    with h5py.File(continued, "r") as f:
+        assert list(f["train/step"][:]) == list(range(20))
+        assert list(f["meta"].attrs["resumed_at_steps"]) == [10, 10]
+        assert list(f["eval/step"][:]) == [10, 20]
+    out = os.path.join(work, "comparison")
+    r = run_script("compare_runs.py", straight, continued, "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out + ".csv") as fh:
+        rows = {row.pop("run"): row for row in csv.DictReader(fh)}
+    assert rows["continued"] == rows["straight"]
+    assert rows["straight"]["steps"] == "20"
+
+
 TRAIN_RUN_LUA = """
 -- One run through experiments/common.lua, as compare.lua trains it, and its
 -- seeds.md table.
