@@ -61,9 +61,10 @@ typedef struct tl_log_meta {
  * Turns off HDF5's automatic error printing, as tl_log_create() does. */
 bool tl_log_is_run_log(const char *path);
 
-/* Creates the log file at path (no temporary file: a log is append-only),
- * writes /meta and flushes. Fails with TL_EIO if path exists and
- * meta->overwrite is false, or if the file cannot be created. */
+/* Creates the log file at path (in place, without a temporary file, since
+ * the run extends it as it goes), writes /meta and flushes. Fails with TL_EIO if
+ * path exists and meta->overwrite is false, or if the file cannot be
+ * created. */
 tl_log *tl_log_create(const char *path, const tl_log_meta *meta);
 
 /* Reads /meta run_id of the run log at path into id (size bytes). A log
@@ -80,12 +81,13 @@ tl_status tl_log_read_run_id(const char *path, char *id, size_t size);
  * /train, /grad_norms, /token_grads and /routing rows whose step is `step`
  * or later, because their step counts the steps before the one they record.
  * /eval rows go when their step, which counts completed steps, is later
- * than `step`.
- * /analysis/gradient_spikes stays as it is, and a later tl_log_spikes_init()
- * on the log fails, because a log contains one analysis. Fails without
- * removing rows or changing /meta when the log's run id differs from
- * meta->run_id or is missing, and when the kept /train rows end before
- * step - 1, because the continued log would lack the steps between.
+ * than `step`. /analysis/gradient_spikes stays as it is, and a later
+ * tl_log_spikes_init() on the log fails, because a log contains one
+ * analysis.
+ *
+ * Fails without removing rows or changing /meta when the log's run id
+ * differs from meta->run_id or is missing, and when the kept /train rows end
+ * before step - 1, because the continued log would lack the steps between.
  *
  * /meta gets the new configuration: config_json, the plugin lists, seed,
  * threads, versions and flush_every are replaced, start_time stays, and
