@@ -43,6 +43,28 @@ static void check_open_errors(void)
         unlink(fake);
     }
 
+    /* A plugin cut short, as by an interrupted copy. dlopen would map its
+     * segments past the end of the file and die of SIGBUS. */
+    char cut[] = "/tmp/tl_cut_pluginXXXXXX";
+    fd = mkstemp(cut);
+    CHECK(fd >= 0);
+    FILE *whole = fopen(TL_TEST_PLUGIN_DIR "/transformer.so", "rb");
+    CHECK(whole != NULL);
+    if (fd >= 0 && whole) {
+        char head[4096];
+        CHECK(fread(head, 1, sizeof head, whole) == sizeof head);
+        CHECK(write(fd, head, sizeof head) == (ssize_t)sizeof head);
+        close(fd);
+        CHECK(tl_plugin_open(cut) == NULL);
+        CHECK(tl_lasterr() == TL_EFORMAT);
+        HAS(tl_errmsg(), "is truncated: it has 4096 bytes");
+        HAS(tl_errmsg(), "rebuild the plugin or copy it again");
+        HAS(tl_errmsg(), cut);
+        unlink(cut);
+    }
+    if (whole)
+        fclose(whole);
+
     CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/no_entry.so") == NULL);
     CHECK(tl_lasterr() == TL_ENOTFOUND);
     HAS(tl_errmsg(), "exports no symbol 'tl_plugin_entry'");

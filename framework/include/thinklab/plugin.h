@@ -277,7 +277,8 @@ typedef struct tl_plugin_lib tl_plugin_lib;
  * plugin folder, the installed plugin folder, then each folder of the
  * colon-separated THINKLAB_PLUGIN_PATH. Returns NULL with a message naming
  * the value and the fix when the file is missing, is not a shared object,
- * lacks the entry symbol, or was built for another ABI or struct layout. */
+ * is shorter than its ELF headers state, lacks the entry symbol, or was built
+ * for another ABI or struct layout. */
 tl_plugin_lib *tl_plugin_open(const char *name_or_path);
 void tl_plugin_close(tl_plugin_lib *lib);
 const tl_plugin *tl_plugin_desc(const tl_plugin_lib *lib);

@@ -1,6 +1,9 @@
 /* Finding, opening and checking plugin shared objects. */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +65,62 @@ static bool tl_is_elf(const char *path)
     size_t got = fread(magic, 1, 4, f);
     fclose(f);
     return got == 4 && magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F';
+}
+
+/* Checks that the program headers and every segment they describe lie
+ * inside the file. dlopen maps segments past the end of a truncated file
+ * (an interrupted copy or build) and the process then dies of SIGBUS when it
+ * touches them, so a short file must be rejected before dlopen. An ELF file
+ * of another class or byte order is left to dlopen, which reports it. On
+ * failure sets the message and returns false. */
+static bool tl_elf_complete(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tl_seterr(TL_EIO, "plugin file %s could not be opened: %s", path, strerror(errno));
+        return false;
+    }
+    struct stat st;
+    ElfW(Ehdr) eh;
+    bool ok = fstat(fileno(f), &st) == 0;
+    uint64_t size = ok ? (uint64_t)st.st_size : 0;
+    uint64_t need = sizeof eh;
+    if (ok && size >= need && fread(&eh, sizeof eh, 1, f) == 1) {
+        bool native = eh.e_ident[EI_CLASS] == (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) &&
+                      eh.e_ident[EI_DATA] == (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                                                  ? ELFDATA2LSB
+                                                  : ELFDATA2MSB);
+        if (!native || eh.e_phentsize != sizeof(ElfW(Phdr))) {
+            fclose(f);
+            return true;
+        }
+        need = (uint64_t)eh.e_phoff + (uint64_t)eh.e_phnum * sizeof(ElfW(Phdr));
+        if (need <= size && fseeko(f, (off_t)eh.e_phoff, SEEK_SET) == 0) {
+            for (int i = 0; i < eh.e_phnum && need <= size; i++) {
+                ElfW(Phdr) ph;
+                if (fread(&ph, sizeof ph, 1, f) != 1) {
+                    ok = false;
+                    break;
+                }
+                uint64_t end = (uint64_t)ph.p_offset + (uint64_t)ph.p_filesz;
+                if (ph.p_type != PT_NULL && end > need)
+                    need = end;
+            }
+        }
+    }
+    fclose(f);
+    if (!ok) {
+        tl_seterr(TL_EIO, "plugin file %s could not be read; check the file", path);
+        return false;
+    }
+    if (need > size) {
+        tl_seterr(TL_EFORMAT,
+                  "plugin file %s is truncated: it has %" PRIu64 " bytes, but its ELF headers "
+                  "describe %" PRIu64 "; rebuild the plugin or copy it again",
+                  path, size, need);
+        return false;
+    }
+    return true;
 }
 
 /* Finds name.so in the search folders. On failure the message lists every
@@ -179,6 +238,8 @@ tl_plugin_lib *tl_plugin_open(const char *name_or_path)
                   lib->file);
         goto fail;
     }
+    if (!tl_elf_complete(lib->file))
+        goto fail;
     dlerror();
     lib->handle = dlopen(lib->file, RTLD_NOW | RTLD_LOCAL);
     if (!lib->handle) {
