@@ -346,8 +346,9 @@ end
 -- Trains every spec for every seed and appends each finished run to
 -- summary_path. run(spec, seed, data, tok) trains one model and returns its
 -- summary row. A failed run is reported on stderr and recorded in failures;
--- with keep_going false the script exits at the first failure. script names
--- the caller in messages.
+-- with keep_going false the script exits at the first failure. A run stopped
+-- by SIGINT or SIGTERM ends the script regardless of keep_going. script
+-- names the caller in messages.
 function E.train_all(script, p, specs, seeds, summary_path, data_dir, run, failures)
   local ok, data, tok, desc = pcall(E.load_corpus, p.corpus, data_dir, p.bpe_vocab)
   if not ok then
@@ -361,6 +362,10 @@ function E.train_all(script, p, specs, seeds, summary_path, data_dir, run, failu
       local ok_run, row = pcall(run, spec, seed, data, tok)
       if ok_run then
         E.append_summary(summary_path, row)
+      elseif thinklab.interrupted() then
+        -- Ctrl-C or SIGTERM: the run wrote its log and checkpoint; stop here
+        -- instead of starting the next one.
+        error(row, 0)
       else
         local msg = string.format("%s seed %d failed: %s", spec.label, seed, tostring(row))
         io.stderr:write(script .. ": " .. msg .. "\n")

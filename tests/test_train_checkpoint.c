@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L /* truncate() */
 #include <hdf5.h>
 #include <math.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -431,6 +432,90 @@ static void test_divergence(void)
     remove(keep);
 }
 
+/* Records SIGINT at step 10, as the thinklab command's handler does. */
+static int interrupt_at_10(const tl_train_stats *stats, void *user)
+{
+    (void)user;
+    if (stats->step == 10)
+        tl_train_interrupt(SIGINT);
+    return TL_TRAIN_CONTINUE;
+}
+
+/* Number of rows of /train/step in the log at path, or -1. */
+static long long log_rows(const char *path)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return -1;
+    hid_t d = H5Dopen2(f, "/train/step", H5P_DEFAULT);
+    hsize_t dims[1] = {0};
+    long long rows = -1;
+    if (d >= 0) {
+        hid_t space = H5Dget_space(d);
+        if (H5Sget_simple_extent_dims(space, dims, NULL) == 1)
+            rows = (long long)dims[0];
+        H5Sclose(space);
+        H5Dclose(d);
+    }
+    H5Fclose(f);
+    return rows;
+}
+
+/* A signal stops the run before its next step with the checkpoint written
+ * and every logged row flushed, although neither interval was reached. */
+static void test_interrupt_keeps_work(void)
+{
+    char ckpt[512], log[512];
+    tu_path(ckpt, sizeof ckpt, "train_interrupt.ckpt.h5");
+    tu_path(log, sizeof log, "train_interrupt.h5");
+    remove(ckpt);
+    remove(log);
+    tl_model *m = model(17);
+    tl_train_config c = tu_config(40);
+    c.checkpoint_path = ckpt;
+    c.checkpoint_every = 30;
+    c.log_path = log;
+    c.log_flush_every = 30;
+    c.callback = interrupt_at_10;
+    c.callback_every = 1;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_EINTR, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    const char *msg = tl_errmsg();
+    CHECK_MSG(strstr(msg, "interrupted by SIGINT after step 10 of 40") != NULL, "%s", msg);
+    CHECK_MSG(strstr(msg, "contains every step up to there") != NULL, "%s", msg);
+    CHECK_MSG(strstr(msg, "contains step 10: continue with resume") != NULL, "%s", msg);
+    CHECK(tr && tl_trainer_step_index(tr) == 10);
+    CHECK(tl_train_running() == 0);
+    tl_trainer_free(tr);
+    CHECK_MSG(log_rows(log) == 10, "log has %lld rows", log_rows(log));
+
+    /* The signal stays recorded: the next run stops before its first step. */
+    c.callback = NULL;
+    c.checkpoint_path = NULL;
+    c.log_path = NULL;
+    c.resume_path = ckpt;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 10);
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_EINTR, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "before step 11 of 40: this run trained no step") != NULL,
+              "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 10);
+
+    tl_train_interrupt_clear();
+    CHECK(tl_train_interrupted() == 0);
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_OK, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 40);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(ckpt);
+    remove(log);
+}
+
 /* Steps beyond the run, and a save into a missing folder, get messages that
  * name the path and the fix. */
 static void test_step_and_folder_messages(void)
@@ -689,6 +774,7 @@ int main(void)
     tu_run("test_existing_checkpoint", test_existing_checkpoint);
     tu_run("test_other_layer_options", test_other_layer_options);
     tu_run("test_config_json_types", test_config_json_types);
+    tu_run("test_interrupt_keeps_work", test_interrupt_keeps_work);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");
 }

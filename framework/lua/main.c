@@ -8,9 +8,11 @@
  * A script gets the module as the global `thinklab` and through
  * require "thinklab". The key=value overrides reach it through
  * thinklab.params{defaults}. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -89,6 +91,37 @@ static int protected_call(lua_State *L, lua_CFunction f, void *ud)
     }
     lua_pop(L, 1);
     return rc;
+}
+
+/* SIGINT and SIGTERM during a training run: the run stops before its next
+ * step, writes its checkpoint and flushes its log (tl_train_interrupt), so
+ * rows and weights computed before the signal survive. The handler is reset
+ * on its first call, so a second signal ends the process at once. Outside a
+ * run the signal ends the process as it would without a handler. */
+static void on_stop_signal(int signo)
+{
+    if (tl_train_running() == 0) {
+        signal(signo, SIG_DFL);
+        raise(signo);
+        return;
+    }
+    tl_train_interrupt(signo);
+    static const char note[] = "\nthinklab: stopping before the next training step to write "
+                               "the checkpoint and the log; send the signal again to quit at "
+                               "once\n";
+    ssize_t written = write(STDERR_FILENO, note, sizeof note - 1);
+    (void)written;
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 struct run_args {
@@ -209,6 +242,10 @@ int main(int argc, char **argv)
         }
         if (tl_dist_local_world() > 1)
             tl_threads_set(tl_dist_threads(0));
+        /* Ranks of one MPI job could stop at different steps and leave the
+         * others waiting in a reduction, so there a signal ends the process. */
+        if (tl_dist_world() <= 1)
+            catch_stop_signals();
         struct run_args a = {argv[2], argc - 3, argv + 3};
         rc = protected_call(L, run_script, &a);
     } else if (strcmp(argv[1], "plugins") == 0) {
@@ -220,5 +257,7 @@ int main(int argc, char **argv)
     }
     lua_close(L);
     tl_dist_finalize(rc != LUA_OK); /* a failed rank ends the others too */
+    if (rc != LUA_OK && tl_train_interrupted())
+        return 128 + tl_train_interrupted(); /* the shell's status for a signal */
     return rc == LUA_OK ? 0 : 1;
 }

@@ -1,6 +1,7 @@
 /* luaopen_thinklab and the module-wide functions: version, threads, rank. */
 #define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include "thinklab/dist.h"
@@ -47,6 +48,23 @@ static int l_world_size(lua_State *L)
     return 1;
 }
 
+/* thinklab.interrupted(): "SIGINT" or "SIGTERM" once the thinklab command
+ * has received that signal during a run, else nil. A script that catches
+ * errors with pcall checks it to stop instead of starting the next run. */
+static int l_interrupted(lua_State *L)
+{
+    int signo = tl_train_interrupted();
+    if (signo == 0)
+        lua_pushnil(L);
+    else if (signo == SIGINT)
+        lua_pushliteral(L, "SIGINT");
+    else if (signo == SIGTERM)
+        lua_pushliteral(L, "SIGTERM");
+    else
+        lua_pushfstring(L, "signal %d", signo);
+    return 1;
+}
+
 void tl_lua_open_core(lua_State *L)
 {
     static const luaL_Reg fns[] = {
@@ -54,6 +72,7 @@ void tl_lua_open_core(lua_State *L)
         {"threads_info", l_threads_info},
         {"rank", l_rank},
         {"world_size", l_world_size},
+        {"interrupted", l_interrupted},
         {NULL, NULL},
     };
     luaL_setfuncs(L, fns, 0);

@@ -461,6 +461,12 @@ static int trainer_run(lua_State *L)
     u->L = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, u->callback_ref);
     u->callback_ref = LUA_NOREF;
+    if (st == TL_EINTR) {
+        /* The message already names the step and the files; a traceback
+         * would bury it. */
+        lua_pushstring(L, tl_errmsg());
+        return tl_lua_plain_error(L);
+    }
     if (st != TL_OK)
         return tl_lua_fail(L, "trainer:run");
     push_stats(L, tl_trainer_stats(u->tr));

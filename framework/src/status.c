@@ -18,6 +18,7 @@ static const char *const tl_status_names[] = {
     [TL_ENUMERIC] = "non-finite value",
     [TL_ESTATE] = "invalid state",
     [TL_EFORMAT] = "invalid format",
+    [TL_EINTR] = "interrupted",
 };
 _Static_assert(sizeof(tl_status_names) / sizeof(tl_status_names[0]) == TL_STATUS_COUNT,
                "every tl_status needs a name");

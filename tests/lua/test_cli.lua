@@ -122,6 +122,32 @@ H.check(count(out, "step 10/20") == 1, "stopped run prints step 10/20 once")
 H.check(H.contains(out, "step 5/20") and H.contains(out, "elapsed"), "stopped run prints earlier steps and elapsed")
 out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text)
 H.check(code == 0 and count(out, "step 20/20") == 1, "full run prints its last step once")
+H.check(H.contains(out, "interrupted: nil"), "thinklab.interrupted() is nil without a signal")
+
+-- SIGINT or SIGTERM during a run: the run stops before its next step with
+-- its checkpoint and log written, the script ends, and the exit status is
+-- the shell's for the signal.
+for _, case in ipairs{{"INT", 130}, {"TERM", 143}} do
+  local sig, status = case[1], case[2]
+  local ck, log = p.scratch .. "/cli_signal.ckpt.h5", p.scratch .. "/cli_signal.h5"
+  os.remove(ck)
+  os.remove(log)
+  local base = tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " checkpoint=" .. ck
+  out, code = H.run(base .. " log=" .. log .. " signal_at=10 signal=" .. sig)
+  H.check(code == status, "SIG" .. sig .. " exits with status " .. status .. ", got " .. tostring(code))
+  H.check(H.contains(out, "stopping before the next training step"), "SIG" .. sig .. " is acknowledged at once")
+  H.check(H.contains(out, "interrupted by SIG" .. sig .. " after step 10 of 20; the log '" .. log ..
+                     "' contains every step up to there; the checkpoint '" .. ck .. "' contains step 10"),
+          "SIG" .. sig .. " names the step, the log and the checkpoint")
+  H.check(not H.contains(out, "stack traceback"), "SIG" .. sig .. " prints no traceback")
+  H.check(not H.contains(out, "train returned"), "SIG" .. sig .. " ends the script")
+  out, code = H.run(base .. " resume=" .. ck .. " log=" .. p.scratch .. "/cli_signal_resumed.h5")
+  H.check(code == 0 and H.contains(out, "step 15/20") and not H.contains(out, "step 10/20"),
+          "the checkpoint written on SIG" .. sig .. " resumes at step 10")
+  os.remove(ck)
+  os.remove(log)
+  os.remove(p.scratch .. "/cli_signal_resumed.h5")
+end
 
 -- A resume names the training settings that changed, but not the output paths.
 local ck, first, second = p.scratch .. "/cli_resume.ckpt.h5", p.scratch .. "/cli_first.h5",

@@ -22,6 +22,7 @@ typedef enum tl_status {
     TL_ENUMERIC,  /* NaN or infinity where a finite value is required */
     TL_ESTATE,    /* call made in the wrong order */
     TL_EFORMAT,   /* file exists but its content is not what was expected */
+    TL_EINTR,     /* stopped early by a signal (tl_train_interrupt) */
     TL_STATUS_COUNT
 } tl_status;
 

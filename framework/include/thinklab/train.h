@@ -206,8 +206,30 @@ tl_status tl_trainer_step(tl_trainer *tr);
 /* Trains until the last step or until the callback requests a stop,
  * evaluating, logging, checkpointing and printing progress as configured.
  * Returns TL_OK after a requested stop too. On a NaN or infinity it stops,
- * writes no checkpoint (the last good one stays), and returns TL_ENUMERIC. */
+ * writes no checkpoint (the last good one stays), and returns TL_ENUMERIC.
+ * After tl_train_interrupt() it stops as described there and returns
+ * TL_EINTR. */
 tl_status tl_trainer_run(tl_trainer *tr);
+
+/* ---- stopping on a signal ------------------------------------------------ */
+
+/* Records that signal signo (SIGINT, SIGTERM) arrived. Every
+ * single-process tl_trainer_run() then stops before its next step: it writes
+ * its checkpoint, when it has one, at the step reached, flushes its log and
+ * returns TL_EINTR with a message naming the signal, the step and the files.
+ * It skips the final evaluation. A run over several MPI ranks does not check
+ * the signal, because its ranks could stop at different steps. The signal
+ * stays recorded, so later runs stop at once, until
+ * tl_train_interrupt_clear(). Async-signal-safe: a signal handler may call
+ * it. */
+void tl_train_interrupt(int signo);
+/* Returns the signal recorded by tl_train_interrupt(), or 0. */
+int tl_train_interrupted(void);
+void tl_train_interrupt_clear(void);
+/* Returns the number of single-process tl_trainer_run() calls in progress,
+ * which stop on a recorded signal. A handler that finds none should end the
+ * process instead. Async-signal-safe. */
+int tl_train_running(void);
 
 /* Statistics after the last completed step. */
 const tl_train_stats *tl_trainer_stats(const tl_trainer *tr);

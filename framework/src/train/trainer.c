@@ -2,6 +2,8 @@
  * reduce, clip and update; tl_trainer_run adds evaluation, logging,
  * checkpoints, progress output and the callback. */
 #include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -660,7 +662,69 @@ static bool every(int64_t step, int64_t interval)
     return interval > 0 && step % interval == 0;
 }
 
-static tl_status run_steps(tl_trainer *tr)
+/* ---- stopping on a signal ------------------------------------------------ */
+
+/* Written by signal handlers, so a lock-free atomic and a sig_atomic_t. */
+static volatile sig_atomic_t tl_interrupt_signal;
+static atomic_int tl_runs_interruptible;
+
+void tl_train_interrupt(int signo) { tl_interrupt_signal = signo; }
+int tl_train_interrupted(void) { return tl_interrupt_signal; }
+void tl_train_interrupt_clear(void) { tl_interrupt_signal = 0; }
+int tl_train_running(void) { return atomic_load(&tl_runs_interruptible); }
+
+static const char *signal_name(int signo, char *buf, size_t size)
+{
+    switch (signo) {
+    case SIGINT:
+        return "SIGINT";
+    case SIGTERM:
+        return "SIGTERM";
+    case SIGHUP:
+        return "SIGHUP";
+    default:
+        snprintf(buf, size, "signal %d", signo);
+        return buf;
+    }
+}
+
+/* Finishes a run stopped by a recorded signal: saves the checkpoint at the
+ * step reached unless it already contains that step, flushes the log, and sets
+ * the message of TL_EINTR. */
+static tl_status stop_on_signal(tl_trainer *tr, int64_t last_checkpoint)
+{
+    const tl_train_config *c = &tr->cfg;
+    bool leader = c->rank == 0;
+    bool trained = tr->step > tr->run_start_step;
+    char buf[32];
+    const char *sig = signal_name(tl_train_interrupted(), buf, sizeof buf);
+    tl_status st = TL_OK;
+    if (leader)
+        end_progress_line(tr);
+    if (leader && trained && tr->checkpoint_path && last_checkpoint != tr->step &&
+        (st = tl_trainer_save(tr, tr->checkpoint_path)) != TL_OK)
+        return tl_seterr(st, "stopping on %s after step %lld: %s", sig, (long long)tr->step,
+                         tl_errmsg());
+    if (tr->log && (st = tl_log_flush(tr->log)) != TL_OK)
+        return tl_seterr(st, "stopping on %s after step %lld: %s", sig, (long long)tr->step,
+                         tl_errmsg());
+    if (!trained)
+        return tl_seterr(TL_EINTR, "interrupted by %s before step %lld of %lld: this run "
+                                   "trained no step",
+                         sig, (long long)tr->step + 1, (long long)c->steps);
+    char log_part[1024] = "", ckpt_part[1024] = "";
+    if (tr->log)
+        snprintf(log_part, sizeof log_part, "; the log '%s' contains every step up to there",
+                 tr->log_path);
+    if (tr->checkpoint_path)
+        snprintf(ckpt_part, sizeof ckpt_part,
+                 "; the checkpoint '%s' contains step %lld: continue with resume = '%s'",
+                 tr->checkpoint_path, (long long)tr->step, tr->checkpoint_path);
+    return tl_seterr(TL_EINTR, "interrupted by %s after step %lld of %lld%s%s", sig,
+                     (long long)tr->step, (long long)c->steps, log_part, ckpt_part);
+}
+
+static tl_status run_steps(tl_trainer *tr, bool interruptible)
 {
     const tl_train_config *c = &tr->cfg;
     bool leader = c->rank == 0;
@@ -673,6 +737,8 @@ static tl_status run_steps(tl_trainer *tr)
     tl_status st = TL_OK;
 
     while (tr->step < c->steps && !stop) {
+        if (interruptible && tl_train_interrupted())
+            return stop_on_signal(tr, last_checkpoint);
         st = tl_trainer_step(tr);
         if (st != TL_OK)
             break;
@@ -733,10 +799,15 @@ static tl_status run_steps(tl_trainer *tr)
 
 tl_status tl_trainer_run(tl_trainer *tr)
 {
+    bool interruptible = tr->cfg.world <= 1;
+    if (interruptible)
+        atomic_fetch_add(&tl_runs_interruptible, 1);
     tr->run_start = tl_train_now();
     tr->running = true;
-    tl_status st = run_steps(tr);
+    tl_status st = run_steps(tr, interruptible);
     tr->elapsed_base += tl_train_now() - tr->run_start;
     tr->running = false;
+    if (interruptible)
+        atomic_fetch_sub(&tl_runs_interruptible, 1);
     return st;
 }
