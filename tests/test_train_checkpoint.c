@@ -411,9 +411,28 @@ static void test_divergence(void)
     CHECK(strstr(msg, "Lower the learning rate") != NULL);
     CHECK(strstr(msg, "nan") != NULL || strstr(msg, "inf") != NULL);
     CHECK_MSG(strstr(msg, "resume from the last checkpoint") != NULL, "%s", msg);
+    char expect[600];
+    snprintf(expect, sizeof expect, "'%s' of step 2", path);
+    CHECK_MSG(strstr(msg, expect) != NULL, "%s", msg);
     CHECK(tr && tl_trainer_step_index(tr) < 200);
     CHECK_MSG(files_equal(path, keep), "the diverged run changed the checkpoint");
     tl_trainer_free(tr);
+
+    /* A checkpoint path whose first save is still to come offers nothing to
+     * resume from. */
+    remove(path);
+    c.resume_path = NULL;
+    c.checkpoint_every = 100;
+    tl_model *early = tu_model(tl_tokenizer_vocab_size(D.tok), 2, false, NULL, 9);
+    tr = tl_trainer_new(early, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ENUMERIC, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    msg = tl_errmsg();
+    CHECK_MSG(strstr(msg, "train again: no checkpoint was saved before step") != NULL, "%s", msg);
+    CHECK_MSG(strstr(msg, "resume") == NULL, "%s", msg);
+    tl_trainer_free(tr);
+    tl_model_free(early);
 
     /* Without a checkpoint path there is no checkpoint to resume from. */
     c.checkpoint_path = NULL;

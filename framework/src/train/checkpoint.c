@@ -346,6 +346,10 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
     if (st != TL_OK && created)
         remove(tmp);
     free(tmp);
+    if (st == TL_OK && tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0) {
+        tr->last_checkpoint = tr->checkpoint_path;
+        tr->last_checkpoint_step = tr->step;
+    }
     return st;
 }
 

@@ -71,6 +71,10 @@ struct tl_trainer {
     bool append_log;     /* log_path contains this run's log, which the resumed run continues */
 
     int64_t step;        /* optimizer steps completed */
+    /* The newest checkpoint file of this run, the resumed one or a save to
+     * checkpoint_path, and its step; NULL and -1 before there is one. */
+    const char *last_checkpoint;
+    int64_t last_checkpoint_step;
     tl_train_stats stats;
     char *config_json;   /* trainer and model configuration, written to logs and checkpoints */
 

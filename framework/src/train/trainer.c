@@ -298,8 +298,13 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
         .total = tr->cfg.steps, .eval_step = -1, .eval_loss = NAN, .eval_perplexity = NAN,
         .loss = NAN, .grad_norm = NAN,
     };
+    tr->last_checkpoint_step = -1;
     if (tr->resume_path && tl_trainer_load(tr, tr->resume_path) != TL_OK)
         goto fail;
+    if (tr->resume_path) {
+        tr->last_checkpoint = tr->resume_path;
+        tr->last_checkpoint_step = tr->step;
+    }
     /* A finished run would return stats of no step, without loss or gradient norm. */
     if (tr->resume_path && tr->step >= tr->cfg.steps) {
         tl_seterr(TL_EINVAL, "checkpoint '%s' is already at step %lld = steps, so there is "
@@ -375,14 +380,20 @@ static bool routing_due(const tl_trainer *tr)
 
 static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
 {
-    /* Only a run with a checkpoint path has a checkpoint to resume from. */
+    /* A run with a checkpoint path has nothing to resume from until its
+     * first save. */
+    char next[1100] = "train again";
+    if (tr->last_checkpoint)
+        snprintf(next, sizeof next, "resume from the last checkpoint, '%s' of step %lld",
+                 tr->last_checkpoint, (long long)tr->last_checkpoint_step);
+    else if (tr->checkpoint_path)
+        snprintf(next, sizeof next, "train again: no checkpoint was saved before step %lld",
+                 (long long)tr->step);
     return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: the %s is %g, so the "
                                   "parameters were not updated. Lower the learning rate (now "
                                   "%g)%s and %s",
                      (long long)tr->step, quantity, value, (double)lr,
-                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm",
-                     tr->checkpoint_path ? "resume from the last checkpoint"
-                                         : "train again");
+                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm", next);
 }
 
 /* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
