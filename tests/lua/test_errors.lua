@@ -182,6 +182,23 @@ local other = thinklab.trainer{model = model({d_model = 32}), data = ds, steps =
 local ck = p.scratch .. "/small.h5"
 tr:save(ck)
 E("load checkpoint of another architecture", {"trainer:load"}, other.load, other, ck)
+-- The same model and vocabulary size, but a char tokenizer built from text
+-- where '~' replaces 'e', so every id from 'e' up decodes to another character.
+local swapped = p.scratch .. "/swapped.txt"
+f = assert(io.open(swapped, "w"))
+f:write((string.gsub(c:train_text() .. c:val_text(), "e", "~")))
+f:close()
+local c2 = thinklab.corpus{path = swapped}
+local tok2 = thinklab.tokenizer{kind = "char", corpus = c2}
+H.check(tok2:vocab_size() == tok:vocab_size(), "the swapped tokenizer has the same vocabulary size")
+local retokenized = thinklab.trainer{model = model({tokenizer = tok2}), data = c2:encode(tok2), steps = 2,
+                                     batch_size = 2, context = 32, progress_every = 0, eval_batches = 1}
+E("load checkpoint of another tokenizer", {"trainer:load", "was trained with another tokenizer",
+  "(\"char\", " .. tok:vocab_size() .. " tokens, fingerprint", "thinklab.load_tokenizer"},
+  retokenized.load, retokenized, ck)
+local same_tok = thinklab.trainer{model = model({}), data = ds, steps = 10, batch_size = 2, context = 32,
+                                  progress_every = 0, eval_batches = 1}
+H.check(same_tok:load(ck) == tr:step_index(), "a checkpoint of the same tokenizer loads")
 E("new run over an existing checkpoint", {ck, "already exists", "set resume = '" .. ck .. "'",
   "checkpoint_overwrite = true"}, trainer, {checkpoint = ck})
 E("checkpoint_overwrite type", {"checkpoint_overwrite"}, trainer, {checkpoint = ck, checkpoint_overwrite = "yes"})

@@ -248,14 +248,15 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path);
  * the same architecture. Rejects, with a message naming the file and the
  * difference: another format version, another parameter count, name or shape
  * (the first difference is named), another model setting in config_json
- * (the sizes, or a layer's plugin or option), another global batch
- * (batch_size x world) or context, and a file that is missing, truncated or
- * not a checkpoint. Training settings may differ: rank 0 names those on one
- * line on stderr. The rank count may differ: a file written by 2 ranks of
- * batch_size 4 continues under 1 rank of 8. A trainer without a log takes
- * the checkpoint's run id, so that its logs and checkpoints belong to the
- * checkpoint's run. A trainer with a log keeps its own. On failure the trainer's
- * state is unchanged. */
+ * (the sizes, or a layer's plugin or option), another tokenizer (by a hash
+ * of its token list, when the checkpoint and the data both have one),
+ * another global batch (batch_size x world) or context, and a file that is
+ * missing, truncated or not a checkpoint. Training settings may differ:
+ * rank 0 names those on one line on stderr. The rank count may differ: a
+ * file written by 2 ranks of batch_size 4 continues under 1 rank of 8. A
+ * trainer without a log takes the checkpoint's run id, so that its logs and
+ * checkpoints belong to the checkpoint's run. A trainer with a log keeps its
+ * own. On failure the trainer's state is unchanged. */
 tl_status tl_trainer_load(tl_trainer *tr, const char *path);
 
 /* ---- evaluation ----------------------------------------------------------- */

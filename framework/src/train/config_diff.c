@@ -215,6 +215,33 @@ static void report_training_changes(const char *path, const flat_json *file,
     free(names);
 }
 
+/* Rejects a checkpoint trained on another tokenizer, because its embedding
+ * rows would belong to other text. Checkpoints and data without a tokenizer
+ * entry pass. */
+static tl_status compare_tokenizer(const char *path, const flat_json *file, const flat_json *mine)
+{
+    const flat_entry *a = find_entry(file, "tokenizer.fingerprint");
+    const flat_entry *b = find_entry(mine, "tokenizer.fingerprint");
+    if (!a || !b || same_value(a, b))
+        return TL_OK;
+    const flat_entry *kind_a = find_entry(file, "tokenizer.kind");
+    const flat_entry *kind_b = find_entry(mine, "tokenizer.kind");
+    const flat_entry *vocab_a = find_entry(file, "tokenizer.vocab");
+    const flat_entry *vocab_b = find_entry(mine, "tokenizer.vocab");
+    if (!kind_a || !kind_b || !vocab_a || !vocab_b)
+        return tl_seterr(TL_EFORMAT, "checkpoint '%s': config_json has a tokenizer fingerprint "
+                                     "without its kind and vocab; the file is damaged",
+                         path);
+    return tl_seterr(TL_EINVAL, "checkpoint '%s' was trained with another tokenizer (%.*s, %.*s "
+                                "tokens, fingerprint %.*s) than this run's (%.*s, %.*s tokens, "
+                                "fingerprint %.*s), so its token ids would decode to other text; "
+                                "save the first run's tokenizer with tokenizer:save and load it "
+                                "with thinklab.load_tokenizer, or build it from the same text",
+                     path, kind_a->len, kind_a->value, vocab_a->len, vocab_a->value, a->len,
+                     a->value, kind_b->len, kind_b->value, vocab_b->len, vocab_b->value, b->len,
+                     b->value);
+}
+
 tl_status tl_checkpoint_check_model(const char *path, const char *file_json,
                                     const char *trainer_json)
 {
@@ -231,6 +258,8 @@ tl_status tl_checkpoint_check_model(const char *path, const char *file_json,
                        path);
     else
         st = compare_model(path, &file, &mine);
+    if (st == TL_OK && ok_file && ok_mine)
+        st = compare_tokenizer(path, &file, &mine);
     free(file.items);
     free(mine.items);
     return st;

@@ -117,15 +117,48 @@ static void layer_options_json(tl_json *j, const tl_opt_table *t)
     tl_json_end(j);
 }
 
-/* The trainer's full configuration: {"train": ..., "model": ..., "plugins":
- * {name: version}, "seed", "threads", "version"}. */
-static size_t run_json(const tl_trainer *tr, const plugin_list *plugins, char *buf, size_t size)
+/* FNV-1a over the tokenizer's text form, which lists every token, so two
+ * tokenizers with one fingerprint map text to the same ids. Writes "" when
+ * the data has no tokenizer. */
+static tl_status tokenizer_fingerprint(const tl_tokenizer *tok, char *out, size_t size)
+{
+    out[0] = '\0';
+    if (!tok)
+        return TL_OK;
+    size_t len = 0;
+    char *text = tl_tokenizer_to_string(tok, &len);
+    if (!text)
+        return tl_lasterr() != TL_OK ? tl_lasterr()
+                                     : tl_seterr(TL_ENOMEM, "no memory for the tokenizer's text");
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)text[i];
+        h *= 1099511628211ull;
+    }
+    free(text);
+    snprintf(out, size, "%016llx", (unsigned long long)h);
+    return TL_OK;
+}
+
+/* The trainer's full configuration: {"train": ..., "model": ..., "tokenizer":
+ * {kind, vocab, fingerprint} when the data has one, "plugins": {name:
+ * version}, "seed", "threads", "version"}. */
+static size_t run_json(const tl_trainer *tr, const plugin_list *plugins, const char *fingerprint,
+                       char *buf, size_t size)
 {
     tl_json j;
     tl_json_init(&j, buf, size);
     tl_json_begin(&j, NULL);
     tl_train_config_json_into(&j, "train", &tr->cfg);
     model_json(&j, tr->model, tr->cfg.context);
+    if (fingerprint[0]) {
+        const tl_tokenizer *tok = tr->data.tokenizer;
+        tl_json_begin(&j, "tokenizer");
+        tl_json_key_string(&j, "kind", tl_tokenizer_kind_name(tl_tokenizer_kind_of(tok)));
+        tl_json_key_int(&j, "vocab", tl_tokenizer_vocab_size(tok));
+        tl_json_key_string(&j, "fingerprint", fingerprint);
+        tl_json_end(&j);
+    }
     tl_json_begin(&j, "plugins");
     for (int i = 0; i < plugins->n; i++)
         tl_json_key_string(&j, plugins->names[i], plugins->versions[i]);
@@ -143,11 +176,15 @@ tl_status tl_train_config_text(tl_trainer *tr)
 {
     plugin_list plugins;
     collect_plugins(tr->model, &plugins);
-    size_t need = run_json(tr, &plugins, NULL, 0) + 1;
+    char fingerprint[32];
+    tl_status st = tokenizer_fingerprint(tr->data.tokenizer, fingerprint, sizeof fingerprint);
+    if (st != TL_OK)
+        return st;
+    size_t need = run_json(tr, &plugins, fingerprint, NULL, 0) + 1;
     tr->config_json = malloc(need);
     if (!tr->config_json)
         return tl_seterr(TL_ENOMEM, "no memory for the %zu-byte configuration text", need);
-    run_json(tr, &plugins, tr->config_json, need);
+    run_json(tr, &plugins, fingerprint, tr->config_json, need);
     return TL_OK;
 }
 
