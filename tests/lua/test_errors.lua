@@ -11,6 +11,10 @@ local empty = p.scratch .. "/empty.txt"
 local f = assert(io.open(empty, "w")); f:close()
 E("empty corpus", {"is empty"}, thinklab.corpus, {path = empty})
 E("corpus without path", {"thinklab.corpus needs path"}, thinklab.corpus, {})
+E("corpus folder", {"text file '" .. p.scratch .. "' is a directory: give the path of a file in it"},
+  thinklab.corpus, {path = p.scratch})
+E("tokenizer folder", {"tokenizer file '" .. p.scratch .. "' is a directory"},
+  thinklab.load_tokenizer, p.scratch)
 E("corpus unknown key", {"unknown key 'file'", "valid keys are: path, val_fraction, max_bytes"},
   thinklab.corpus, {file = p.text})
 E("corpus val_fraction range", {"corpus.val_fraction must be in (0, 1), got 1.0"},

@@ -47,10 +47,17 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
             break;
     }
     bool failed = ferror(f) != 0;
+    int err = errno;
     fclose(f);
     if (failed) {
         free(text);
-        tl_seterr(TL_EIO, "could not read %s '%s'", file_kind, path);
+        /* fopen opens a folder for reading on Linux, and the first read
+         * fails with EISDIR. */
+        if (err == EISDIR)
+            tl_seterr(TL_EINVAL, "%s '%s' is a directory: give the path of a file in it",
+                      file_kind, path);
+        else
+            tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
         return NULL;
     }
     text[n] = '\0';
