@@ -3,9 +3,12 @@
 include(CMakePackageConfigHelpers)
 
 set(TL_PLUGIN_INSTALL_DIR ${CMAKE_INSTALL_FULL_LIBDIR}/thinklab/plugins)
+# TL_LIBRARY_BUILD_DIR tells the loader whether it runs from the build tree
+# or from an installed copy, which searches thinklab/plugins beside itself.
 target_compile_definitions(thinklab PRIVATE
   TL_PLUGIN_BUILD_DIR="${CMAKE_BINARY_DIR}/plugins"
-  TL_PLUGIN_INSTALL_DIR="${TL_PLUGIN_INSTALL_DIR}")
+  TL_PLUGIN_INSTALL_DIR="${TL_PLUGIN_INSTALL_DIR}"
+  TL_LIBRARY_BUILD_DIR="${CMAKE_CURRENT_BINARY_DIR}")
 
 install(TARGETS thinklab EXPORT thinklabTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

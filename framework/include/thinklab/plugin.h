@@ -274,8 +274,9 @@ typedef struct tl_plugin_lib tl_plugin_lib;
 
 /* Opens a plugin by name or by path. A value containing '/' is a path to the
  * shared object. A name is looked up as name.so in, in order: the build's
- * plugin folder, the installed plugin folder, then each folder of the
- * colon-separated THINKLAB_PLUGIN_PATH. Returns NULL with a message naming
+ * plugin folder and the configured install folder when libthinklab runs from
+ * the build tree, or thinklab/plugins beside an installed libthinklab, then
+ * each folder of the colon-separated THINKLAB_PLUGIN_PATH. Returns NULL with a message naming
  * the value and the fix when the file is missing, is not a shared object,
  * is shorter than its ELF headers state, lacks the entry symbol, or was built
  * for another ABI or struct layout. */

@@ -1,6 +1,8 @@
 /* Finding, opening and checking plugin shared objects. */
+#define _GNU_SOURCE /* dladdr */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <limits.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <link.h>
@@ -17,6 +19,9 @@
 #endif
 #ifndef TL_PLUGIN_INSTALL_DIR
 #define TL_PLUGIN_INSTALL_DIR ""
+#endif
+#ifndef TL_LIBRARY_BUILD_DIR
+#define TL_LIBRARY_BUILD_DIR ""
 #endif
 
 enum { TL_PATH_MAX = 4096, TL_SEARCH_MAX = 64 };
@@ -41,11 +46,39 @@ static int tl_search_dirs(const char **dirs, int max, char *buf, size_t size)
     return n;
 }
 
+/* Writes the folder of the libthinklab file this code runs from, with
+ * symbolic links resolved, into buf (TL_PATH_MAX bytes). */
+static bool tl_library_dir(char *buf)
+{
+    static const char anchor; /* any object inside libthinklab */
+    Dl_info info;
+    if (!dladdr(&anchor, &info) || !info.dli_fname ||
+        !realpath(info.dli_fname, buf))
+        return false;
+    char *slash = strrchr(buf, '/');
+    if (!slash)
+        return false;
+    *slash = '\0';
+    return true;
+}
+
+/* The build tree's library searches the build's plugin folder and the
+ * configured install folder. An installed library searches thinklab/plugins
+ * beside itself, where the install put the plugins, because the prefix given
+ * to `cmake --install --prefix` is unknown when the library is compiled. */
 size_t tl_plugin_search_path(char *buf, size_t size)
 {
     const char *env = getenv("THINKLAB_PLUGIN_PATH");
-    int n = snprintf(buf, size, "%s:%s%s%s", TL_PLUGIN_BUILD_DIR, TL_PLUGIN_INSTALL_DIR,
-                     env && *env ? ":" : "", env && *env ? env : "");
+    const char *sep = env && *env ? ":" : "", *extra = env && *env ? env : "";
+    char here[TL_PATH_MAX], build[TL_PATH_MAX];
+    bool installed = tl_library_dir(here) &&
+                     !(realpath(TL_LIBRARY_BUILD_DIR, build) && strcmp(here, build) == 0);
+    int n;
+    if (installed)
+        n = snprintf(buf, size, "%s/thinklab/plugins%s%s", here, sep, extra);
+    else
+        n = snprintf(buf, size, "%s:%s%s%s", TL_PLUGIN_BUILD_DIR, TL_PLUGIN_INSTALL_DIR, sep,
+                     extra);
     return n < 0 ? 0 : (size_t)n;
 }
 
