@@ -125,6 +125,11 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
         return;
     case LUA_TNUMBER:
         if (*text && lua_stringtonumber(L, text) != 0) {
+            /* Lua reads "inf" and "nan" as names, but 1e999 as infinity. An
+             * integer default rejects it below. */
+            if (!lua_isinteger(L, def) && !isfinite(lua_tonumber(L, -1)))
+                tl_lua_usage_error(L, "override %s=%s: %s must be a finite number (default %s)",
+                                   key, text, key, luaL_tolstring(L, def, NULL));
             if (lua_isinteger(L, def) && !lua_isinteger(L, -1)) {
                 /* An integral float such as 1e3 is accepted for an integer. */
                 lua_Number f = lua_tonumber(L, -1);

@@ -76,6 +76,12 @@ H.check(not H.contains(out, "stack traceback"), "a bad override prints its messa
 out, code = H.run(tl .. " run " .. fx .. "/caught_usage_error.lua steps=x")
 H.check(code ~= 0 and H.contains(out, "a later failure"), "a later error after a caught bad override fails the run")
 H.check(H.contains(out, "stack traceback:"), "a later error after a caught bad override keeps its traceback")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=1e999")
+H.check(code ~= 0 and H.contains(out, "override lr=1e999: lr must be a finite number (default 0.0003)"),
+        "an override that overflows to infinity is rejected")
+out, code = H.run(tl .. " run " .. fx .. "/params.lua list=0.5,-1e400")
+H.check(code ~= 0 and H.contains(out, "override list[2]=-1e400: list[2] must be a finite number"),
+        "a list element that overflows to infinity is rejected")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=fast")
 H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a number"), "text for a number names the key")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=abc")
