@@ -131,6 +131,12 @@ E("lr below the default min_lr", {"trainer.optimizer.lr 0 is below trainer.sched
 E("log in a missing folder", {"cannot create run log '" .. p.scratch .. "/nodir/x.h5': folder '" ..
                               p.scratch .. "/nodir' does not exist; create it or choose another path"},
   trainer, {log = p.scratch .. "/nodir/x.h5"})
+local existing_log = p.scratch .. "/existing_log.h5"
+os.remove(existing_log)
+trainer({log = existing_log}):close()
+E("log over an existing log", {"run log '" .. existing_log .. "' already exists; choose a new path, or " ..
+                               "replace it with log_overwrite = true"}, trainer, {log = existing_log})
+os.remove(existing_log)
 E("clip negative", {"trainer.clip must be >= 0, got -1"}, trainer, {clip = -1})
 E("callback type", {"trainer.callback must be a function(stats), got 'f'"}, trainer, {callback = "f"})
 E("context longer than the model", {"trainer.context 64 is longer than the model's context 32"}, trainer, {context = 64})

@@ -165,7 +165,8 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
     /* Failures are reported through tl_errmsg() only; this setting is per process. */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (!meta->overwrite && access(path, F_OK) == 0) {
-        tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path or set overwrite",
+        tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path, or replace it with "
+                          "log_overwrite = true (the trainer key; overwrite in tl_log_meta)",
                   path);
         return NULL;
     }
