@@ -1,7 +1,8 @@
 /* Deliberately broken plugins for the loader tests, one per compile
  * definition: BAD_ABI (built for the next ABI version), BAD_SIZE (a
  * tl_tensor size that differs from the library's), BAD_NO_ENTRY (no entry
- * symbol). */
+ * symbol), BAD_DEFAULT (an option whose default is outside its range),
+ * BAD_OPTION_NAME (an option without a name). */
 #include <stdlib.h>
 
 #include "thinklab/plugin.h"
@@ -24,14 +25,30 @@ static void bad_destroy(void *state) {}
 #define BAD_NAME "abi_mismatch"
 #elif defined(BAD_SIZE)
 #define BAD_NAME "size_mismatch"
+#elif defined(BAD_DEFAULT)
+#define BAD_NAME "bad_default"
+#elif defined(BAD_OPTION_NAME)
+#define BAD_NAME "no_option_name"
 #else
 #define BAD_NAME "no_entry"
 #endif
+
+static const tl_opt_spec bad_options[] = {
+    {.name = "width", .type = TL_OPT_INT, .def = {.type = TL_OPT_INT, .i = 4}, .min = 1, .max = 8},
+#if defined(BAD_DEFAULT)
+    {.name = "scale", .type = TL_OPT_FLOAT, .def = {.type = TL_OPT_FLOAT, .f = 50.0}, .min = 0,
+     .max = 10},
+#elif defined(BAD_OPTION_NAME)
+    {.name = NULL, .type = TL_OPT_BOOL, .def = {.type = TL_OPT_BOOL}},
+#endif
+};
 
 static tl_plugin bad_plugin = {
     .header = TL_PLUGIN_HEADER_INIT(BAD_NAME),
     .description = "broken on purpose",
     .version = "0",
+    .options = bad_options,
+    .n_options = sizeof bad_options / sizeof bad_options[0],
     .create = bad_create,
     .forward = bad_forward,
     .flops_per_token = bad_flops,
@@ -48,7 +65,7 @@ const tl_plugin *tl_plugin_entry(void)
 {
 #if defined(BAD_ABI)
     bad_plugin.header.abi_version = TL_PLUGIN_ABI_VERSION + 1;
-#else
+#elif defined(BAD_SIZE)
     bad_plugin.header.size_tensor = (uint32_t)sizeof(tl_tensor) + 8;
 #endif
     return &bad_plugin;

@@ -1,7 +1,8 @@
 # Plugin tests: the test_plugin_* executables need the built plugins, the
 # deliberately broken plugins below, and the helpers in plugin_util.c.
 set(TL_BAD_PLUGIN_DIR ${CMAKE_CURRENT_BINARY_DIR}/bad_plugins)
-set(TL_BAD_PLUGINS abi_mismatch:BAD_ABI size_mismatch:BAD_SIZE no_entry:BAD_NO_ENTRY)
+set(TL_BAD_PLUGINS abi_mismatch:BAD_ABI size_mismatch:BAD_SIZE no_entry:BAD_NO_ENTRY
+    bad_default:BAD_DEFAULT no_option_name:BAD_OPTION_NAME)
 set(TL_BAD_PLUGIN_TARGETS "")
 foreach(entry ${TL_BAD_PLUGINS})
   string(REPLACE ":" ";" parts ${entry})

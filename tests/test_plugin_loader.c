@@ -77,6 +77,16 @@ static void check_open_errors(void)
     HAS(tl_errmsg(), "plugin 'abi_mismatch'");
     HAS(tl_errmsg(), expect);
 
+    /* Mistakes in the option table fail at load, not at the first lookup. */
+    CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/bad_default.so") == NULL);
+    CHECK(tl_lasterr() == TL_EFORMAT);
+    HAS(tl_errmsg(), "plugin 'bad_default'");
+    HAS(tl_errmsg(), "has an invalid option table");
+    HAS(tl_errmsg(), "option 'scale' = 50 is outside [0, 10]; fix the plugin");
+    CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/no_option_name.so") == NULL);
+    CHECK(tl_lasterr() == TL_EFORMAT);
+    HAS(tl_errmsg(), "option 2 has no name; fix the plugin");
+
     CHECK(tl_plugin_open(TL_TEST_BAD_PLUGIN_DIR "/size_mismatch.so") == NULL);
     CHECK(tl_lasterr() == TL_EABI);
     snprintf(expect, sizeof expect, "sizeof(tl_tensor) = %zu, this thinklab has %zu",

@@ -71,6 +71,13 @@ tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
  * without a '/' is in the working folder, which passes. */
 tl_status tl_check_parent_folder(const char *path, const char *file_kind);
 
+/* Checks a plugin's option table when it loads (plugin/options.c): names
+ * present and unique, known types, ranges, and defaults of the option's
+ * type that its own validation accepts. file names the plugin in the
+ * message. */
+struct tl_plugin;
+tl_status tl_plugin_check_schema(const struct tl_plugin *plugin, const char *file);
+
 /* Argument checks that set a message naming the op and the argument. */
 bool tl_check_f32(const char *op, const char *arg, const tl_tensor *t);
 bool tl_check_i32(const char *op, const char *arg, const tl_tensor *t);

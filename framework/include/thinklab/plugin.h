@@ -278,8 +278,10 @@ typedef struct tl_plugin_lib tl_plugin_lib;
  * the build tree, or thinklab/plugins beside an installed libthinklab, then
  * each folder of the colon-separated THINKLAB_PLUGIN_PATH. Returns NULL with a message naming
  * the value and the fix when the file is missing, is not a shared object,
- * is shorter than its ELF headers state, lacks the entry symbol, or was built
- * for another ABI or struct layout. */
+ * is shorter than its ELF headers state, lacks the entry symbol, was built
+ * for another ABI or struct layout, or has an invalid option table (an
+ * option without a name or declared twice, an unknown type, an empty range,
+ * an enum without choices, or a default that fails its own check). */
 tl_plugin_lib *tl_plugin_open(const char *name_or_path);
 void tl_plugin_close(tl_plugin_lib *lib);
 const tl_plugin *tl_plugin_desc(const tl_plugin_lib *lib);

@@ -299,7 +299,8 @@ tl_plugin_lib *tl_plugin_open(const char *name_or_path)
                   TL_PLUGIN_ENTRY_SYMBOL);
         goto fail;
     }
-    if (!tl_plugin_check_header(lib->desc, lib->file))
+    if (!tl_plugin_check_header(lib->desc, lib->file) ||
+        tl_plugin_check_schema(lib->desc, lib->file) != TL_OK)
         goto fail;
     return lib;
 

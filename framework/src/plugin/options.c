@@ -136,6 +136,70 @@ static tl_status tl_opt_check(const char *plugin, const tl_opt_spec *o, const tl
     return TL_OK;
 }
 
+/* Describes the first mistake in option k of p in problem and returns true,
+ * or returns false when the option is valid. */
+static bool tl_spec_problem(const tl_plugin *p, int k, char *problem, size_t size)
+{
+    const tl_opt_spec *o = &p->options[k];
+    if (!o->name || !o->name[0]) {
+        snprintf(problem, size, "option %d has no name", k + 1);
+        return true;
+    }
+    for (int m = 0; m < k; m++) {
+        if (p->options[m].name && strcmp(p->options[m].name, o->name) == 0) {
+            snprintf(problem, size, "option '%s' is declared twice", o->name);
+            return true;
+        }
+    }
+    if ((unsigned)o->type >= TL_OPT_TYPE_COUNT) {
+        snprintf(problem, size, "option '%s' has type %d, which is not a tl_opt_type", o->name,
+                 (int)o->type);
+        return true;
+    }
+    if (o->def.type != o->type) {
+        snprintf(problem, size, "option '%s' is of type %s, but its default is of type %s", o->name,
+                 tl_opt_type_name(o->type), tl_opt_type_name(o->def.type));
+        return true;
+    }
+    bool ranged = o->type == TL_OPT_INT || o->type == TL_OPT_FLOAT ||
+                  o->type == TL_OPT_FLOAT_LIST;
+    if (ranged && !(o->min <= o->max)) {
+        snprintf(problem, size, "option '%s' has the range [%g, %g], which is empty", o->name,
+                 o->min, o->max);
+        return true;
+    }
+    bool text = o->type == TL_OPT_STRING || o->type == TL_OPT_ENUM;
+    if (text && !memchr(o->def.s, '\0', sizeof o->def.s)) {
+        snprintf(problem, size, "option '%s' has a default string of %d bytes or more", o->name,
+                 TL_OPT_STRING_MAX);
+        return true;
+    }
+    if (o->type == TL_OPT_ENUM && !o->choices[0]) {
+        snprintf(problem, size, "enum option '%s' has no choices", o->name);
+        return true;
+    }
+    /* An empty list default is allowed: create() may read it as "unset". */
+    if (o->type == TL_OPT_FLOAT_LIST && o->def.n == 0)
+        return false;
+    tl_opt_value checked;
+    if (tl_opt_check(p->header.name, o, &o->def, &checked) != TL_OK) {
+        snprintf(problem, size, "the default fails its own check: %s", tl_errmsg());
+        return true;
+    }
+    return false;
+}
+
+tl_status tl_plugin_check_schema(const tl_plugin *p, const char *file)
+{
+    char problem[1024];
+    for (int k = 0; k < p->n_options; k++)
+        if (tl_spec_problem(p, k, problem, sizeof problem))
+            return tl_seterr(TL_EFORMAT, "plugin '%s' (%s) has an invalid option table: %s; fix "
+                                         "the plugin",
+                             p->header.name, file, problem);
+    return TL_OK;
+}
+
 tl_status tl_plugin_options(const tl_plugin *p, const tl_opt_setting *settings, int n,
                             tl_opt_table *out)
 {
