@@ -2,20 +2,32 @@
  * definition: BAD_ABI (built for the next ABI version), BAD_SIZE (a
  * tl_tensor size that differs from the library's), BAD_NO_ENTRY (no entry
  * symbol), BAD_DEFAULT (an option whose default is outside its range),
- * BAD_OPTION_NAME (an option without a name). */
+ * BAD_OPTION_NAME (an option without a name). Two load and then fail:
+ * BAD_SILENT_CREATE (create returns NULL without a message) and
+ * BAD_FLAT_FORWARD (forward returns y of another shape than x). */
 #include <stdlib.h>
 
+#include "thinklab/ops.h"
 #include "thinklab/plugin.h"
 
 static void *bad_create(const tl_opt_table *opts, const tl_layer_dims *dims, tl_params *params,
                         const char *prefix)
 {
+#if defined(BAD_FLAT_FORWARD)
+    static int state;
+    return &state;
+#else
     return NULL;
+#endif
 }
 
 static tl_tensor *bad_forward(tl_ctx *ctx, void *state, tl_tensor *x, tl_layer_args *args)
 {
+#if defined(BAD_FLAT_FORWARD)
+    return tl_reshape(ctx, x, 2, (int64_t[]){x->shape[0] * x->shape[1], x->shape[2]});
+#else
     return x;
+#endif
 }
 
 static double bad_flops(const void *state, int64_t T) { return 0.0; }
@@ -29,6 +41,10 @@ static void bad_destroy(void *state) {}
 #define BAD_NAME "bad_default"
 #elif defined(BAD_OPTION_NAME)
 #define BAD_NAME "no_option_name"
+#elif defined(BAD_SILENT_CREATE)
+#define BAD_NAME "silent_create"
+#elif defined(BAD_FLAT_FORWARD)
+#define BAD_NAME "flat_forward"
 #else
 #define BAD_NAME "no_entry"
 #endif

@@ -2,7 +2,8 @@
 # deliberately broken plugins below, and the helpers in plugin_util.c.
 set(TL_BAD_PLUGIN_DIR ${CMAKE_CURRENT_BINARY_DIR}/bad_plugins)
 set(TL_BAD_PLUGINS abi_mismatch:BAD_ABI size_mismatch:BAD_SIZE no_entry:BAD_NO_ENTRY
-    bad_default:BAD_DEFAULT no_option_name:BAD_OPTION_NAME)
+    bad_default:BAD_DEFAULT no_option_name:BAD_OPTION_NAME silent_create:BAD_SILENT_CREATE
+    flat_forward:BAD_FLAT_FORWARD)
 set(TL_BAD_PLUGIN_TARGETS "")
 foreach(entry ${TL_BAD_PLUGINS})
   string(REPLACE ":" ";" parts ${entry})

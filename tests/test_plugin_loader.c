@@ -200,6 +200,33 @@ static void check_model_errors(void)
     cfg.layers = missing;
     CHECK(tl_model_new(&cfg, &rng) == NULL);
     HAS(tl_errmsg(), "layer 1: plugin 'itt_v2' not found");
+
+    /* A create that fails without a message gets one that names the
+     * plugin, not an empty or stale reason. */
+    tl_layer_spec silent[] = {{"transformer", NULL, 0},
+                              {TL_TEST_BAD_PLUGIN_DIR "/silent_create.so", NULL, 0}};
+    cfg.layers = silent;
+    tl_seterr(TL_EIO, "an earlier, unrelated failure");
+    CHECK(tl_model_new(&cfg, &rng) == NULL);
+    HAS(tl_errmsg(), "layer 1 (plugin 'silent_create'): the plugin failed without a message");
+    CHECK_MSG(strstr(tl_errmsg(), "unrelated") == NULL, "%s", tl_errmsg());
+
+    /* A forward that changes the shape is blamed, not the layer after it. */
+    tl_layer_spec flat[] = {{TL_TEST_BAD_PLUGIN_DIR "/flat_forward.so", NULL, 0},
+                            {"transformer", NULL, 0}};
+    cfg.layers = flat;
+    tl_model *m = tl_model_new(&cfg, &rng);
+    CHECK_MSG(m != NULL, "%s", tl_errmsg());
+    tl_ctx *ctx = tl_ctx_new(0);
+    tl_tensor *ids = tl_new(ctx, TL_I32, 2, (int64_t[]){2, 4});
+    for (int i = 0; ids && i < 8; i++)
+        tl_i32(ids)[i] = i;
+    tl_model_output out;
+    CHECK(m && ids && tl_model_forward(m, ctx, ids, NULL, NULL, &out) == TL_ESHAPE);
+    HAS(tl_errmsg(), "layer 0 (plugin 'flat_forward'): forward returned y of shape (8, 8) f32, "
+                     "but y must have the shape of x, (2, 4, 8) f32");
+    tl_ctx_free(ctx);
+    tl_model_free(m);
 }
 
 /* Reads what tl_plugins_print writes into a string the caller frees. */

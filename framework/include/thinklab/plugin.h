@@ -215,7 +215,8 @@ typedef struct tl_plugin {
      * or NULL with a message. */
     void *(*create)(const tl_opt_table *opts, const tl_layer_dims *dims, tl_params *params,
                     const char *prefix);
-    /* y (B, T, C) for x (B, T, C), built from framework ops. The trainer
+    /* y (B, T, C) for x (B, T, C), built from framework ops; the model
+     * rejects a y of another shape or dtype, naming this layer. The trainer
      * runs it on several threads at once, each with its own ctx and rows of
      * the batch (data-parallel shards), unless args->collect_stats is set:
      * without it, forward must not write to state. */

@@ -63,11 +63,15 @@ tl_status tl_model_block_config(const tl_model_config *cfg, tl_block_config *out
 }
 
 /* Prefixes the current message with the layer, copying it first because
- * tl_seterr() writes into the buffer tl_errmsg() returns. */
+ * tl_seterr() writes into the buffer tl_errmsg() returns. An empty message
+ * means a plugin function failed without setting one. */
 static tl_status tl_layer_error(int l, const char *plugin)
 {
     char msg[1024];
-    snprintf(msg, sizeof msg, "%s", tl_errmsg());
+    snprintf(msg, sizeof msg, "%s",
+             tl_errmsg()[0] ? tl_errmsg()
+                            : "the plugin failed without a message; make it call tl_seterr() "
+                              "before it returns NULL");
     tl_status st = tl_lasterr() != TL_OK ? tl_lasterr() : TL_EINVAL;
     if (plugin)
         return tl_seterr(st, "layer %d (plugin '%s'): %s", l, plugin, msg);
@@ -93,6 +97,7 @@ static tl_status tl_model_add_layer(tl_model *m, int l, const tl_layer_spec *spe
     tl_layer_dims dims = {.block = m->block, .layer_index = l, .context = m->cfg.context};
     char prefix[32];
     snprintf(prefix, sizeof prefix, "layers.%d", l);
+    tl_clearerr();
     layer->state = layer->plugin->create(opts, &dims, m->params, prefix);
     if (!layer->state)
         return tl_layer_error(l, layer->plugin->header.name);
@@ -239,9 +244,20 @@ static tl_status tl_model_forward_impl(tl_model *m, tl_ctx *ctx, tl_tensor *ids,
     for (int l = 0; l < m->n_layers; l++) {
         tl_model_layer *layer = &m->layers[l];
         double before = tl_ctx_flops_forward(ctx);
-        x = layer->plugin->forward(ctx, layer->state, x, &la);
+        tl_tensor *in = x;
+        tl_clearerr();
+        x = layer->plugin->forward(ctx, layer->state, in, &la);
         if (!x)
             return tl_layer_error(l, layer->plugin->header.name);
+        /* A plugin's output feeds the next layer, which would report the
+         * wrong shape as its own input's. */
+        if (x->dtype != TL_F32 || !tl_same_shape(x, in)) {
+            char got[64], want[64];
+            return tl_seterr(TL_ESHAPE, "layer %d (plugin '%s'): forward returned y of shape %s, "
+                                        "but y must have the shape of x, %s; fix the plugin",
+                             l, layer->plugin->header.name, tl_shape_str(x, got, sizeof got),
+                             tl_shape_str(in, want, sizeof want));
+        }
         if (keep) {
             m->layer_flops[l] = tl_ctx_flops_forward(ctx) - before;
             m->hidden[l + 1] = x;
