@@ -333,9 +333,16 @@ static int callback_body(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, u->callback_ref);
     push_stats(L, s);
     lua_call(L, 1, 1);
-    /* false or "stop" ends the run early; anything else continues. */
-    bool stop = (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) ||
-                (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "stop") == 0);
+    /* false or "stop" ends the run early, and nil or true continues. Any
+     * other value, such as "Stop" or "halt", is a mistake that would
+     * otherwise let the run go on. */
+    int type = lua_type(L, -1);
+    bool stop = (type == LUA_TBOOLEAN && !lua_toboolean(L, -1)) ||
+                (type == LUA_TSTRING && strcmp(lua_tostring(L, -1), "stop") == 0);
+    if (!stop && type != LUA_TNIL && type != LUA_TBOOLEAN)
+        return luaL_error(L, "the callback returned %s; return false or \"stop\" to end the "
+                             "run, or nothing (or true) to continue",
+                          tl_lua_describe(L, -1));
     lua_pushboolean(L, stop);
     return 1;
 }

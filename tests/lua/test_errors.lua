@@ -162,6 +162,12 @@ local tr = trainer({steps = 6, callback_every = 1, callback = function(s)
   if s.step == 3 then error("stop here") end
 end})
 E("callback error", {"trainer:run: the callback failed at step 3", "test_errors.lua", "stop here"}, tr.run, tr)
+for _, case in ipairs{{"halt", "'halt'"}, {"Stop", "'Stop'"}, {0, "0"}, {{}, "a table"}} do
+  local returning = trainer({steps = 4, callback_every = 2, callback = function() return case[1] end})
+  E("callback returning " .. case[2], {"the callback failed at step 2", "the callback returned " .. case[2] ..
+    "; return false or \"stop\" to end the run, or nothing (or true) to continue"}, returning.run, returning)
+  returning:close()
+end
 H.check(calls == 3 and tr:step_index() == 3, "the run stopped right after the failing callback")
 H.check(tr:step() > 0 and tr:step_index() == 4, "the trainer can step again after a callback error")
 H.check(m:evaluate{data = ds, batches = 1, batch_size = 1}.loss > 0, "the model still evaluates")
