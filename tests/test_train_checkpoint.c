@@ -1,10 +1,12 @@
 /* Checkpoints: bit-exact resume, rejected files, failed saves and diverged
  * runs that must leave the previous checkpoint intact. */
 #define _POSIX_C_SOURCE 200809L /* truncate() */
+#include <errno.h>
 #include <hdf5.h>
 #include <math.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -367,6 +369,24 @@ static void test_failed_save_keeps_previous(void)
     CHECK_MSG(stat(tmp, &sb) == 0 && S_ISDIR(sb.st_mode), "the failed save removed the "
                                                            "user's folder '%s'", tmp);
     rmdir(tmp);
+
+    /* A write that fails half way, as on a full disk: a file size limit
+     * makes write() fail with EFBIG once the file reaches 64 KiB. */
+    struct rlimit before;
+    CHECK(getrlimit(RLIMIT_FSIZE, &before) == 0);
+    void (*xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = {64 * 1024, before.rlim_max};
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    tl_status st = tl_trainer_save(tr, path);
+    CHECK(setrlimit(RLIMIT_FSIZE, &before) == 0);
+    signal(SIGXFSZ, xfsz);
+    CHECK_MSG(st == TL_EIO, "save returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), strerror(EFBIG)) != NULL, "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "the previous checkpoint at that path is unchanged") != NULL,
+              "%s", tl_errmsg());
+    CHECK(files_equal(path, keep));
+    CHECK_MSG(stat(tmp, &sb) != 0, "the failed save left '%s' behind", tmp);
+
     tl_trainer_free(tr);
     tl_model_free(m);
     remove(path);

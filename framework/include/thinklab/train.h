@@ -240,8 +240,11 @@ tl_log *tl_trainer_log(tl_trainer *tr); /* NULL without a log */
 tl_rng *tl_trainer_rng(tl_trainer *tr); /* batch-sampling RNG */
 
 /* Flushes the trainer's log, so that the log contains every step the
- * checkpoint has, then writes a checkpoint to path (path.tmp first, then rename()). On
- * failure the file previously at path is untouched. */
+ * checkpoint has, then writes a checkpoint to path (path.tmp first, then
+ * rename()). On failure the file previously at path is untouched, and the
+ * message states whether one exists. The file is built in memory before it
+ * is written, so a save briefly needs memory for one more copy of the
+ * weights and both moments. */
 tl_status tl_trainer_save(tl_trainer *tr, const char *path);
 
 /* Restores a checkpoint written by tl_trainer_save into a trainer built with

@@ -23,6 +23,7 @@
  *
  * The file is written to path.tmp and renamed over path, so a crash or a
  * failed write leaves the previous checkpoint. */
+#include <errno.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,45 @@ tl_status tl_checkpoint_check_target(const char *path)
     return st;
 }
 
+/* Writes the image of the in-memory file to tmp with stdio, so that a full
+ * disk is a plain write error. Sets *created once tmp exists. */
+static tl_status write_image(hid_t file, const char *tmp, const char *path, bool *created)
+{
+    ssize_t size = H5Fget_file_image(file, NULL, 0);
+    if (size < 0) {
+        h5_error(path, "H5Fget_file_image");
+        return TL_EIO;
+    }
+    void *image = malloc(size ? (size_t)size : 1);
+    if (!image)
+        return tl_seterr(TL_ENOMEM, "checkpoint '%s': no memory for its %zd-byte image", path,
+                         size);
+    if (H5Fget_file_image(file, image, (size_t)size) < 0) {
+        free(image);
+        h5_error(path, "H5Fget_file_image");
+        return TL_EIO;
+    }
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        int err = errno;
+        free(image);
+        return tl_seterr(TL_EIO, "checkpoint '%s': cannot create '%s': %s", path, tmp,
+                         strerror(err));
+    }
+    *created = true;
+    bool ok = fwrite(image, 1, (size_t)size, f) == (size_t)size;
+    int err = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    free(image);
+    if (!ok)
+        return tl_seterr(TL_EIO, "checkpoint '%s': writing '%s' failed: %s", path, tmp,
+                         strerror(err));
+    return TL_OK;
+}
+
 static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, bool *created)
 {
     tl_params *p = tr->params;
@@ -256,10 +296,15 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     if (st != TL_OK)
         return st;
 
-    hid_t file = -1, group = -1;
+    hid_t file = -1, group = -1, fapl = -1;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    CK_H5(path, file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-    *created = true;
+    /* The file is built in memory (the core driver without a backing store)
+     * and written out by write_image. When HDF5 writes to disk itself, a
+     * failed write (a full disk) leaves a file that H5Fclose cannot close,
+     * and HDF5 1.10.8 then crashes when it closes it again at exit. */
+    CK_H5(path, fapl = H5Pcreate(H5P_FILE_ACCESS));
+    CK_H5(path, H5Pset_fapl_core(fapl, 1 << 20, false));
+    CK_H5(path, file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
 
     int32_t version = TL_CHECKPOINT_FORMAT_VERSION;
     int64_t n_params = (int64_t)tl_params_count(p);
@@ -302,16 +347,21 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, write_array(group, "v", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, tl_params_v(p)));
     CK_H5(path, H5Gclose(group));
     group = -1;
-    CK_H5(path, H5Fclose(file));
+    CK_H5(path, H5Fflush(file, H5F_SCOPE_LOCAL));
+    st = write_image(file, tmp, path, created);
+    H5Fclose(file);
+    H5Pclose(fapl);
     free(names);
     free(shapes);
-    return TL_OK;
+    return st;
 
 fail:
     if (group >= 0)
         H5Gclose(group);
     if (file >= 0)
         H5Fclose(file);
+    if (fapl >= 0)
+        H5Pclose(fapl);
     free(names);
     free(shapes);
     return TL_EIO;
@@ -339,6 +389,12 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
     bool created = false;
     if (st == TL_OK)
         st = write_file(tr, tmp, path, &created);
+    if (st != TL_OK && created) {
+        struct stat sb;
+        tl_seterr(st, "%s; %s", tl_errmsg(),
+                  stat(path, &sb) == 0 ? "the previous checkpoint at that path is unchanged"
+                                       : "no checkpoint was written");
+    }
     if (st == TL_OK && rename(tmp, path) != 0)
         st = tl_seterr(TL_EIO, "checkpoint '%s': renaming '%s' over it failed; the previous "
                                "checkpoint is unchanged", path, tmp);
