@@ -1,5 +1,6 @@
 /* The HDF5 run log read back through the HDF5 C API (and h5py, h5dump when
- * installed), a writer killed with SIGKILL, and tl_matrix_norms. */
+ * installed), a writer killed with SIGKILL, a flush without room, and
+ * tl_matrix_norms. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -624,6 +626,53 @@ static void test_growth(void)
     H5Fclose(f);
 }
 
+/* A flush that would pass the file size limit is rejected before it writes,
+ * so the file keeps the rows of the earlier flush and stays readable. */
+static void test_no_room(void)
+{
+    char path[128];
+    path_in_dir(path, sizeof path, "no_room.h5");
+    tl_log_meta meta = test_meta(10000);
+    tl_log *log = tl_log_create(path, &meta);
+    CHECK(log != NULL);
+    if (!log)
+        return;
+    for (int s = 0; s < 100; s++) {
+        tl_log_train_record rec = {.step = s, .loss = 1.0};
+        CHECK(tl_log_train(log, &rec) == TL_OK);
+    }
+    CHECK(tl_log_flush(log) == TL_OK);
+
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    struct rlimit saved, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+    lim = saved;
+    lim.rlim_cur = (rlim_t)st.st_size; /* the next write that grows the file fails */
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    /* More rows than one chunk takes, so the flush must grow the file. */
+    for (int s = 100; s < 5100; s++) {
+        tl_log_train_record rec = {.step = s, .loss = 1.0};
+        CHECK(tl_log_train(log, &rec) == TL_OK);
+    }
+    CHECK(tl_log_flush(log) == TL_EIO);
+    const char *msg = tl_errmsg();
+    CHECK_MSG(strstr(msg, "below the process's file size limit") != NULL, "message: %s", msg);
+    CHECK_MSG(strstr(msg, "the log keeps the 100 training steps flushed before") != NULL,
+              "message: %s", msg);
+    tl_log_close(log);
+    CHECK(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+    signal(SIGXFSZ, old_handler);
+
+    hid_t f = open_read(path);
+    CHECK(f >= 0);
+    if (f < 0)
+        return;
+    CHECK(rows_of(f, "/train/step") == 100);
+    H5Fclose(f);
+}
+
 /* ---- grad norms computed from a parameter store ---- */
 
 static void test_grad_norms_params(void)
@@ -1068,6 +1117,7 @@ int main(void)
     test_sigkill();
     test_round_trip();
     test_growth();
+    test_no_room();
     test_grad_norms_params();
     test_errors();
     test_append_after_partial_flush();

@@ -1,4 +1,7 @@
-/* File-system checks shared by the writers of checkpoints and run logs. */
+/* File-system checks and HDF5 set-up shared by the writers of checkpoints and
+ * run logs. */
+#include <hdf5.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,4 +27,12 @@ tl_status tl_check_parent_folder(const char *path, const char *file_kind)
                                 "create it or choose another path", file_kind, path, folder);
     free(folder);
     return ok ? TL_OK : TL_ENOTFOUND;
+}
+
+void tl_hdf5_prepare(void)
+{
+    static atomic_flag once = ATOMIC_FLAG_INIT;
+    if (!atomic_flag_test_and_set(&once))
+        H5dont_atexit(); /* fails harmlessly when HDF5 is already in use */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 }

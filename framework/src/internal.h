@@ -71,6 +71,13 @@ tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
  * without a '/' is in the working folder, which passes. */
 tl_status tl_check_parent_folder(const char *path, const char *file_kind);
 
+/* Prepares HDF5 before the library uses it: turns off its error printing,
+ * since failures reach the caller through tl_errmsg(), and, when called before
+ * HDF5's first use in the process, its clean-up at exit. That clean-up closes
+ * files again whose close failed (after a write to a full disk), which
+ * crashes HDF5 1.10.8; the library closes its own files. */
+void tl_hdf5_prepare(void);
+
 /* Checks a plugin's option table when it loads (plugin/options.c): names
  * present and unique, known types, ranges, and defaults of the option's
  * type that its own validation accepts. file names the plugin in the

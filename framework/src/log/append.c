@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "log_internal.h"
 
 void tl_log_report_add(char *report, size_t size, const char *name, int64_t count)
@@ -20,6 +21,7 @@ void tl_log_report_add(char *report, size_t size, const char *name, int64_t coun
  * that a reader has open can still be continued. */
 static hid_t tl_log_open_file(const char *path, unsigned flags)
 {
+    tl_hdf5_prepare();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0)
         return H5I_INVALID_HID;

@@ -83,6 +83,16 @@ static size_t tl_log_elem_size(tl_log_type type)
  * enough that a short run does not allocate megabytes per dataset. */
 enum { TL_LOG_CHUNK_BYTES = 64 * 1024, TL_LOG_CHUNK_ROWS_MAX = 4096 };
 
+/* Rows per chunk for rows of row_bytes: about TL_LOG_CHUNK_BYTES, from 1 to
+ * TL_LOG_CHUNK_ROWS_MAX. */
+static size_t tl_log_chunk_rows(size_t row_bytes)
+{
+    size_t rows = TL_LOG_CHUNK_BYTES / (row_bytes ? row_bytes : 1);
+    if (rows < 1)
+        rows = 1;
+    return rows > TL_LOG_CHUNK_ROWS_MAX ? TL_LOG_CHUNK_ROWS_MAX : rows;
+}
+
 tl_status tl_log_column_create(const char *path, tl_log_column *col, hid_t group,
                                const char *name, tl_log_type type, int row_rank,
                                const hsize_t *row_dims)
@@ -100,12 +110,7 @@ tl_status tl_log_column_create(const char *path, tl_log_column *col, hid_t group
     col->row_bytes = row_elems * tl_log_elem_size(type);
 
     hsize_t dims[3] = {0}, maxdims[3] = {H5S_UNLIMITED}, chunk[3] = {0};
-    size_t chunk_rows = TL_LOG_CHUNK_BYTES / (col->row_bytes ? col->row_bytes : 1);
-    if (chunk_rows < 1)
-        chunk_rows = 1;
-    if (chunk_rows > TL_LOG_CHUNK_ROWS_MAX)
-        chunk_rows = TL_LOG_CHUNK_ROWS_MAX;
-    chunk[0] = chunk_rows;
+    chunk[0] = tl_log_chunk_rows(col->row_bytes);
     for (int d = 0; d < row_rank; d++) {
         dims[d + 1] = maxdims[d + 1] = row_dims[d];
         /* HDF5 rejects zero-sized chunk dimensions, so an empty row still gets 1. */
@@ -261,6 +266,21 @@ static void tl_log_column_drop_pending(tl_log_column *col)
         for (size_t i = 0; i < col->n_pending; i++)
             free(((char **)col->pending)[i]);
     col->n_pending = 0;
+}
+
+uint64_t tl_log_column_write_bytes(const tl_log_column *col)
+{
+    if (col->n_pending == 0)
+        return 0;
+    uint64_t bytes = (uint64_t)col->n_pending * col->row_bytes;
+    if (col->is_string) {
+        /* Each string goes to HDF5's global heap with a header of its own. */
+        char *const *rows = (char *const *)col->pending;
+        for (size_t i = 0; i < col->n_pending; i++)
+            bytes += 32 + (rows[i] ? strlen(rows[i]) : 0);
+    }
+    /* The rows may start a chunk, which HDF5 allocates whole. */
+    return bytes + (uint64_t)tl_log_chunk_rows(col->row_bytes) * col->row_bytes;
 }
 
 tl_status tl_log_column_write(const char *path, tl_log_column *col)

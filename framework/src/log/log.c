@@ -1,6 +1,9 @@
 /* The run log file: creation with /meta, /train and /eval rows, flush, close. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -147,7 +150,7 @@ bool tl_log_meta_valid(const char *func, const char *path, const tl_log_meta *me
 
 bool tl_log_is_run_log(const char *path)
 {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    tl_hdf5_prepare();
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     bool yes = file >= 0 && H5Aexists(file, "thinklab_log_version") > 0;
     if (file >= 0)
@@ -162,8 +165,7 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
         return NULL;
     if (tl_check_parent_folder(path, "run log") != TL_OK)
         return NULL;
-    /* Failures are reported through tl_errmsg() only; this setting is per process. */
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    tl_hdf5_prepare();
     if (!meta->overwrite && access(path, F_OK) == 0) {
         tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path, or replace it with "
                           "log_overwrite = true (the trainer key; overwrite in tl_log_meta)",
@@ -291,6 +293,39 @@ tl_status tl_log_eval(tl_log *log, const tl_log_eval_record *rec)
     return TL_OK;
 }
 
+/* Checks that the file system and the process's file size limit leave room
+ * for a flush that adds about `bytes`. A write that fails halfway leaves an
+ * HDF5 file that no reader can open, so a flush without room is rejected
+ * before it writes anything, and the file keeps the rows of earlier flushes. */
+static tl_status tl_log_check_room(const tl_log *log, uint64_t bytes)
+{
+    /* Twice the estimate plus 1 MiB for HDF5's metadata and heap growth. */
+    uint64_t need = 2 * bytes + (1u << 20);
+    struct stat st;
+    struct statvfs fs;
+    if (stat(log->path, &st) != 0 || statvfs(log->path, &fs) != 0)
+        return TL_OK; /* the flush itself reports what is wrong with the file */
+    uint64_t room = (uint64_t)fs.f_bavail * (uint64_t)fs.f_frsize;
+    const char *bound = "free on its file system";
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+        uint64_t size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
+        uint64_t below = lim.rlim_cur > size ? (uint64_t)lim.rlim_cur - size : 0;
+        if (below < room) {
+            room = below;
+            bound = "below the process's file size limit (ulimit -f)";
+        }
+    }
+    if (room >= need)
+        return TL_OK;
+    return tl_seterr(TL_EIO, "run log '%s': %.2f MiB are %s, and writing the buffered rows "
+                             "needs about %.2f MiB, so they are not written and the log keeps "
+                             "the %lld training steps flushed before: make room, then run again "
+                             "or resume from a checkpoint",
+                     log->path, (double)room / 1048576.0, bound, (double)need / 1048576.0,
+                     (long long)log->train_step.rows_in_file);
+}
+
 tl_status tl_log_flush(tl_log *log)
 {
     if (!tl_log_usable(log, "tl_log_flush"))
@@ -302,7 +337,13 @@ tl_status tl_log_flush(tl_log *log)
         &log->eval_perplexity, &log->eval_bits_per_byte, &log->eval_routing_mode,
         &log->eval_selected_fraction,
     };
-    tl_status st = TL_OK;
+    uint64_t bytes = tl_log_records_write_bytes(log) + tl_log_routing_write_bytes(log) +
+                     tl_log_spikes_write_bytes(log);
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        bytes += tl_log_column_write_bytes(cols[i]);
+    tl_status st = bytes > 0 ? tl_log_check_room(log, bytes) : TL_OK;
+    if (st != TL_OK)
+        goto fail_keep_message;
     for (size_t i = 0; i < sizeof cols / sizeof cols[0] && st == TL_OK; i++)
         st = tl_log_column_write(log->path, cols[i]);
     if (st == TL_OK)

@@ -84,6 +84,8 @@ tl_status tl_log_columns_push(tl_log_column *const *cols, void **rows, int n);
 /* Sets the dataset to rows_in_file plus the buffered rows, which removes the
  * rows of a planned trim, writes the buffered rows and empties the buffer. */
 tl_status tl_log_column_write(const char *path, tl_log_column *col);
+/* Estimates the bytes the next tl_log_column_write() adds to the file. */
+uint64_t tl_log_column_write_bytes(const tl_log_column *col);
 void tl_log_column_close(tl_log_column *col);
 
 /* Writes a scalar attribute or a scalar / 1-D string dataset. */
@@ -163,6 +165,10 @@ void tl_log_routing_free(tl_log *log);
 tl_status tl_log_spikes_flush(tl_log *log);
 void tl_log_spikes_free(tl_log *log);
 tl_status tl_log_records_flush(tl_log *log);
+/* Estimates of the bytes the part's next flush adds to the file. */
+uint64_t tl_log_routing_write_bytes(const tl_log *log);
+uint64_t tl_log_spikes_write_bytes(const tl_log *log);
+uint64_t tl_log_records_write_bytes(const tl_log *log);
 void tl_log_records_free(tl_log *log);
 
 #endif

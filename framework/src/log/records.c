@@ -326,6 +326,17 @@ tl_status tl_log_records_flush(tl_log *log)
     return TL_OK;
 }
 
+uint64_t tl_log_records_write_bytes(const tl_log *log)
+{
+    const tl_log_column *cols[] = {&log->gn_step, &log->gn_values, &log->tg_step,
+                                   &log->tg_norms, &log->tg_tokens, &log->tg_losses};
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        if (cols[i]->dset > 0)
+            bytes += tl_log_column_write_bytes(cols[i]);
+    return bytes;
+}
+
 void tl_log_records_free(tl_log *log)
 {
     tl_log_column *cols[] = {&log->gn_step, &log->gn_values, &log->tg_step,

@@ -437,6 +437,18 @@ tl_status tl_log_routing_flush(tl_log *log)
     return TL_OK;
 }
 
+uint64_t tl_log_routing_write_bytes(const tl_log *log)
+{
+    uint64_t bytes = 0;
+    for (int i = 0; i < log->n_routing; i++) {
+        tl_log_column *cols[TL_LOG_ROUTING_COLUMNS];
+        tl_log_routing_columns(log->routing[i], cols);
+        for (int c = 0; c < TL_LOG_ROUTING_COLUMNS; c++)
+            bytes += tl_log_column_write_bytes(cols[c]);
+    }
+    return bytes;
+}
+
 void tl_log_routing_free(tl_log *log)
 {
     for (int i = 0; i < log->n_routing; i++)

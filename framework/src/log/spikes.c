@@ -248,6 +248,18 @@ tl_status tl_log_spikes_flush(tl_log *log)
     return tl_log_spikes_relabel(log, s);
 }
 
+uint64_t tl_log_spikes_write_bytes(const tl_log *log)
+{
+    if (!log->spikes)
+        return 0;
+    tl_log_column *cols[TL_LOG_SPIKE_COLUMNS];
+    tl_log_spike_columns(log->spikes, cols);
+    uint64_t bytes = 0;
+    for (int i = 0; i < TL_LOG_SPIKE_COLUMNS; i++)
+        bytes += tl_log_column_write_bytes(cols[i]);
+    return bytes;
+}
+
 void tl_log_spikes_free(tl_log *log)
 {
     tl_log_spikes *s = log->spikes;

@@ -210,7 +210,7 @@ static tl_status check_target(const char *path, const char *tmp)
                                     "'%s/run.ckpt.h5'", path, path);
     bool is_checkpoint = false;
     if (S_ISREG(sb.st_mode)) {
-        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        tl_hdf5_prepare();
         hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (file >= 0) {
             is_checkpoint = H5Aexists(file, "thinklab_checkpoint_version") > 0;
@@ -297,7 +297,7 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
         return st;
 
     hid_t file = -1, group = -1, fapl = -1;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    tl_hdf5_prepare();
     /* The file is built in memory (the core driver without a backing store)
      * and written out by write_image. When HDF5 writes to disk itself, a
      * failed write (a full disk) leaves a file that H5Fclose cannot close,
@@ -701,7 +701,7 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
         return tl_seterr(TL_EINVAL, "checkpoint '%s' is a directory or device, not a file; pass "
                                     "the checkpoint file itself", path);
 
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    tl_hdf5_prepare();
     file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file < 0) {
         h5_error(path, "H5Fopen");
