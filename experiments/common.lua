@@ -412,7 +412,8 @@ function E.train_run(m, seed, data, tok, r, o)
   print(string.format("\n== %s, seed %d: %d parameters, %.3f MFLOP/token forward (T = %d), d_model %d",
                       m.label, seed, s.params, s.flops_per_token / 1e6, r.context, model:config().d_model))
   local tail, tail_sum, print_every = E.train_loss_window(r.steps), 0.0, math.max(1, r.steps // 10)
-  local warmup = o.warmup > 0 and o.warmup or math.max(1, r.steps // 10)
+  -- A tenth of the steps, at least 1 and below the step count (0 for one step).
+  local warmup = o.warmup > 0 and o.warmup or math.min(math.max(1, r.steps // 10), r.steps - 1)
   local tr = thinklab.trainer{
     model = model, data = data, steps = r.steps, batch_size = r.batch_size, context = r.context,
     optimizer = {kind = "adamw", lr = r.lr, weight_decay = 0.1},

@@ -17,9 +17,8 @@
 -- checkpoint= needs a checkpoint written by a trainer of the same model,
 -- batch_size and context.
 --
--- NOTE: 40 training steps with the defaults took 51 s on this 2-core machine
--- while it was busy with other builds, so the default 400 steps take several
--- minutes.
+-- NOTE: 40 training steps with the defaults took 51 s on a 2-core machine
+-- busy with builds, so the default 400 steps take several minutes.
 local p = thinklab.params{
   data = "",            -- text file; empty = data/tinyshakespeare.txt beside this script
   model = "dense",      -- dense, or itt (odd layers ITT x3 at ratio 0.5)
@@ -40,13 +39,18 @@ local p = thinklab.params{
   hard_quantile = 0.8,  -- hard = loss above this quantile (the top 20%)
   easy_quantile = 0.8,  -- easy = loss at most this quantile (0.8: every sequence not hard)
   routing = "topk",     -- routing of ITT layers during the analysis: topk, causal or calibrated
-  quick = false,        -- a few-minute setting: 60 steps, 24 sequences, batch 8
+  quick = false,        -- a few-minute setting: 60 steps, 24 sequences, batch 8, grads_every 20, where not given
   out = "",             -- folder for the log and the figures; empty = results/gradient_spikes_<model> beside this script
   python = "/usr/bin/python3",
 }
 
+-- quick changes only the settings left at their defaults, so that
+-- quick=true steps=100 trains 100 steps.
 if p.quick then
-  p.steps, p.sequences, p.batch_size, p.grads_every = 60, 24, 8, 20
+  local quick = {steps = {400, 60}, sequences = {64, 24}, batch_size = {16, 8}, grads_every = {50, 20}}
+  for key, values in pairs(quick) do
+    if p[key] == values[1] then p[key] = values[2] end
+  end
 end
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."

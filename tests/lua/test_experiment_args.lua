@@ -58,6 +58,20 @@ local probe = io.open(odd .. "/probe", "w")
 H.check(probe ~= nil, "the folder named in out exists")
 if probe then probe:close() end
 
+-- A one-step run gets a warm-up below its step count, and trains.
+out, code = H.run(p.thinklab .. " run " .. experiments .. "/compare.lua steps=1 models=dense "
+                  .. "seeds=1 analyze=false eval_batches=1 'out=" .. p.scratch .. "/one_step'")
+H.check(code == 0, "compare.lua steps=1 trains (" .. out:gsub("\n.*", "") .. ")")
+H.check(H.contains(out, "trained 1 runs"), "compare.lua steps=1 reports the run")
+
+-- quick=true keeps a step count given beside it and sets the settings left at
+-- their defaults (24 sequences instead of 64).
+out, code = H.run(p.thinklab .. " run " .. experiments .. "/gradient_spikes.lua quick=true steps=3 "
+                  .. "'out=" .. p.scratch .. "/spikes_quick'")
+H.check(code == 0, "gradient_spikes.lua quick=true steps=3 runs (" .. out:gsub("\n.*", "") .. ")")
+H.check(H.contains(out, "step 3/3"), "quick=true keeps steps=3")
+H.check(H.contains(out, "24 sequences of 64 tokens"), "quick=true analyses 24 sequences")
+
 -- summary.tsv keeps every digit of a float, so the tables round once.
 local E = dofile(experiments .. "/common.lua")
 local tsv = p.scratch .. "/summary_digits.tsv"
