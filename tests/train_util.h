@@ -15,31 +15,9 @@
 
 #ifndef TL_SOURCE_DIR
 #error "TL_SOURCE_DIR must name the source tree (set in tests/train.cmake)"
-/* Runs test and prints its wall time, to keep each suite's budget visible. */
-static inline void tu_run(const char *name, void (*test)(void))
-{
-    struct timespec t0, t1;
-    timespec_get(&t0, TIME_UTC);
-    test();
-    timespec_get(&t1, TIME_UTC);
-    fprintf(stderr, "%s: %.2f s\n", name,
-            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-}
-
 #endif
 #ifndef TL_BINARY_DIR
 #error "TL_BINARY_DIR must name the build tree (set in tests/train.cmake)"
-/* Runs test and prints its wall time, to keep each suite's budget visible. */
-static inline void tu_run(const char *name, void (*test)(void))
-{
-    struct timespec t0, t1;
-    timespec_get(&t0, TIME_UTC);
-    test();
-    timespec_get(&t1, TIME_UTC);
-    fprintf(stderr, "%s: %.2f s\n", name,
-            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-}
-
 #endif
 
 /* Bytes of Tiny Shakespeare used for training and for validation. */
