@@ -1,6 +1,6 @@
 /* The HDF5 run log read back through the HDF5 C API (and h5py, h5dump when
- * installed), a writer killed with SIGKILL, a flush without room, and
- * tl_matrix_norms. */
+ * installed), a writer killed with SIGKILL, a flush without room, HDF5 error
+ * details, and tl_matrix_norms. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "gradcheck.h"
+#include "internal.h"
 
 static char dir[64];
 
@@ -673,6 +674,19 @@ static void test_no_room(void)
     H5Fclose(f);
 }
 
+/* An HDF5 error description that spans lines (a failed write has one) comes
+ * out on one line, as the message of every HDF5 failure does. */
+static void test_error_detail_one_line(void)
+{
+    H5Epush2(H5E_DEFAULT, __FILE__, "test_func", __LINE__, H5E_ERR_CLS, H5E_IO, H5E_WRITEERROR,
+             "file write failed: time = now\n, errno = 27");
+    char text[TL_HDF5_DETAIL_SIZE];
+    const char *detail = tl_hdf5_error_detail(text);
+    CHECK_MSG(strcmp(detail, "file write failed: time = now , errno = 27 (in test_func)") == 0,
+              "detail: %s", detail);
+    CHECK(strcmp(tl_hdf5_error_detail(text), "no HDF5 error detail") == 0);
+}
+
 /* ---- grad norms computed from a parameter store ---- */
 
 static void test_grad_norms_params(void)
@@ -1118,6 +1132,7 @@ int main(void)
     test_round_trip();
     test_growth();
     test_no_room();
+    test_error_detail_one_line();
     test_grad_norms_params();
     test_errors();
     test_append_after_partial_flush();

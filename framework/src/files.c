@@ -3,6 +3,7 @@
 #include <hdf5.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,4 +36,27 @@ void tl_hdf5_prepare(void)
     if (!atomic_flag_test_and_set(&once))
         H5dont_atexit(); /* fails harmlessly when HDF5 is already in use */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+/* Keeps the first entry of an upward walk, the most specific error. */
+static herr_t tl_hdf5_keep_innermost(unsigned n, const H5E_error2_t *err, void *data)
+{
+    char *text = data;
+    (void)n;
+    if (text[0] == '\0' && err->desc)
+        snprintf(text, TL_HDF5_DETAIL_SIZE, "%s (in %s)", err->desc,
+                 err->func_name ? err->func_name : "?");
+    return 0;
+}
+
+const char *tl_hdf5_error_detail(char text[TL_HDF5_DETAIL_SIZE])
+{
+    text[0] = '\0';
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, tl_hdf5_keep_innermost, text);
+    H5Eclear2(H5E_DEFAULT);
+    /* A failed write has a description of several lines, and a message keeps to one. */
+    for (char *c = text; *c; c++)
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+    return text[0] ? text : "no HDF5 error detail";
 }

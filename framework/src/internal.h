@@ -78,6 +78,13 @@ tl_status tl_check_parent_folder(const char *path, const char *file_kind);
  * crashes HDF5 1.10.8; the library closes its own files. */
 void tl_hdf5_prepare(void);
 
+/* Bytes of the text tl_hdf5_error_detail() fills. */
+enum { TL_HDF5_DETAIL_SIZE = 512 };
+/* Copies HDF5's innermost error description, and the function that raised it,
+ * into text on one line, clears HDF5's error stack and returns text, or
+ * "no HDF5 error detail" when the stack is empty. */
+const char *tl_hdf5_error_detail(char text[TL_HDF5_DETAIL_SIZE]);
+
 /* Checks a plugin's option table when it loads (plugin/options.c): names
  * present and unique, known types, ranges, and defaults of the option's
  * type that its own validation accepts. file names the plugin in the

@@ -3,29 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "log_internal.h"
-
-typedef struct tl_h5_detail {
-    char text[512];
-} tl_h5_detail;
-
-/* Keeps the first entry of an upward walk, which is the most specific error. */
-static herr_t tl_h5_keep_innermost(unsigned n, const H5E_error2_t *err, void *data)
-{
-    tl_h5_detail *detail = data;
-    if (detail->text[0] == '\0' && err->desc)
-        snprintf(detail->text, sizeof detail->text, "%s (in %s)", err->desc,
-                 err->func_name ? err->func_name : "?");
-    return 0;
-}
 
 void tl_log_h5_error(const char *path, const char *call)
 {
-    tl_h5_detail detail = {{0}};
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, tl_h5_keep_innermost, &detail);
-    H5Eclear2(H5E_DEFAULT);
+    char detail[TL_HDF5_DETAIL_SIZE];
     tl_seterr(TL_EIO, "run log '%s': %s failed: %s", path ? path : "?", call,
-              detail.text[0] ? detail.text : "no HDF5 error detail");
+              tl_hdf5_error_detail(detail));
 }
 
 hid_t tl_log_str_type(void)

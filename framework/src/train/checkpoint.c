@@ -37,25 +37,10 @@ enum { SHAPE_COLS = 1 + TL_MAX_DIMS };
 
 /* Sets a message naming the checkpoint, the failing HDF5 call and HDF5's
  * innermost error description. */
-typedef struct h5_detail {
-    char text[256];
-} h5_detail;
-
-static herr_t keep_innermost(unsigned n, const H5E_error2_t *err, void *data)
-{
-    h5_detail *d = data;
-    if (n == 0 && err->desc)
-        snprintf(d->text, sizeof d->text, "%s", err->desc);
-    return 0;
-}
-
 static void h5_error(const char *path, const char *call)
 {
-    h5_detail detail = {{0}};
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, &detail);
-    H5Eclear2(H5E_DEFAULT);
-    tl_seterr(TL_EIO, "checkpoint '%s': %s failed: %s", path, call,
-              detail.text[0] ? detail.text : "no HDF5 error detail");
+    char detail[TL_HDF5_DETAIL_SIZE];
+    tl_seterr(TL_EIO, "checkpoint '%s': %s failed: %s", path, call, tl_hdf5_error_detail(detail));
 }
 
 #define CK_H5(path, call)                                                                    \
