@@ -320,6 +320,31 @@ static void test_tokenizer_strings(void)
     CHECK(tl_tokenizer_from_string(unsorted, strlen(unsorted)) == NULL);
     CHECK(tl_tokenizer_load("/nonexistent/tok.txt") == NULL);
     CHECK(tl_lasterr() == TL_ENOTFOUND);
+
+    /* Fields are read strictly: no signs on hex bytes, no text after the
+     * numbers, no values outside int. */
+    const char *signed_byte = "thinklab-tokenizer 1\nkind char\nvocab_size 1\nsymbols -1\nend\n";
+    CHECK(tl_tokenizer_from_string(signed_byte, strlen(signed_byte)) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "line 4: expected one hex byte per symbol"), "%s", tl_errmsg());
+    const char *junk = "thinklab-tokenizer 1\nkind bpe\nvocab_size 257\nmerges 1\n97 98 x\nend\n";
+    CHECK(tl_tokenizer_from_string(junk, strlen(junk)) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "line 5: expected a merge as 'left right', found '97 98 x'"),
+              "%s", tl_errmsg());
+    const char *huge = "thinklab-tokenizer 1\nkind bpe\nvocab_size 99999999999\nend\n";
+    CHECK(tl_tokenizer_from_string(huge, strlen(huge)) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "line 3: expected 'vocab_size <V>'"), "%s", tl_errmsg());
+    /* A missing line is named by its own number. */
+    const char *no_end = "thinklab-tokenizer 1\nkind char\nvocab_size 1\nsymbols 61\n";
+    CHECK(tl_tokenizer_from_string(no_end, strlen(no_end)) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "line 5: expected 'end', found the end of the text"), "%s",
+              tl_errmsg());
+    /* Windows line ends read as Unix ones. */
+    const char *crlf = "thinklab-tokenizer 1\r\nkind char\r\nvocab_size 2\r\nsymbols 61 62\r\nend\r\n";
+    tl_tokenizer *from_crlf = tl_tokenizer_from_string(crlf, strlen(crlf));
+    CHECK_MSG(from_crlf != NULL, "%s", tl_errmsg());
+    if (from_crlf)
+        CHECK(tl_tokenizer_vocab_size(from_crlf) == 2);
+    tl_tokenizer_free(from_crlf);
 }
 
 static void test_corpus(void)

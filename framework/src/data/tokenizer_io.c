@@ -8,7 +8,9 @@
  *   left right                (merge r makes id 256 + r)
  *   end
  */
+#include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,54 +129,100 @@ typedef struct tl_line_reader {
     const char *text;
     size_t len, at;
     int line_no;
+    bool at_end;   /* the last tl_next_line found no line */
+    bool too_long; /* the last tl_next_line found a line longer than line[] takes */
     char line[4096];
 } tl_line_reader;
 
 /* Copies the next line, without its newline, into r->line. Returns false at
- * the end of the text or on a line too long for the buffer. */
+ * the end of the text or on a line too long for the buffer; line_no then
+ * names the line that is missing or too long. */
 static bool tl_next_line(tl_line_reader *r)
 {
-    if (r->at >= r->len)
+    r->line[0] = '\0';
+    r->line_no++;
+    r->at_end = r->at >= r->len;
+    if (r->at_end)
         return false;
     size_t end = r->at;
     while (end < r->len && r->text[end] != '\n')
         end++;
     size_t n = end - r->at;
-    if (n >= sizeof r->line)
+    if (n > 0 && r->text[r->at + n - 1] == '\r')
+        n--; /* a file saved with Windows line ends */
+    r->too_long = n >= sizeof r->line;
+    if (r->too_long)
         return false;
     memcpy(r->line, r->text + r->at, n);
     r->line[n] = '\0';
     r->at = end < r->len ? end + 1 : end;
-    r->line_no++;
     return true;
+}
+
+/* Reads n decimal integers separated by single spaces from s, which must
+ * contain nothing else. Rejects signs other than '-', empty fields, trailing
+ * text and values outside int. */
+static bool tl_read_ints(const char *s, int n, int *out)
+{
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && *s++ != ' ')
+            return false;
+        if (!(isdigit((unsigned char)*s) || (*s == '-' && isdigit((unsigned char)s[1]))))
+            return false;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno == ERANGE || v < INT_MIN || v > INT_MAX)
+            return false;
+        out[i] = (int)v;
+        s = end;
+    }
+    return *s == '\0';
+}
+
+/* Reads "key <int>" from line into *value. */
+static bool tl_read_keyed_int(const char *line, const char *key, int *value)
+{
+    size_t k = strlen(key);
+    return strncmp(line, key, k) == 0 && line[k] == ' ' && tl_read_ints(line + k + 1, 1, value);
 }
 
 static tl_tokenizer *tl_format_error(const tl_line_reader *r, const char *expected)
 {
-    tl_seterr(TL_EFORMAT, "tokenizer text, line %d: expected %s, found '%.60s': the file is not a "
+    char found[96];
+    if (r->at_end)
+        snprintf(found, sizeof found, "the end of the text");
+    else if (r->too_long)
+        snprintf(found, sizeof found, "a line longer than %zu bytes", sizeof r->line - 1);
+    else
+        snprintf(found, sizeof found, "'%.60s'", r->line);
+    tl_seterr(TL_EFORMAT, "tokenizer text, line %d: expected %s, found %s: the file is not a "
                           "thinklab tokenizer or is truncated",
-              r->line_no, expected, r->line_no > 0 ? r->line : "");
+              r->line_no, expected, found);
     return NULL;
 }
 
 static tl_tokenizer *tl_read_char(tl_line_reader *r, int vocab_size)
 {
-    if (!tl_next_line(r) || strncmp(r->line, "symbols", 7) != 0)
+    if (!tl_next_line(r) || strncmp(r->line, "symbols", 7) != 0 ||
+        (r->line[7] != ' ' && r->line[7] != '\0'))
         return tl_format_error(r, "'symbols' and the hex bytes");
     char *texts[1];
     unsigned char bytes[256];
     const char *p = r->line + 7;
     for (int id = 0; id < vocab_size; id++) {
-        unsigned value;
-        int used = 0;
-        if (sscanf(p, " %2x%n", &value, &used) != 1)
-            return tl_format_error(r, "one hex byte per symbol");
+        /* " hh": a space, then two hex digits. */
+        if (p[0] != ' ' || !isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2]) ||
+            (p[3] != ' ' && p[3] != '\0'))
+            return tl_format_error(r, "one hex byte per symbol, as ' 61'");
+        char hex[3] = {p[1], p[2], '\0'};
+        unsigned value = (unsigned)strtoul(hex, NULL, 16);
         if (id > 0 && value <= bytes[id - 1])
             return tl_format_error(r, "symbols in increasing byte order");
         bytes[id] = (unsigned char)value;
-        p += used;
+        p += 3;
     }
-    if (p[strspn(p, " ")] != '\0')
+    if (*p != '\0')
         return tl_format_error(r, "exactly vocab_size symbols");
     texts[0] = (char *)bytes;
     size_t n = (size_t)vocab_size;
@@ -184,7 +232,7 @@ static tl_tokenizer *tl_read_char(tl_line_reader *r, int vocab_size)
 static tl_tokenizer *tl_read_bpe(tl_line_reader *r, int vocab_size)
 {
     int n_merges = -1;
-    if (!tl_next_line(r) || sscanf(r->line, "merges %d", &n_merges) != 1 ||
+    if (!tl_next_line(r) || !tl_read_keyed_int(r->line, "merges", &n_merges) ||
         n_merges != vocab_size - 256)
         return tl_format_error(r, "'merges <vocab_size - 256>'");
     int32_t *merges = malloc((2 * (size_t)n_merges + 1) * sizeof *merges);
@@ -193,13 +241,13 @@ static tl_tokenizer *tl_read_bpe(tl_line_reader *r, int vocab_size)
         return NULL;
     }
     for (int m = 0; m < n_merges; m++) {
-        int left, right;
-        if (!tl_next_line(r) || sscanf(r->line, "%d %d", &left, &right) != 2) {
+        int pair[2];
+        if (!tl_next_line(r) || !tl_read_ints(r->line, 2, pair)) {
             free(merges);
             return tl_format_error(r, "a merge as 'left right'");
         }
-        merges[2 * m] = left;
-        merges[2 * m + 1] = right;
+        merges[2 * m] = pair[0];
+        merges[2 * m + 1] = pair[1];
     }
     tl_tokenizer *tok = tl_bpe_from_merges(merges, n_merges);
     free(merges);
@@ -210,9 +258,7 @@ tl_tokenizer *tl_tokenizer_from_string(const char *text, size_t len)
 {
     tl_line_reader r = {.text = text, .len = text ? len : 0};
     int version = -1;
-    char magic[32] = "";
-    if (!tl_next_line(&r) || sscanf(r.line, "%31s %d", magic, &version) != 2 ||
-        strcmp(magic, TL_TOKENIZER_MAGIC) != 0)
+    if (!tl_next_line(&r) || !tl_read_keyed_int(r.line, TL_TOKENIZER_MAGIC, &version))
         return tl_format_error(&r, "'" TL_TOKENIZER_MAGIC " <version>'");
     if (version != TL_TOKENIZER_FORMAT_VERSION) {
         tl_seterr(TL_EFORMAT, "tokenizer format version %d, but this thinklab reads version %d: "
@@ -223,14 +269,16 @@ tl_tokenizer *tl_tokenizer_from_string(const char *text, size_t len)
 
     char kind_name[16] = "";
     int kind = -1, vocab_size = -1;
-    if (!tl_next_line(&r) || sscanf(r.line, "kind %15s", kind_name) != 1)
+    if (!tl_next_line(&r) || strncmp(r.line, "kind ", 5) != 0 ||
+        strlen(r.line + 5) >= sizeof kind_name)
         return tl_format_error(&r, "'kind char|byte|bpe'");
+    snprintf(kind_name, sizeof kind_name, "%s", r.line + 5);
     for (int k = 0; k < TL_TOKENIZER_KIND_COUNT; k++)
         if (strcmp(kind_name, tl_tokenizer_kind_name((tl_tokenizer_kind)k)) == 0)
             kind = k;
     if (kind < 0)
         return tl_format_error(&r, "a kind of char, byte or bpe");
-    if (!tl_next_line(&r) || sscanf(r.line, "vocab_size %d", &vocab_size) != 1)
+    if (!tl_next_line(&r) || !tl_read_keyed_int(r.line, "vocab_size", &vocab_size))
         return tl_format_error(&r, "'vocab_size <V>'");
 
     tl_tokenizer *tok = NULL;
