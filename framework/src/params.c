@@ -116,8 +116,10 @@ tl_status tl_params_alloc(tl_params *p, tl_rng *rng)
     size_t n = (size_t)p->numel;
     p->block = tl_alloc_large(4 * (size_t)(n ? n : 1) * sizeof(float), true);
     if (!p->block)
-        return tl_seterr(TL_ENOMEM, "could not allocate %zu parameters with gradients and moments",
-                         n);
+        return tl_seterr(TL_ENOMEM, "could not allocate %zu parameters with gradients and "
+                                    "moments (%.1f GiB): make the model smaller (d_model, "
+                                    "n_layers, vocabulary)",
+                         n, 4.0 * (double)n * sizeof(float) / (1024.0 * 1024.0 * 1024.0));
     for (size_t i = 0; i < p->count; i++) {
         tl_param_entry *e = &p->entries[i];
         tl_tensor *t = e->tensor;

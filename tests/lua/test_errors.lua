@@ -47,8 +47,11 @@ E("bpe out of pairs", {"ran out of pairs"}, thinklab.tokenizer, {kind = "bpe", t
 E("char vocab_size", {"vocab_size applies to bpe only"}, thinklab.tokenizer, {kind = "char", text = "a", vocab_size = 5})
 E("tokenizer corpus type", {"thinklab.tokenizer.corpus must be a corpus"}, thinklab.tokenizer, {kind = "char", corpus = "x"})
 E("load missing tokenizer", {"no_such.tok"}, thinklab.load_tokenizer, p.scratch .. "/no_such.tok")
+E("model too large", {"could not allocate", "make the model smaller"}, thinklab.model,
+  {vocab_size = 65, d_model = 1 << 20, n_head = 4, n_layers = 4, context = 64})
 local abc = thinklab.tokenizer{kind = "char", text = "abc"}
-E("unencodable text", {"character 'z' (byte 0x7a) at byte offset 2 is not in the char vocabulary"}, abc.encode, abc, "abz")
+E("unencodable text", {"character 'z' (byte 0x7a) at byte offset 2 is not in the char vocabulary",
+                       "build the vocabulary from every text it encodes"}, abc.encode, abc, "abz")
 E("unencodable corpus", {"cannot encode corpus", "with the char tokenizer", "training split"}, c.encode, c, abc)
 E("decode bad id", {"tokenizer:decode ids[2] must be a token id in [0, 3), got 7"}, abc.decode, abc, {0, 7})
 

@@ -152,8 +152,9 @@ static tl_status tl_char_encode(const tl_tokenizer *tok, const char *text, size_
             tl_tokens_free(out);
             return tl_seterr(TL_EINVAL,
                              "character %s (byte 0x%02x) at byte offset %zu is not in the char "
-                             "vocabulary of %d symbols: build the vocabulary from all splits "
-                             "(tl_tokenizer_char_new_multi) or use the byte tokenizer",
+                             "vocabulary of %d symbols: build the vocabulary from every text "
+                             "it encodes (from the corpus, which covers both splits) or use "
+                             "the byte tokenizer",
                              tl_byte_repr(t[i], repr), t[i], i, tok->vocab_size);
         }
         out->ids[i] = id;
