@@ -505,11 +505,76 @@ static void test_rejected_logs(void)
         remove(paths[i]);
 }
 
+/* A resume that the log's /token_grads cannot take (log_token_seqs raised)
+ * is rejected with the log unchanged: the rows after the checkpoint stay and
+ * /meta records no resume. With the old setting the resume continues and
+ * records one. */
+static void test_rejected_token_grads_shape(void)
+{
+    char log[512], ck[512], keep[512];
+    tu_path(log, sizeof log, "resume_token_shape.h5");
+    tu_path(ck, sizeof ck, "resume_token_shape.ckpt.h5");
+    tu_path(keep, sizeof keep, "resume_token_shape_keep.h5");
+    remove(log);
+    remove(ck);
+
+    /* Rows of steps 0 to 3 in the log, the checkpoint at step 2. */
+    tl_model *m = model(45);
+    tl_train_config c = logged_config(8, log);
+    c.log_token_seqs = 1;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    for (int s = 0; tr && s < 4; s++) {
+        CHECK_MSG(tl_trainer_step(tr) == TL_OK, "%s", tl_errmsg());
+        if (s == 1)
+            CHECK_MSG(tl_trainer_save(tr, ck) == TL_OK, "%s", tl_errmsg());
+    }
+    tl_trainer_free(tr);
+    copy_file(log, keep);
+
+    c.resume_path = ck;
+    c.log_token_seqs = 2;
+    const char *shape[] = {log, "32 token positions", "this run 2 and 64", "log_token_seqs",
+                           "new log path"};
+    expect_rejected(m, &c, keep, shape, 5);
+
+    c.log_token_seqs = 1;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "the resume with the log's log_token_seqs was rejected: %s",
+              tl_errmsg());
+    tl_trainer_free(tr);
+    hid_t f = H5Fopen(log, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(f >= 0);
+    if (f >= 0) {
+        size_t n = 0;
+        int64_t *steps = read_steps(f, "train/step", &n);
+        CHECK_MSG(n == 2, "%zu training rows after the resume at step 2, want 2", n);
+        free(steps);
+        hid_t a = H5Aopen_by_name(f, "meta", "resumed_at_steps", H5P_DEFAULT, H5P_DEFAULT);
+        hid_t space = a >= 0 ? H5Aget_space(a) : -1;
+        int64_t resumed = -1;
+        CHECK_MSG(space >= 0 && H5Sget_simple_extent_npoints(space) == 1,
+                  "resumed_at_steps should list the one resume that ran");
+        CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_INT64, &resumed) >= 0);
+        CHECK_MSG(resumed == 2, "resumed_at_steps lists %lld, want 2", (long long)resumed);
+        if (space >= 0)
+            H5Sclose(space);
+        if (a >= 0)
+            H5Aclose(a);
+        H5Fclose(f);
+    }
+    tl_model_free(m);
+    remove(log);
+    remove(ck);
+    remove(keep);
+}
+
 int main(void)
 {
     tu_data_load(&D);
     tu_run("test_continued_log_equals_straight", test_continued_log_equals_straight);
     tu_run("test_rejected_logs", test_rejected_logs);
+    tu_run("test_rejected_token_grads_shape", test_rejected_token_grads_shape);
     tu_data_free(&D);
     return gc_finish("train_resume_log");
 }

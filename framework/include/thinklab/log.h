@@ -95,6 +95,11 @@ tl_status tl_log_read_run_id(const char *path, char *id, size_t size);
  * is not NULL it receives the groups that lost rows with their counts, such
  * as "train 12, eval 3, routing/layers.1 2", or "" when none did.
  *
+ * The rows go and /meta changes at the first flush (tl_log_flush(), a
+ * tl_log_train() that fills flush_every steps, or tl_log_close()). Until
+ * then the file is as it was, so a log that fails before, such as on a
+ * tl_log_token_grads_init() of another shape, closes unchanged.
+ *
  * Existing /grad_norms, /token_grads and /routing/<layer> groups take the
  * new rows once tl_log_grad_norms_init(), tl_log_token_grads_init() and
  * tl_log_routing_register() are called with their shapes. */
@@ -129,7 +134,8 @@ tl_status tl_log_train(tl_log *log, const tl_log_train_record *rec);
 
 /* Stores the parameter names of /grad_norms once; call before
  * tl_log_grad_norms(). On a log opened by tl_log_append() that has
- * /grad_norms, checks that n_params and names match the stored ones. */
+ * /grad_norms, checks that n_params and names match the stored ones. A
+ * mismatch marks the log failed, so that closing it writes nothing more. */
 tl_status tl_log_grad_norms_init(tl_log *log, int64_t n_params, const char *const *names);
 /* Buffers one row of per-parameter gradient L2 norms (n_params values). */
 tl_status tl_log_grad_norms(tl_log *log, int64_t step, const double *norms);
@@ -141,7 +147,8 @@ tl_status tl_log_grad_norms_params(tl_log *log, int64_t step, const tl_params *p
 /* Sets the shape of /token_grads: n_layers decoder layers, so n_layers + 1
  * residual states h_0..h_L, and n_tokens logged token positions. On a log
  * opened by tl_log_append() that has /token_grads, checks that the shape
- * matches the stored one. */
+ * matches the stored one. A mismatch marks the log failed, so that closing
+ * it writes nothing more. */
 tl_status tl_log_token_grads_init(tl_log *log, int n_layers, int64_t n_tokens);
 /* Buffers one logged step. norms is (n_layers + 1, n_tokens): norms[l][i] =
  * ||dL/dh_l[i]||_2, where h_0 is the embedding output and h_l the output of

@@ -249,6 +249,70 @@ fail:
     return TL_EIO;
 }
 
+/* Copies meta and the strings it points to into one heap block, so that
+ * the copy stays valid after tl_log_append() returns. Returns NULL with a
+ * message when there is no memory. */
+static tl_log_meta *tl_log_meta_copy(const tl_log_meta *meta)
+{
+    const char *run_id = meta->run_id ? meta->run_id : "";
+    size_t n = (size_t)meta->n_plugins;
+    size_t bytes = sizeof(tl_log_meta) + 2 * n * sizeof(char *) + strlen(meta->config_json) +
+                   strlen(run_id) + 2;
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(meta->plugin_names[i]) + strlen(meta->plugin_versions[i]) + 2;
+    tl_log_meta *copy = malloc(bytes);
+    if (!copy) {
+        tl_seterr(TL_ENOMEM, "no memory for the %zu-byte configuration of the resumed run",
+                  bytes);
+        return NULL;
+    }
+    *copy = *meta;
+    const char **names = (const char **)(copy + 1);
+    const char **versions = names + n;
+    char *text = (char *)(versions + n);
+    const char *sources[2] = {meta->config_json, run_id};
+    const char **targets[2] = {&copy->config_json, &copy->run_id};
+    for (int i = 0; i < 2; i++) {
+        size_t len = strlen(sources[i]) + 1;
+        memcpy(text, sources[i], len);
+        *targets[i] = text;
+        text += len;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(meta->plugin_names[i]) + 1;
+        memcpy(text, meta->plugin_names[i], len);
+        names[i] = text;
+        text += len;
+        len = strlen(meta->plugin_versions[i]) + 1;
+        memcpy(text, meta->plugin_versions[i], len);
+        versions[i] = text;
+        text += len;
+    }
+    copy->plugin_names = names;
+    copy->plugin_versions = versions;
+    return copy;
+}
+
+void tl_log_append_free(tl_log *log)
+{
+    free(log->resume_meta);
+    log->resume_meta = NULL;
+}
+
+tl_status tl_log_append_write_meta(tl_log *log)
+{
+    if (!log->resume_meta)
+        return TL_OK;
+    tl_status st = tl_log_clear_run_meta(log);
+    if (st == TL_OK)
+        st = tl_log_write_run_meta(log, log->resume_meta);
+    if (st == TL_OK)
+        st = tl_log_add_resume_step(log, log->resume_step);
+    if (st == TL_OK)
+        tl_log_append_free(log);
+    return st;
+}
+
 tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, char *dropped,
                       size_t dropped_size)
 {
@@ -285,7 +349,9 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
     log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
     log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
 
-    /* Until every group is open and checked, the file stays as it was. */
+    /* The file stays as it was until the first flush, so that a caller can
+     * still reject the log, for example in tl_log_token_grads_init(), and
+     * close it unchanged. */
     char report[512] = "";
     log->file = tl_log_open_file(path, H5F_ACC_RDWR);
     if (log->file < 0) {
@@ -294,12 +360,10 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
     }
     if (tl_log_reopen(log, meta, step, report, sizeof report) != TL_OK)
         goto fail;
-    if (tl_log_clear_run_meta(log) != TL_OK || tl_log_write_run_meta(log, meta) != TL_OK ||
-        tl_log_add_resume_step(log, step) != TL_OK)
+    log->resume_meta = tl_log_meta_copy(meta);
+    if (!log->resume_meta)
         goto fail;
-    /* The flush removes the planned rows and writes /meta to disk. */
-    if (tl_log_flush(log) != TL_OK)
-        goto fail;
+    log->resume_step = step;
     if (dropped && dropped_size)
         snprintf(dropped, dropped_size, "%s", report);
     return log;

@@ -344,6 +344,9 @@ tl_status tl_log_flush(tl_log *log)
     tl_status st = bytes > 0 ? tl_log_check_room(log, bytes) : TL_OK;
     if (st != TL_OK)
         goto fail_keep_message;
+    /* The first flush after tl_log_append() writes the resumed run's /meta
+     * too; the column writes below remove the rows that it logs again. */
+    st = tl_log_append_write_meta(log);
     for (size_t i = 0; i < sizeof cols / sizeof cols[0] && st == TL_OK; i++)
         st = tl_log_column_write(log->path, cols[i]);
     if (st == TL_OK)
@@ -385,6 +388,7 @@ tl_status tl_log_close(tl_log *log)
     tl_log_records_free(log);
     tl_log_routing_free(log);
     tl_log_spikes_free(log);
+    tl_log_append_free(log);
     hid_t groups[] = {log->g_meta, log->g_train, log->g_eval, log->g_routing};
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++)
         if (groups[i] >= 0)

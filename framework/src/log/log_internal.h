@@ -139,6 +139,13 @@ struct tl_log {
 
     tl_log_spikes *spikes;
     bool spikes_in_file; /* /analysis/gradient_spikes was there before tl_log_append */
+
+    /* The resumed run's /meta, a copy owned here, and the checkpoint step
+     * of tl_log_append(). The next flush writes them together with the
+     * planned row removals and sets resume_meta to NULL. Until then the
+     * file stays as tl_log_append() found it. */
+    tl_log_meta *resume_meta;
+    int64_t resume_step;
 };
 
 /* Rejects calls on a NULL or failed log. */
@@ -156,6 +163,11 @@ tl_status tl_log_main_columns(tl_log *log, bool open_existing);
  * "group rows" items for groups that lose rows to report (size bytes). */
 tl_status tl_log_records_reopen(tl_log *log, int64_t step, char *report, size_t size);
 tl_status tl_log_routing_reopen(tl_log *log, int64_t step, char *report, size_t size);
+/* Writes the /meta of a resumed run that tl_log_append() keeps in
+ * log->resume_meta and frees it; a no-op when there is none. */
+tl_status tl_log_append_write_meta(tl_log *log);
+/* Frees log->resume_meta and the strings it owns. */
+void tl_log_append_free(tl_log *log);
 /* Appends ", name count" (without the comma when report is empty). */
 void tl_log_report_add(char *report, size_t size, const char *name, int64_t count);
 

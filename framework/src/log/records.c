@@ -71,9 +71,13 @@ tl_status tl_log_grad_norms_init(tl_log *log, int64_t n_params, const char *cons
             return tl_seterr(TL_EINVAL, "tl_log_grad_norms_init: name %lld is NULL",
                              (long long)i);
     if (log->grad_norms_reopened) {
+        /* A log that cannot take this run's rows is marked failed, so that
+         * closing it writes nothing, also not what tl_log_append() planned. */
         tl_status st = check_stored_names(log, n_params, names);
         if (st == TL_OK)
             log->grad_norms_reopened = false;
+        else
+            log->failed = true;
         return st;
     }
 
@@ -173,12 +177,14 @@ tl_status tl_log_token_grads_init(tl_log *log, int n_layers, int64_t n_tokens)
                                     "need n_layers >= 0 and n_tokens > 0",
                          n_layers, (long long)n_tokens);
     if (log->token_grads_reopened) {
-        if (n_layers + 1 != log->token_states || n_tokens != log->n_tokens)
+        if (n_layers + 1 != log->token_states || n_tokens != log->n_tokens) {
+            log->failed = true;
             return tl_seterr(TL_EINVAL, "tl_log_token_grads_init: /token_grads of run log '%s' "
                                         "has %d layers and %lld token positions, this run %d "
                                         "and %lld; keep log_token_seqs as it was or give the "
                                         "run a new log path", log->path, log->token_states - 1,
                              (long long)log->n_tokens, n_layers, (long long)n_tokens);
+        }
         log->token_grads_reopened = false;
         return TL_OK;
     }

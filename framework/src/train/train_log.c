@@ -203,20 +203,24 @@ tl_status tl_train_log_open(tl_trainer *tr)
         .overwrite = tr->cfg.log_overwrite,
         .run_id = tr->run_id,
     };
+    char dropped[512] = "";
     if (tr->append_log) {
-        char dropped[512];
         tr->log = tl_log_append(tr->cfg.log_path, &meta, tr->step, dropped, sizeof dropped);
         if (!tr->log)
             return tl_lasterr();
-        fprintf(stderr, "thinklab: continuing run log '%s' at step %lld; %s%s\n",
-                tr->cfg.log_path, (long long)tr->step,
-                dropped[0] ? "removed the rows of later steps, which this run logs again: "
-                           : "no rows of later steps to remove",
-                dropped);
     } else {
         tr->log = tl_log_create(tr->cfg.log_path, &meta);
         if (!tr->log)
             return tl_lasterr();
+    }
+    /* A continued log whose groups cannot take this run's records fails
+     * here, before its first flush changes the file. /token_grads comes
+     * first because its shape depends on log_token_seqs, which a resume may
+     * change. The parameter names come from the checkpoint's model. */
+    if (tr->cfg.log_grads_every > 0 && tr->n_token_log > 0) {
+        tl_status st = tl_log_token_grads_init(tr->log, tr->n_layers, tr->n_token_log);
+        if (st != TL_OK)
+            return st;
     }
     if (tr->cfg.log_grads_every > 0) {
         const tl_params *p = tr->params;
@@ -230,12 +234,13 @@ tl_status tl_train_log_open(tl_trainer *tr)
         free(names);
         if (st != TL_OK)
             return st;
-        if (tr->n_token_log > 0) {
-            st = tl_log_token_grads_init(tr->log, tr->n_layers, tr->n_token_log);
-            if (st != TL_OK)
-                return st;
-        }
     }
+    if (tr->append_log)
+        fprintf(stderr, "thinklab: continuing run log '%s' at step %lld; %s%s\n",
+                tr->cfg.log_path, (long long)tr->step,
+                dropped[0] ? "removed the rows of later steps, which this run logs again: "
+                           : "no rows of later steps to remove",
+                dropped);
     return TL_OK;
 }
 
