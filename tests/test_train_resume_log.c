@@ -5,6 +5,8 @@
 #include <hdf5.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "train_util.h"
 
@@ -569,12 +571,102 @@ static void test_rejected_token_grads_shape(void)
     remove(keep);
 }
 
+/* Writes an HDF5 file that passes as a run log (root thinklab_log_version)
+ * but whose /meta run_id is an integer, so that reading the id fails. */
+static void write_log_with_bad_run_id(const char *path)
+{
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK(f >= 0);
+    if (f < 0)
+        return;
+    hid_t space = H5Screate(H5S_SCALAR);
+    int64_t version = TL_LOG_FORMAT_VERSION, id = 7;
+    hid_t a = H5Acreate2(f, "thinklab_log_version", H5T_STD_I64LE, space, H5P_DEFAULT,
+                         H5P_DEFAULT);
+    CHECK(a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &version) >= 0);
+    H5Aclose(a);
+    hid_t g = H5Gcreate2(f, "meta", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    a = H5Acreate2(g, "run_id", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK(a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &id) >= 0);
+    H5Aclose(a);
+    H5Gclose(g);
+    H5Sclose(space);
+    H5Fclose(f);
+}
+
+/* A resume is rejected when its log path is a folder, a log cut short (as
+ * a kill during a flush can leave it) or a log whose run id cannot be read.
+ * The message names the cause and a new log path, also with log_overwrite,
+ * and the file stays. */
+static void test_rejected_damaged_logs(void)
+{
+    char log[512], ck[512], cut[512], bad_id[512], keep[512], folder[512];
+    tu_path(log, sizeof log, "resume_damaged.h5");
+    tu_path(ck, sizeof ck, "resume_damaged.ckpt.h5");
+    tu_path(cut, sizeof cut, "resume_damaged_cut.h5");
+    tu_path(bad_id, sizeof bad_id, "resume_damaged_id.h5");
+    tu_path(keep, sizeof keep, "resume_damaged_keep.h5");
+    tu_path(folder, sizeof folder, "resume_damaged_folder");
+    const char *paths[] = {log, ck, cut, bad_id, keep};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        remove(paths[i]);
+    rmdir(folder);
+
+    tl_model *m = model(47);
+    tl_train_config c = tu_config(6);
+    c.log_path = log;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, ck) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    /* The first 2 KiB of the log: its superblock, without most of its objects. */
+    FILE *in = fopen(log, "rb"), *out = fopen(cut, "wb");
+    CHECK(in && out);
+    for (int i = 0, ch; in && out && i < 2048 && (ch = fgetc(in)) != EOF; i++)
+        fputc(ch, out);
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+    copy_file(cut, keep);
+    c.resume_path = ck;
+    c.log_path = cut;
+    c.log_overwrite = true;
+    const char *damaged[] = {cut, ck, "HDF5 cannot open the file as a thinklab run log",
+                             "new log path"};
+    expect_rejected(m, &c, keep, damaged, 4);
+
+    write_log_with_bad_run_id(bad_id);
+    copy_file(bad_id, keep);
+    c.log_path = bad_id;
+    const char *unreadable[] = {bad_id, ck, "reading its run id failed", "new log path"};
+    expect_rejected(m, &c, keep, unreadable, 4);
+
+    CHECK(mkdir(folder, 0700) == 0);
+    c.log_path = folder;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr == NULL, "a resume into the folder '%s' was accepted", folder);
+    CHECK(tl_lasterr() == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "is a folder") != NULL, "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "/run.h5") != NULL, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    CHECK(rmdir(folder) == 0);
+
+    tl_model_free(m);
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        remove(paths[i]);
+}
+
 int main(void)
 {
     tu_data_load(&D);
     tu_run("test_continued_log_equals_straight", test_continued_log_equals_straight);
     tu_run("test_rejected_logs", test_rejected_logs);
     tu_run("test_rejected_token_grads_shape", test_rejected_token_grads_shape);
+    tu_run("test_rejected_damaged_logs", test_rejected_damaged_logs);
     tu_data_free(&D);
     return gc_finish("train_resume_log");
 }

@@ -164,12 +164,30 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
 static tl_status check_resumed_log(tl_trainer *tr)
 {
     const char *log = tr->log_path, *ck = tr->resume_path;
-    if (!log || access(log, F_OK) != 0 || !tl_log_is_run_log(log))
+    struct stat sb;
+    if (!log || stat(log, &sb) != 0)
         return TL_OK;
+    if (S_ISDIR(sb.st_mode))
+        return tl_seterr(TL_EINVAL, "run log '%s' is a folder; give the resumed run a log file "
+                                    "path such as '%s/run.h5'", log, log);
+    /* A kill during a flush can leave a log that HDF5 cannot open or read.
+     * Such a file is kept for inspection, since it still has the rows of
+     * the interrupted run, and the resumed run needs another path. */
+    if (!tl_log_is_run_log(log))
+        return tl_seterr(TL_EINVAL, "cannot continue run log '%s' from checkpoint '%s': HDF5 "
+                                    "cannot open the file as a thinklab run log, so it is "
+                                    "damaged (a kill during a log flush can do this) or not a "
+                                    "run log. Give the resumed run a new log path, because "
+                                    "log_overwrite does not replace such a file", log, ck);
     char log_id[TL_LOG_RUN_ID_SIZE];
     tl_status st = tl_log_read_run_id(log, log_id, sizeof log_id);
-    if (st != TL_OK)
-        return st;
+    if (st != TL_OK) {
+        char detail[1024];
+        snprintf(detail, sizeof detail, "%s", tl_errmsg());
+        return tl_seterr(TL_EINVAL, "cannot continue run log '%s' from checkpoint '%s' because "
+                             "reading its run id failed, so the file is damaged: %s. Give the "
+                             "resumed run a new log path", log, ck, detail);
+    }
     if (!tr->checkpoint_run_id[0])
         return tl_seterr(TL_EINVAL, "run log '%s' already exists, and checkpoint '%s' has no "
                                     "run id (an older thinklab wrote it), so the resume cannot "
