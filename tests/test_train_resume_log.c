@@ -660,6 +660,72 @@ static void test_rejected_damaged_logs(void)
         remove(paths[i]);
 }
 
+/* tl_trainer_load on a trainer whose log has steps at or after the
+ * checkpoint's step is rejected, and the trainer goes on from where it was,
+ * so the log has each step once. Before any step, a load into a trainer
+ * with a new log works and the log starts at the checkpoint's step. */
+static void test_load_behind_log(void)
+{
+    char log[512], ck[512], fresh[512];
+    tu_path(log, sizeof log, "load_behind.h5");
+    tu_path(ck, sizeof ck, "load_behind.ckpt.h5");
+    tu_path(fresh, sizeof fresh, "load_behind_fresh.h5");
+    remove(log);
+    remove(ck);
+    remove(fresh);
+
+    tl_model *m = model(49);
+    tl_train_config c = tu_config(8);
+    c.log_path = log;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    for (int s = 0; tr && s < 4; s++) {
+        CHECK_MSG(tl_trainer_step(tr) == TL_OK, "%s", tl_errmsg());
+        if (s == 1)
+            CHECK_MSG(tl_trainer_save(tr, ck) == TL_OK, "%s", tl_errmsg());
+    }
+    tl_status st = tr ? tl_trainer_load(tr, ck) : TL_OK;
+    CHECK_MSG(st == TL_EINVAL, "the load behind the log returned %s", tl_status_name(st));
+    const char *want[] = {ck, log, "at step 2", "steps up to 3", "new log path"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        CHECK_MSG(strstr(tl_errmsg(), want[i]) != NULL, "missing \"%s\" in: %s", want[i],
+                  tl_errmsg());
+    CHECK(tr && tl_trainer_step_index(tr) == 4);
+    CHECK_MSG(tr && tl_trainer_step(tr) == TL_OK, "the step after the rejected load: %s",
+              tl_errmsg());
+    tl_trainer_free(tr);
+
+    hid_t f = H5Fopen(log, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(f >= 0);
+    size_t n = 0;
+    int64_t *steps = f >= 0 ? read_steps(f, "train/step", &n) : NULL;
+    CHECK_MSG(n == 5, "%zu training rows, want 5", n);
+    for (size_t i = 0; steps && i < n; i++)
+        CHECK_MSG(steps[i] == (int64_t)i, "training row %zu has step %lld", i,
+                  (long long)steps[i]);
+    free(steps);
+    if (f >= 0)
+        H5Fclose(f);
+
+    c.log_path = fresh;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr && tl_trainer_load(tr, ck) == TL_OK, "a load before the first step: %s",
+              tl_errmsg());
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    tl_trainer_free(tr);
+    f = H5Fopen(fresh, H5F_ACC_RDONLY, H5P_DEFAULT);
+    steps = f >= 0 ? read_steps(f, "train/step", &n) : NULL;
+    CHECK_MSG(n == 1 && steps && steps[0] == 2, "the new log has %zu rows, want step 2", n);
+    free(steps);
+    if (f >= 0)
+        H5Fclose(f);
+
+    tl_model_free(m);
+    remove(log);
+    remove(ck);
+    remove(fresh);
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -667,6 +733,7 @@ int main(void)
     tu_run("test_rejected_logs", test_rejected_logs);
     tu_run("test_rejected_token_grads_shape", test_rejected_token_grads_shape);
     tu_run("test_rejected_damaged_logs", test_rejected_damaged_logs);
+    tu_run("test_load_behind_log", test_load_behind_log);
     tu_data_free(&D);
     return gc_finish("train_resume_log");
 }

@@ -118,6 +118,10 @@ const char *tl_log_path(const tl_log *log);
 /* Rows of /train/step in the file, i.e. training steps written by flushes. */
 int64_t tl_log_train_rows_flushed(const tl_log *log);
 
+/* The last step given to tl_log_train(), buffered or in the file, or -1
+ * when the log has no /train row. */
+int64_t tl_log_last_train_step(const tl_log *log);
+
 /* One row of /train. */
 typedef struct tl_log_train_record {
     int64_t step;

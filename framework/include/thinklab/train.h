@@ -259,7 +259,8 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path);
  * file written by 2 ranks of batch_size 4 continues under 1 rank of 8. A
  * trainer without a log takes the checkpoint's run id, so that its logs and
  * checkpoints belong to the checkpoint's run. A trainer with a log keeps its
- * own. On failure the trainer's state is unchanged. */
+ * own, and rejects a checkpoint at or before the last step that its log has.
+ * On failure the trainer's state is unchanged. */
 tl_status tl_trainer_load(tl_trainer *tr, const char *path);
 
 /* ---- evaluation ----------------------------------------------------------- */

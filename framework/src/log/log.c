@@ -32,6 +32,11 @@ int64_t tl_log_train_rows_flushed(const tl_log *log)
     return log ? (int64_t)log->train_step.rows_in_file : 0;
 }
 
+int64_t tl_log_last_train_step(const tl_log *log)
+{
+    return log && log->any_train_step ? log->last_train_step : -1;
+}
+
 tl_status tl_log_write_run_meta(tl_log *log, const tl_log_meta *meta)
 {
     const char *p = log->path;

@@ -777,6 +777,18 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
                        path, (long long)step, (long long)tr->cfg.steps, (long long)step);
         goto out;
     }
+    /* The log takes steps in increasing order only, so a trainer that has
+     * logged a step cannot go back to it. */
+    int64_t logged = tr->log ? tl_log_last_train_step(tr->log) : -1;
+    if (step <= logged) {
+        st = tl_seterr(TL_EINVAL, "checkpoint '%s' is at step %lld, but this trainer's run log "
+                                  "'%s' already has steps up to %lld, which the trainer would "
+                                  "log again: resume a new trainer from it (resume, or "
+                                  "resume_path in C) into the same log, which drops those "
+                                  "steps first, or load it into a trainer with a new log path",
+                       path, (long long)step, tl_log_path(tr->log), (long long)logged);
+        goto out;
+    }
     if (file_numel != numel || step < 0 || drawn < 0) {
         st = tl_seterr(TL_EFORMAT, "checkpoint '%s': step %lld, batches_drawn %lld or numel "
                                    "%lld do not fit this run of %lld steps and %lld parameters",
