@@ -1108,10 +1108,56 @@ static void test_append_after_partial_flush(void)
         H5Fclose(f);
 }
 
+/* A second writer of a log that a writer has open, a resume or an
+ * overwriting run, is rejected, and the first writer goes on unharmed. The
+ * lock is a Linux open-file-description lock, so one process can test it. */
+static void test_second_writer(void)
+{
+#ifdef __linux__
+    char path[160];
+    path_in_dir(path, sizeof path, "locked.h5");
+    tl_log_meta meta = test_meta(100);
+    meta.run_id = "run-a";
+    tl_log *log = tl_log_create(path, &meta);
+    CHECK_MSG(log != NULL, "%s", tl_errmsg());
+    if (!log)
+        return;
+    tl_log_train_record rec = {.step = 0, .loss = 2.0};
+    CHECK(tl_log_train(log, &rec) == TL_OK);
+    CHECK(tl_log_flush(log) == TL_OK);
+
+    CHECK(tl_log_append(path, &meta, 1, NULL, 0) == NULL);
+    CHECK(tl_lasterr() == TL_ESTATE);
+    CHECK_MSG(strstr(tl_errmsg(), "is being written by another process") != NULL, "%s",
+              tl_errmsg());
+    meta.overwrite = true;
+    CHECK(tl_log_create(path, &meta) == NULL);
+    CHECK(tl_lasterr() == TL_ESTATE);
+    CHECK_MSG(strstr(tl_errmsg(), "is being written by another process") != NULL, "%s",
+              tl_errmsg());
+
+    rec.step = 1;
+    CHECK(tl_log_train(log, &rec) == TL_OK);
+    CHECK(tl_log_close(log) == TL_OK);
+    hid_t f = open_read(path);
+    CHECK(f >= 0);
+    CHECK_MSG(f >= 0 && rows_of(f, "train/step") == 2, "%lld training rows, want 2",
+              f >= 0 ? (long long)rows_of(f, "train/step") : -1LL);
+    if (f >= 0)
+        H5Fclose(f);
+
+    /* Closing the log releases the lock. */
+    meta.overwrite = false;
+    log = tl_log_append(path, &meta, 2, NULL, 0);
+    CHECK_MSG(log != NULL, "the append after close failed: %s", tl_errmsg());
+    CHECK(tl_log_close(log) == TL_OK);
+#endif
+}
+
 static void remove_dir(void)
 {
     const char *files[] = {"killed.h5", "round_trip.h5", "growth.h5", "params.h5",
-                           "misuse.h5", "stderr.txt", "matrix.f32", "append.h5"};
+                           "misuse.h5", "stderr.txt", "matrix.f32", "append.h5", "locked.h5"};
     char path[160];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         path_in_dir(path, sizeof path, files[i]);
@@ -1136,6 +1182,7 @@ int main(void)
     test_grad_norms_params();
     test_errors();
     test_append_after_partial_flush();
+    test_second_writer();
     test_matrix_norms();
     if (gc_failures == 0)
         remove_dir();

@@ -12,6 +12,9 @@
  *
  * The writer disables HDF5 file locking on its own handle, so a reader does
  * not need HDF5_USE_FILE_LOCKING=FALSE to open the file while the run goes on.
+ * On Linux the writer holds a lock of its own instead, which readers do not
+ * take: tl_log_append() and an overwriting tl_log_create() fail while
+ * another open log writes the file, because two writers damage it.
  * tl_log_create() also turns off HDF5's automatic error printing for the
  * process: failures come back only as tl_errmsg() messages that name the
  * failing HDF5 call.

@@ -330,7 +330,13 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
     }
     if (dropped && dropped_size)
         dropped[0] = '\0';
+    /* Another writer may be in the middle of a flush, so the lock comes
+     * before anything reads the file. */
+    int lock_fd = -1;
+    if (tl_log_lock(path, &lock_fd) != TL_OK)
+        return NULL;
     if (!tl_log_is_run_log(path)) {
+        tl_log_unlock(lock_fd);
         tl_seterr(TL_EINVAL, "cannot continue run log '%s': the file is missing or not a "
                              "thinklab run log", path);
         return NULL;
@@ -341,12 +347,14 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
     if (!log || !path_copy) {
         free(log);
         free(path_copy);
+        tl_log_unlock(lock_fd);
         tl_seterr(TL_ENOMEM, "could not allocate run log '%s'", path);
         return NULL;
     }
     log->path = path_copy;
     log->file = log->g_meta = log->g_train = log->g_eval = log->g_routing = H5I_INVALID_HID;
     log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
+    log->lock_fd = lock_fd;
     log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
 
     /* The file stays as it was until the first flush, so that a caller can

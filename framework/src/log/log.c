@@ -177,10 +177,19 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
                   path);
         return NULL;
     }
-    if (meta->overwrite && access(path, F_OK) == 0 && !tl_log_is_run_log(path)) {
-        tl_seterr(TL_EIO, "run log '%s' exists and is not a thinklab run log; overwriting "
-                          "would destroy it: choose another path or delete the file", path);
-        return NULL;
+    /* An existing log that overwrite would truncate may still be written by
+     * another process, so the lock comes before anything reads or truncates
+     * the file. */
+    int lock_fd = -1;
+    if (meta->overwrite && access(path, F_OK) == 0) {
+        if (tl_log_lock(path, &lock_fd) != TL_OK)
+            return NULL;
+        if (!tl_log_is_run_log(path)) {
+            tl_log_unlock(lock_fd);
+            tl_seterr(TL_EIO, "run log '%s' exists and is not a thinklab run log; overwriting "
+                              "would destroy it: choose another path or delete the file", path);
+            return NULL;
+        }
     }
 
     tl_log *log = calloc(1, sizeof *log);
@@ -188,12 +197,14 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
     if (!log || !path_copy) {
         free(log);
         free(path_copy);
+        tl_log_unlock(lock_fd);
         tl_seterr(TL_ENOMEM, "could not allocate run log '%s'", path);
         return NULL;
     }
     log->path = path_copy;
     log->file = log->g_meta = log->g_train = log->g_eval = log->g_routing = H5I_INVALID_HID;
     log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
+    log->lock_fd = lock_fd;
     log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
 
     hid_t fapl = H5I_INVALID_HID;
@@ -209,6 +220,8 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
     TL_H5(path, log->file = H5Fcreate(path, flags, H5P_DEFAULT, fapl));
     H5Pclose(fapl);
     fapl = H5I_INVALID_HID;
+    if (log->lock_fd < 0 && tl_log_lock(path, &log->lock_fd) != TL_OK)
+        goto fail_keep_message;
 
     TL_H5(path, log->g_meta = H5Gcreate2(log->file, "meta", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     TL_H5(path, log->g_train = H5Gcreate2(log->file, "train", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
@@ -406,11 +419,13 @@ tl_status tl_log_close(tl_log *log)
         else
             H5Fclose(file);
     }
+    tl_log_unlock(log->lock_fd);
     free(log->path);
     free(log);
     return st;
 
 fail:
+    tl_log_unlock(log->lock_fd);
     free(log->path);
     free(log);
     return TL_EIO;

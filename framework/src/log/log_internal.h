@@ -110,6 +110,7 @@ typedef struct tl_log_spikes tl_log_spikes;
 struct tl_log {
     char *path;
     hid_t file;
+    int lock_fd; /* descriptor holding the writer's lock (see lock.c), or -1 */
     hid_t g_meta, g_train, g_eval, g_routing;
     int flush_every;
     bool failed; /* a write failed: the file may lack rows, so appends are rejected */
@@ -147,6 +148,14 @@ struct tl_log {
     tl_log_meta *resume_meta;
     int64_t resume_step;
 };
+
+/* Takes the lock that marks path as written by this process and sets
+ * *fd_out to the descriptor that holds it, or to -1 when path does not
+ * exist, cannot be opened for writing or its file system has no such locks.
+ * Fails when another process holds the lock. */
+tl_status tl_log_lock(const char *path, int *fd_out);
+/* Releases the lock of tl_log_lock(); -1 is a no-op. */
+void tl_log_unlock(int fd);
 
 /* Rejects calls on a NULL or failed log. */
 bool tl_log_usable(const tl_log *log, const char *func);
