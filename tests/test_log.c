@@ -1128,12 +1128,12 @@ static void test_second_writer(void)
 
     CHECK(tl_log_append(path, &meta, 1, NULL, 0) == NULL);
     CHECK(tl_lasterr() == TL_ESTATE);
-    CHECK_MSG(strstr(tl_errmsg(), "is being written by another process") != NULL, "%s",
+    CHECK_MSG(strstr(tl_errmsg(), "is being written by another open log") != NULL, "%s",
               tl_errmsg());
     meta.overwrite = true;
     CHECK(tl_log_create(path, &meta) == NULL);
     CHECK(tl_lasterr() == TL_ESTATE);
-    CHECK_MSG(strstr(tl_errmsg(), "is being written by another process") != NULL, "%s",
+    CHECK_MSG(strstr(tl_errmsg(), "is being written by another open log") != NULL, "%s",
               tl_errmsg());
 
     rec.step = 1;

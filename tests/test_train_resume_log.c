@@ -726,6 +726,50 @@ static void test_load_behind_log(void)
     remove(fresh);
 }
 
+/* A resume into a log that a trainer of this process still writes is
+ * rejected for that writer, not as a damaged log, and the writer goes on. */
+static void test_resume_into_open_log(void)
+{
+    char log[512], ck[512];
+    tu_path(log, sizeof log, "resume_open.h5");
+    tu_path(ck, sizeof ck, "resume_open.ckpt.h5");
+    remove(log);
+    remove(ck);
+
+    tl_model *m = model(51);
+    tl_train_config c = tu_config(6);
+    c.log_path = log;
+    tl_trainer *writer = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(writer != NULL, "%s", tl_errmsg());
+    CHECK(writer && tl_trainer_step(writer) == TL_OK);
+    CHECK_MSG(writer && tl_trainer_save(writer, ck) == TL_OK, "%s", tl_errmsg());
+
+    tl_model *m2 = model(51);
+    c.resume_path = ck;
+    tl_trainer *tr = tl_trainer_new(m2, &D.data, &c);
+    CHECK_MSG(tr == NULL, "the resume into the open log '%s' was accepted", log);
+    CHECK(tl_lasterr() == TL_ESTATE);
+    CHECK_MSG(strstr(tl_errmsg(), "is being written by another open log") != NULL, "%s",
+              tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "damaged") == NULL, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    CHECK_MSG(writer && tl_trainer_step(writer) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(writer);
+    hid_t f = H5Fopen(log, H5F_ACC_RDONLY, H5P_DEFAULT);
+    size_t n = 0;
+    int64_t *steps = f >= 0 ? read_steps(f, "train/step", &n) : NULL;
+    CHECK_MSG(n == 2, "%zu training rows, want 2", n);
+    free(steps);
+    if (f >= 0)
+        H5Fclose(f);
+
+    tl_model_free(m);
+    tl_model_free(m2);
+    remove(log);
+    remove(ck);
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -734,6 +778,7 @@ int main(void)
     tu_run("test_rejected_token_grads_shape", test_rejected_token_grads_shape);
     tu_run("test_rejected_damaged_logs", test_rejected_damaged_logs);
     tu_run("test_load_behind_log", test_load_behind_log);
+    tu_run("test_resume_into_open_log", test_resume_into_open_log);
     tu_data_free(&D);
     return gc_finish("train_resume_log");
 }

@@ -17,9 +17,7 @@ void tl_log_report_add(char *report, size_t size, const char *name, int64_t coun
                  (long long)count);
 }
 
-/* Opens path with HDF5 file locking off, as the writer does, so that a log
- * that a reader has open can still be continued. */
-static hid_t tl_log_open_file(const char *path, unsigned flags)
+hid_t tl_log_open_file(const char *path, unsigned flags)
 {
     tl_hdf5_prepare();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);

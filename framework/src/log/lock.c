@@ -46,9 +46,10 @@ tl_status tl_log_lock(const char *path, int *fd_out)
     int err = errno;
     close(fd);
     if (err == EAGAIN || err == EACCES)
-        return tl_seterr(TL_ESTATE, "run log '%s' is being written by another process, such as "
-                                    "the run it belongs to or another resume of it; stop that "
-                                    "process first or give this run a new log path", path);
+        return tl_seterr(TL_ESTATE, "run log '%s' is being written by another open log, in "
+                                    "this or another process, such as the run it belongs to or "
+                                    "another resume of it; stop or close that writer first or "
+                                    "give this run a new log path", path);
     /* NOTE: on a file system that rejects these locks the log is written
      * without the check. */
     return TL_OK;

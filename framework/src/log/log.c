@@ -156,7 +156,7 @@ bool tl_log_meta_valid(const char *func, const char *path, const tl_log_meta *me
 bool tl_log_is_run_log(const char *path)
 {
     tl_hdf5_prepare();
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t file = tl_log_open_file(path, H5F_ACC_RDONLY);
     bool yes = file >= 0 && H5Aexists(file, "thinklab_log_version") > 0;
     if (file >= 0)
         H5Fclose(file);

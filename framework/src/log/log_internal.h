@@ -149,6 +149,12 @@ struct tl_log {
     int64_t resume_step;
 };
 
+/* Opens path with HDF5 file locking off, as the writer does, so that a log
+ * that a reader has open can still be continued. A log that a writer of
+ * this process has open can then be read as well, because HDF5 rejects a
+ * second open of a file that is open with another locking setting. */
+hid_t tl_log_open_file(const char *path, unsigned flags);
+
 /* Takes the lock that marks path as written by this process and sets
  * *fd_out to the descriptor that holds it, or to -1 when path does not
  * exist, cannot be opened for writing or its file system has no such locks.
