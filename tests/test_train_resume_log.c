@@ -726,6 +726,57 @@ static void test_load_behind_log(void)
     remove(fresh);
 }
 
+/* Branch A logs steps 0 to 5 and checkpoints at steps 2 and 5. Branch B
+ * resumes from step 2 with another learning rate into the same log and logs
+ * steps 2 to 6. A resume from A's step-5 checkpoint into that log would join
+ * B's steps 2 to 4 to A's weights, so it is rejected and the log stays as
+ * it was. */
+static void test_rejected_other_branch(void)
+{
+    char log[512], ck2[512], ck5[512], keep[512];
+    tu_path(log, sizeof log, "resume_branch.h5");
+    tu_path(ck2, sizeof ck2, "resume_branch_2.ckpt.h5");
+    tu_path(ck5, sizeof ck5, "resume_branch_5.ckpt.h5");
+    tu_path(keep, sizeof keep, "resume_branch_keep.h5");
+    remove(log);
+    remove(ck2);
+    remove(ck5);
+
+    tl_model *m = model(53);
+    tl_train_config c = tu_config(10);
+    c.log_path = log;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    for (int s = 0; tr && s < 6; s++) {
+        CHECK_MSG(tl_trainer_step(tr) == TL_OK, "%s", tl_errmsg());
+        if (s == 1)
+            CHECK_MSG(tl_trainer_save(tr, ck2) == TL_OK, "%s", tl_errmsg());
+        if (s == 4)
+            CHECK_MSG(tl_trainer_save(tr, ck5) == TL_OK, "%s", tl_errmsg());
+    }
+    tl_trainer_free(tr);
+
+    c.resume_path = ck2;
+    c.schedule.lr *= 2.0f;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "branch B's resume: %s", tl_errmsg());
+    for (int s = 0; tr && s < 5; s++)
+        CHECK_MSG(tl_trainer_step(tr) == TL_OK, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+    copy_file(log, keep);
+
+    c.resume_path = ck5;
+    c.schedule.lr /= 2.0f;
+    const char *want[] = {log, "at step 4", "another branch", "new log path"};
+    expect_rejected(m, &c, keep, want, 4);
+
+    tl_model_free(m);
+    remove(log);
+    remove(ck2);
+    remove(ck5);
+    remove(keep);
+}
+
 /* A resume into a log that a trainer of this process still writes is
  * rejected for that writer, not as a damaged log, and the writer goes on. */
 static void test_resume_into_open_log(void)
@@ -779,6 +830,7 @@ int main(void)
     tu_run("test_rejected_damaged_logs", test_rejected_damaged_logs);
     tu_run("test_load_behind_log", test_load_behind_log);
     tu_run("test_resume_into_open_log", test_resume_into_open_log);
+    tu_run("test_rejected_other_branch", test_rejected_other_branch);
     tu_data_free(&D);
     return gc_finish("train_resume_log");
 }

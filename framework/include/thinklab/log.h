@@ -109,6 +109,15 @@ tl_status tl_log_read_run_id(const char *path, char *id, size_t size);
 tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, char *dropped,
                       size_t dropped_size);
 
+/* Checks that the /train row of `step` in a log opened by tl_log_append()
+ * has the given loss and gradient norm, bit for bit: the values the
+ * checkpoint recorded for its last step. A log that another branch of the
+ * run continued after the checkpoint (a resume from an earlier checkpoint
+ * into the same log) has other values there. On a mismatch, or without that
+ * row, the log is marked failed, so that closing it leaves the file as it
+ * was. */
+tl_status tl_log_check_train_row(tl_log *log, int64_t step, double loss, double grad_norm);
+
 /* Writes every buffered record and calls H5Fflush once. */
 tl_status tl_log_flush(tl_log *log);
 

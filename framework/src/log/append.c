@@ -1,5 +1,6 @@
 /* Continuing a run log after a resume: run id check, removal of the rows the
  * resumed run logs again, and the new configuration in /meta. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,6 +309,75 @@ tl_status tl_log_append_write_meta(tl_log *log)
         st = tl_log_add_resume_step(log, log->resume_step);
     if (st == TL_OK)
         tl_log_append_free(log);
+    return st;
+}
+
+/* Reads row `row` of the float64 column col into *value. */
+static tl_status tl_log_read_f64_row(const char *path, const tl_log_column *col, hsize_t row,
+                                     double *value)
+{
+    hsize_t one = 1;
+    hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+    TL_H5(path, fspace = H5Dget_space(col->dset));
+    TL_H5(path, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &row, NULL, &one, NULL));
+    TL_H5(path, mspace = H5Screate_simple(1, &one, NULL));
+    TL_H5(path, H5Dread(col->dset, H5T_NATIVE_DOUBLE, mspace, fspace, H5P_DEFAULT, value));
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+    return TL_OK;
+
+fail:
+    if (mspace >= 0)
+        H5Sclose(mspace);
+    if (fspace >= 0)
+        H5Sclose(fspace);
+    return TL_EIO;
+}
+
+tl_status tl_log_check_train_row(tl_log *log, int64_t step, double loss, double grad_norm)
+{
+    if (!tl_log_usable(log, "tl_log_check_train_row"))
+        return tl_lasterr();
+    /* The kept rows end at the checkpoint's last step (tl_log_append checks
+     * that they reach it), so that step is the last kept row. */
+    hsize_t rows = log->train_step.rows_in_file;
+    int64_t last = -1;
+    double logged_loss = NAN, logged_norm = NAN;
+    tl_status st = TL_OK;
+    if (rows > 0) {
+        hsize_t one = 1, at = rows - 1;
+        hid_t fspace = H5Dget_space(log->train_step.dset);
+        hid_t mspace = H5Screate_simple(1, &one, NULL);
+        bool ok = fspace >= 0 && mspace >= 0 &&
+                  H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &at, NULL, &one, NULL) >= 0 &&
+                  H5Dread(log->train_step.dset, H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
+                          &last) >= 0;
+        if (mspace >= 0)
+            H5Sclose(mspace);
+        if (fspace >= 0)
+            H5Sclose(fspace);
+        if (!ok)
+            tl_log_h5_error(log->path, "H5Dread(/train/step)");
+        st = ok ? TL_OK : TL_EIO;
+        if (st == TL_OK)
+            st = tl_log_read_f64_row(log->path, &log->train_loss, at, &logged_loss);
+        if (st == TL_OK)
+            st = tl_log_read_f64_row(log->path, &log->train_grad_norm, at, &logged_norm);
+    }
+    if (st == TL_OK && last != step)
+        st = tl_seterr(TL_EINVAL, "run log '%s' has no training row of step %lld to check "
+                                  "against the checkpoint: give the resumed run a new log path",
+                       log->path, (long long)step);
+    if (st == TL_OK && (memcmp(&logged_loss, &loss, sizeof loss) != 0 ||
+                        memcmp(&logged_norm, &grad_norm, sizeof grad_norm) != 0))
+        st = tl_seterr(TL_EINVAL, "run log '%s' has loss %.9g and gradient norm %.9g at step "
+                                  "%lld, where the checkpoint's run had %.9g and %.9g: after "
+                                  "the checkpoint the log went on with another branch of the "
+                                  "run (a resume from an earlier checkpoint), and continuing it "
+                                  "would join the two; give the resumed run a new log path",
+                       log->path, logged_loss, logged_norm, (long long)step, loss, grad_norm);
+    if (st != TL_OK)
+        log->failed = true;
     return st;
 }
 

@@ -13,7 +13,10 @@
  *               run_id (string): the run the checkpoint belongs to, as in the
  *               run log's /meta; elapsed_s (float64): wall seconds of training
  *               up to the checkpoint. Files without them load as runs
- *               without an id and with 0 s.
+ *               without an id and with 0 s. last_loss, last_grad_norm
+ *               (float64): the loss and gradient norm of step `step` - 1,
+ *               as the run log has them, NaN at step 0; a resume into the
+ *               log checks them (older files skip the check).
  *   rng         uint64 (4): the batch-sampling xoshiro state
  *   config_json string: trainer and model configuration
  *   arch/names  string: parameter names in store order, one per line
@@ -25,6 +28,7 @@
  * failed write leaves the previous checkpoint. */
 #include <errno.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,6 +315,10 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, write_text(file, "run_id", tr->run_id, true));
     double elapsed = tl_train_elapsed(tr);
     CK_H5(path, write_attr(file, "elapsed_s", H5T_NATIVE_DOUBLE, &elapsed));
+    double last_loss = tr->stats_has_last_step ? tr->stats.loss : NAN;
+    double last_norm = tr->stats_has_last_step ? tr->stats.grad_norm : NAN;
+    CK_H5(path, write_attr(file, "last_loss", H5T_NATIVE_DOUBLE, &last_loss));
+    CK_H5(path, write_attr(file, "last_grad_norm", H5T_NATIVE_DOUBLE, &last_norm));
 
     hsize_t four = 4;
     CK_H5(path, write_array(file, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &four, tr->rng.s));
@@ -752,6 +760,11 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     double elapsed = 0.0;
     if (H5Aexists(file, "elapsed_s") > 0)
         CK_H5(path, read_attr(file, "elapsed_s", H5T_NATIVE_DOUBLE, &elapsed));
+    double last_loss = NAN, last_norm = NAN;
+    if (H5Aexists(file, "last_loss") > 0 && H5Aexists(file, "last_grad_norm") > 0) {
+        CK_H5(path, read_attr(file, "last_loss", H5T_NATIVE_DOUBLE, &last_loss));
+        CK_H5(path, read_attr(file, "last_grad_norm", H5T_NATIVE_DOUBLE, &last_norm));
+    }
     /* Files from before data parallelism have no "world": one process. */
     int64_t file_world = 1;
     if (H5Aexists(file, "world") > 0)
@@ -830,6 +843,15 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
      * run started no longer counts. */
     tr->elapsed_base = elapsed - (tr->running ? tl_train_now() - tr->run_start : 0.0);
     tr->stats.elapsed_s = elapsed;
+    /* A save right after this load records the same last step. */
+    tr->checkpoint_has_last_step = step > 0 && !isnan(last_loss) && !isnan(last_norm);
+    tr->checkpoint_last_loss = last_loss;
+    tr->checkpoint_last_grad_norm = last_norm;
+    tr->stats_has_last_step = tr->checkpoint_has_last_step;
+    if (tr->checkpoint_has_last_step) {
+        tr->stats.loss = last_loss;
+        tr->stats.grad_norm = last_norm;
+    }
     snprintf(tr->checkpoint_run_id, sizeof tr->checkpoint_run_id, "%s", run_id);
     /* A trainer with a log keeps its id, which the log records. */
     if (!tr->log && run_id[0])

@@ -69,6 +69,14 @@ struct tl_trainer {
      * loaded. */
     char checkpoint_run_id[TL_LOG_RUN_ID_SIZE];
     bool append_log;     /* log_path contains this run's log, which the resumed run continues */
+    /* Loss and gradient norm that the run of the checkpoint last loaded
+     * logged for its last step. checkpoint_has_last_step is false when the
+     * file predates them or is at step 0. */
+    bool checkpoint_has_last_step;
+    double checkpoint_last_loss, checkpoint_last_grad_norm;
+    /* stats.loss and stats.grad_norm are those of step `step` - 1: set by a
+     * step, and by a load of a checkpoint that records them. */
+    bool stats_has_last_step;
 
     int64_t step;        /* optimizer steps completed */
     /* The newest checkpoint file of this run, the resumed one or a save to

@@ -213,6 +213,15 @@ tl_status tl_train_log_open(tl_trainer *tr)
         if (!tr->log)
             return tl_lasterr();
     }
+    /* A continued log must have the checkpoint's last step as its run
+     * logged it. Other values mean that another branch of the run wrote the
+     * rows after the checkpoint. */
+    if (tr->append_log && tr->checkpoint_has_last_step) {
+        tl_status st = tl_log_check_train_row(tr->log, tr->step - 1, tr->checkpoint_last_loss,
+                                              tr->checkpoint_last_grad_norm);
+        if (st != TL_OK)
+            return st;
+    }
     /* A continued log whose groups cannot take this run's records fails
      * here, before its first flush changes the file. /token_grads comes
      * first because its shape depends on log_token_seqs, which a resume may

@@ -550,6 +550,7 @@ tl_status tl_trainer_step(tl_trainer *tr)
     s->aux_loss = aux;
     s->lr = lr;
     s->grad_norm = norm;
+    tr->stats_has_last_step = true;
     s->flops_per_step = flops;
     s->flops_total += flops;
     /* dt ends before the log record below, so a log flush does not count
