@@ -32,35 +32,6 @@ static float *block_copy(tl_model *m, int64_t *n_out)
     return c;
 }
 
-static bool files_equal(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
-    }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    int ch;
-    while (in && out && (ch = fgetc(in)) != EOF)
-        fputc(ch, out);
-    if (in)
-        fclose(in);
-    if (out)
-        fclose(out);
-}
-
 /* N steps straight versus N/2, save, load into a fresh trainer and model
  * (other initial weights), N/2 more: every parameter and moment must have
  * the same bits, and so must the next batch drawn. */
@@ -172,7 +143,7 @@ static void test_rejections(void)
     tl_model_free(narrow);
 
     /* Another format version. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     set_version(other, TL_CHECKPOINT_FORMAT_VERSION + 1);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), "format version 2") != NULL, "%s", tl_errmsg());
@@ -180,14 +151,14 @@ static void test_rejections(void)
     /* Truncated: half of the file. */
     struct stat sb;
     CHECK(stat(path, &sb) == 0);
-    copy_file(path, other);
+    tu_copy_file(path, other);
     CHECK(truncate(other, sb.st_size / 2) == 0);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), "truncated") != NULL, "%s", tl_errmsg());
 
     /* Damaged: one byte of the parameter block flipped near the end, where
      * the float data lies, is caught by the checksum or by HDF5. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     FILE *f = fopen(other, "r+b");
     CHECK(f && fseek(f, sb.st_size - 64, SEEK_SET) == 0);
     int byte = f ? fgetc(f) : 0;
@@ -200,7 +171,7 @@ static void test_rejections(void)
     CHECK_MSG(strstr(tl_errmsg(), "damaged") != NULL, "%s", tl_errmsg());
 
     /* Damaged sampling state: the parameters check out, the RNG does not. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     set_rng(other);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), "RNG state") != NULL, "%s", tl_errmsg());
@@ -312,13 +283,13 @@ static void test_config_checksum(void)
 
     /* One byte of config_json, which the loader reads for the checksum
      * alone. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     flip_dataset_byte(other, "config_json", 10);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), want), "%s", tl_errmsg());
 
     /* One byte of a parameter name: damage, not another architecture. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     flip_dataset_byte(other, "arch/names", 2);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
     CHECK_MSG(strstr(tl_errmsg(), want), "%s", tl_errmsg());
@@ -333,7 +304,7 @@ static void test_config_checksum(void)
 
     /* Without the attribute, the comparison of the model settings still
      * finds a config_json damaged into text that is not JSON. */
-    copy_file(path, other);
+    tu_copy_file(path, other);
     delete_attr(other, "config_checksum");
     flip_dataset_byte(other, "config_json", 10);
     CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
@@ -359,12 +330,12 @@ static void test_failed_save_keeps_previous(void)
     tl_train_config c = tu_config(10);
     tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
     CHECK(tr && tl_trainer_step(tr) == TL_OK && tl_trainer_save(tr, path) == TL_OK);
-    copy_file(path, keep);
+    tu_copy_file(path, keep);
     CHECK(tl_trainer_step(tr) == TL_OK);
     CHECK(mkdir(tmp, 0700) == 0); /* a folder where the temporary file should go */
     CHECK(tl_trainer_save(tr, path) == TL_EIO);
     CHECK_MSG(strstr(tl_errmsg(), path) != NULL, "%s", tl_errmsg());
-    CHECK(files_equal(path, keep));
+    CHECK(tu_files_equal(path, keep));
     struct stat sb;
     CHECK_MSG(stat(tmp, &sb) == 0 && S_ISDIR(sb.st_mode), "the failed save removed the "
                                                            "user's folder '%s'", tmp);
@@ -384,7 +355,7 @@ static void test_failed_save_keeps_previous(void)
     CHECK_MSG(strstr(tl_errmsg(), strerror(EFBIG)) != NULL, "%s", tl_errmsg());
     CHECK_MSG(strstr(tl_errmsg(), "the previous checkpoint at that path is unchanged") != NULL,
               "%s", tl_errmsg());
-    CHECK(files_equal(path, keep));
+    CHECK(tu_files_equal(path, keep));
     CHECK_MSG(stat(tmp, &sb) != 0, "the failed save left '%s' behind", tmp);
 
     tl_trainer_free(tr);
@@ -414,7 +385,7 @@ static void test_divergence(void)
     for (int s = 0; tr && s < 2; s++)
         CHECK(tl_trainer_step(tr) == TL_OK);
     CHECK(tr && tl_trainer_save(tr, path) == TL_OK);
-    copy_file(path, keep);
+    tu_copy_file(path, keep);
     tl_trainer_free(tr);
 
     c.schedule.lr = 1e6f;
@@ -435,7 +406,7 @@ static void test_divergence(void)
     snprintf(expect, sizeof expect, "'%s' of step 2", path);
     CHECK_MSG(strstr(msg, expect) != NULL, "%s", msg);
     CHECK(tr && tl_trainer_step_index(tr) < 200);
-    CHECK_MSG(files_equal(path, keep), "the diverged run changed the checkpoint");
+    CHECK_MSG(tu_files_equal(path, keep), "the diverged run changed the checkpoint");
     tl_trainer_free(tr);
 
     /* A checkpoint path whose first save is still to come offers nothing to

@@ -17,35 +17,6 @@ static tl_model *model(uint64_t seed)
     return tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "causal", seed);
 }
 
-static bool files_equal(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
-    }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    int ch;
-    while (in && out && (ch = fgetc(in)) != EOF)
-        fputc(ch, out);
-    if (in)
-        fclose(in);
-    if (out)
-        fclose(out);
-}
-
 /* Deletes attribute name of object obj ("." for the root) in file path. */
 static void delete_attr(const char *path, const char *obj, const char *name)
 {
@@ -387,7 +358,7 @@ static void expect_rejected(tl_model *m, const tl_train_config *c, const char *k
         CHECK_MSG(strstr(tl_errmsg(), want[i]) != NULL, "missing \"%s\" in: %s", want[i],
                   tl_errmsg());
     tl_trainer_free(tr);
-    CHECK_MSG(files_equal(c->log_path, keep), "the rejected resume changed the log '%s'",
+    CHECK_MSG(tu_files_equal(c->log_path, keep), "the rejected resume changed the log '%s'",
               c->log_path);
 }
 
@@ -433,7 +404,7 @@ static void test_rejected_logs(void)
     CHECK(id_x != NULL);
 
     /* Another run's log, also with log_overwrite. */
-    copy_file(log_y, keep);
+    tu_copy_file(log_y, keep);
     c.resume_path = ck_x;
     c.log_overwrite = true;
     const char *other[] = {log_y, ck_x, "belongs to run", id_x ? id_x : "?",
@@ -442,10 +413,10 @@ static void test_rejected_logs(void)
     c.log_overwrite = false;
 
     /* A checkpoint without a run id: rejected for the log, loadable for a new one. */
-    copy_file(ck_x, ck_old);
+    tu_copy_file(ck_x, ck_old);
     delete_attr(ck_old, ".", "run_id");
     delete_attr(ck_old, ".", "elapsed_s");
-    copy_file(log_x, keep);
+    tu_copy_file(log_x, keep);
     c.resume_path = ck_old;
     c.log_path = log_x;
     const char *old_checkpoint[] = {ck_old, log_x, "has no run id", "new log path"};
@@ -458,9 +429,9 @@ static void test_rejected_logs(void)
     remove(fresh);
 
     /* A log without a run id. */
-    copy_file(log_x, log_old);
+    tu_copy_file(log_x, log_old);
     delete_attr(log_old, "meta", "run_id");
-    copy_file(log_old, keep);
+    tu_copy_file(log_old, keep);
     c.resume_path = ck_x;
     c.log_path = log_old;
     const char *old_log[] = {log_old, ck_x, "has no run id", "new log path"};
@@ -477,7 +448,7 @@ static void test_rejected_logs(void)
     c.steps = 6;
     c.resume_path = ck_later;
     c.log_path = log_x;
-    copy_file(log_x, keep);
+    tu_copy_file(log_x, keep);
     const char *gap[] = {log_x, "training rows up to step 1 only", "steps 2 to 3",
                          "new log path"};
     expect_rejected(m, &c, keep, gap, 4);
@@ -532,7 +503,7 @@ static void test_rejected_token_grads_shape(void)
             CHECK_MSG(tl_trainer_save(tr, ck) == TL_OK, "%s", tl_errmsg());
     }
     tl_trainer_free(tr);
-    copy_file(log, keep);
+    tu_copy_file(log, keep);
 
     c.resume_path = ck;
     c.log_token_seqs = 2;
@@ -631,7 +602,7 @@ static void test_rejected_damaged_logs(void)
         fclose(in);
     if (out)
         fclose(out);
-    copy_file(cut, keep);
+    tu_copy_file(cut, keep);
     c.resume_path = ck;
     c.log_path = cut;
     c.log_overwrite = true;
@@ -640,7 +611,7 @@ static void test_rejected_damaged_logs(void)
     expect_rejected(m, &c, keep, damaged, 4);
 
     write_log_with_bad_run_id(bad_id);
-    copy_file(bad_id, keep);
+    tu_copy_file(bad_id, keep);
     c.log_path = bad_id;
     const char *unreadable[] = {bad_id, ck, "reading its run id failed", "new log path"};
     expect_rejected(m, &c, keep, unreadable, 4);
@@ -763,7 +734,7 @@ static void test_rejected_other_branch(void)
     for (int s = 0; tr && s < 5; s++)
         CHECK_MSG(tl_trainer_step(tr) == TL_OK, "%s", tl_errmsg());
     tl_trainer_free(tr);
-    copy_file(log, keep);
+    tu_copy_file(log, keep);
 
     c.resume_path = ck5;
     c.schedule.lr /= 2.0f;

@@ -110,6 +110,37 @@ static inline void tu_path(char *buf, size_t size, const char *name)
     snprintf(buf, size, "%s/%s", TL_BINARY_DIR, name);
 }
 
+/* True when files a and b both open and have the same bytes. */
+static inline bool tu_files_equal(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+/* Copies file from to to, byte for byte. */
+static inline void tu_copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    int ch;
+    while (in && out && (ch = fgetc(in)) != EOF)
+        fputc(ch, out);
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+}
+
 /* Runs test and prints its wall time, to keep each suite's budget visible. */
 static inline void tu_run(const char *name, void (*test)(void))
 {

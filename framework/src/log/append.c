@@ -410,20 +410,9 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
         return NULL;
     }
 
-    tl_log *log = calloc(1, sizeof *log);
-    char *path_copy = strdup(path);
-    if (!log || !path_copy) {
-        free(log);
-        free(path_copy);
-        tl_log_unlock(lock_fd);
-        tl_seterr(TL_ENOMEM, "could not allocate run log '%s'", path);
+    tl_log *log = tl_log_alloc(path, meta, lock_fd);
+    if (!log)
         return NULL;
-    }
-    log->path = path_copy;
-    log->file = log->g_meta = log->g_train = log->g_eval = log->g_routing = H5I_INVALID_HID;
-    log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
-    log->lock_fd = lock_fd;
-    log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
 
     /* The file stays as it was until the first flush, so that a caller can
      * still reject the log, for example in tl_log_token_grads_init(), and

@@ -153,6 +153,25 @@ bool tl_log_meta_valid(const char *func, const char *path, const tl_log_meta *me
     return true;
 }
 
+tl_log *tl_log_alloc(const char *path, const tl_log_meta *meta, int lock_fd)
+{
+    tl_log *log = calloc(1, sizeof *log);
+    char *path_copy = strdup(path);
+    if (!log || !path_copy) {
+        free(log);
+        free(path_copy);
+        tl_log_unlock(lock_fd);
+        tl_seterr(TL_ENOMEM, "could not allocate run log '%s'", path);
+        return NULL;
+    }
+    log->path = path_copy;
+    log->file = log->g_meta = log->g_train = log->g_eval = log->g_routing = H5I_INVALID_HID;
+    log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
+    log->lock_fd = lock_fd;
+    log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
+    return log;
+}
+
 bool tl_log_is_run_log(const char *path)
 {
     tl_hdf5_prepare();
@@ -192,20 +211,9 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
         }
     }
 
-    tl_log *log = calloc(1, sizeof *log);
-    char *path_copy = strdup(path);
-    if (!log || !path_copy) {
-        free(log);
-        free(path_copy);
-        tl_log_unlock(lock_fd);
-        tl_seterr(TL_ENOMEM, "could not allocate run log '%s'", path);
+    tl_log *log = tl_log_alloc(path, meta, lock_fd);
+    if (!log)
         return NULL;
-    }
-    log->path = path_copy;
-    log->file = log->g_meta = log->g_train = log->g_eval = log->g_routing = H5I_INVALID_HID;
-    log->g_grad_norms = log->g_token_grads = H5I_INVALID_HID;
-    log->lock_fd = lock_fd;
-    log->flush_every = meta->flush_every ? meta->flush_every : TL_LOG_FLUSH_EVERY_DEFAULT;
 
     hid_t fapl = H5I_INVALID_HID;
     TL_H5(path, fapl = H5Pcreate(H5P_FILE_ACCESS));

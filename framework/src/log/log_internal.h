@@ -163,6 +163,10 @@ tl_status tl_log_lock(const char *path, int *fd_out);
 /* Releases the lock of tl_log_lock(); -1 is a no-op. */
 void tl_log_unlock(int fd);
 
+/* Allocates a log for path with no HDF5 object open and meta's flush
+ * interval; it takes lock_fd (tl_log_lock), which it releases when the
+ * allocation fails. NULL with a message on failure. */
+tl_log *tl_log_alloc(const char *path, const tl_log_meta *meta, int lock_fd);
 /* Rejects calls on a NULL or failed log. */
 bool tl_log_usable(const tl_log *log, const char *func);
 /* Checks path and meta for func, tl_log_create() or tl_log_append(). */
