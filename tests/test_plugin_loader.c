@@ -159,6 +159,10 @@ static void check_options(void)
     CHECK(tl_plugin_options(p, range, 1, &t) == TL_EINVAL);
     HAS(tl_errmsg(), "option 'steps' = 0 is outside [1, 16]");
 
+    tl_opt_setting wide[] = {{"d_ff", tl_optv_int(2000000)}};
+    CHECK(tl_plugin_options(p, wide, 1, &t) == TL_EINVAL);
+    HAS(tl_errmsg(), "option 'd_ff' = 2000000 is outside [0, 1048576]");
+
     double bad_list[] = {0.5, 1.5, 0.5};
     tl_opt_setting list_range[] = {{"ratios", tl_optv_list(3, bad_list)}};
     CHECK(tl_plugin_options(p, list_range, 1, &t) == TL_EINVAL);
@@ -261,6 +265,7 @@ static void check_listing(void)
     HAS(text, "itt 1.0");
     HAS(text, "ratios");
     HAS(text, "float list default {0.5, 0.5, 0.5}, range [0, 1]");
+    HAS(text, "d_ff             int        default 0, range [0, 1048576]");
     HAS(text, "routing          enum       default \"topk\", one of topk, topk_aux, causal");
     HAS(text, "capacity");
     free(text);

@@ -330,8 +330,10 @@ static void tl_print_option(FILE *out, const tl_opt_spec *o)
     char def[512];
     tl_opt_value_str(&o->def, def, sizeof def);
     fprintf(out, "    %-16s %-10s default %s", o->name, tl_opt_type_name(o->type), def);
+    /* %.15g prints integer bounds below 10^15 exactly, where %g would show
+     * 1048576 as 1.04858e+06. */
     if (o->type == TL_OPT_INT || o->type == TL_OPT_FLOAT || o->type == TL_OPT_FLOAT_LIST)
-        fprintf(out, ", range [%g, %g]", o->min, o->max);
+        fprintf(out, ", range [%.15g, %.15g]", o->min, o->max);
     if (o->type == TL_OPT_ENUM) {
         fprintf(out, ", one of");
         for (int c = 0; c < TL_OPT_CHOICES_MAX && o->choices[c]; c++)

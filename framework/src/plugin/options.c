@@ -98,13 +98,13 @@ static tl_status tl_opt_check(const char *plugin, const tl_opt_spec *o, const tl
     switch (o->type) {
     case TL_OPT_INT:
         if (!tl_in_range(o, (double)out->i))
-            return tl_seterr(TL_EINVAL, "plugin '%s' option '%s' = %s is outside [%g, %g]", plugin,
-                             o->name, shown, o->min, o->max);
+            return tl_seterr(TL_EINVAL, "plugin '%s' option '%s' = %s is outside [%.15g, %.15g]",
+                             plugin, o->name, shown, o->min, o->max);
         break;
     case TL_OPT_FLOAT:
         if (!isfinite(out->f) || !tl_in_range(o, out->f))
-            return tl_seterr(TL_EINVAL, "plugin '%s' option '%s' = %s is outside [%g, %g]", plugin,
-                             o->name, shown, o->min, o->max);
+            return tl_seterr(TL_EINVAL, "plugin '%s' option '%s' = %s is outside [%.15g, %.15g]",
+                             plugin, o->name, shown, o->min, o->max);
         break;
     case TL_OPT_FLOAT_LIST:
         if (out->n < 1 || out->n > TL_OPT_LIST_MAX)
@@ -113,7 +113,8 @@ static tl_status tl_opt_check(const char *plugin, const tl_opt_spec *o, const tl
         for (int k = 0; k < out->n; k++)
             if (!isfinite(out->list[k]) || !tl_in_range(o, out->list[k]))
                 return tl_seterr(TL_EINVAL,
-                                 "plugin '%s' option '%s' entry %d = %g is outside [%g, %g]",
+                                 "plugin '%s' option '%s' entry %d = %.15g is outside "
+                                 "[%.15g, %.15g]",
                                  plugin, o->name, k + 1, out->list[k], o->min, o->max);
         break;
     case TL_OPT_ENUM: {
@@ -164,7 +165,7 @@ static bool tl_spec_problem(const tl_plugin *p, int k, char *problem, size_t siz
     bool ranged = o->type == TL_OPT_INT || o->type == TL_OPT_FLOAT ||
                   o->type == TL_OPT_FLOAT_LIST;
     if (ranged && !(o->min <= o->max)) {
-        snprintf(problem, size, "option '%s' has the range [%g, %g], which is empty", o->name,
+        snprintf(problem, size, "option '%s' has the range [%.15g, %.15g], which is empty", o->name,
                  o->min, o->max);
         return true;
     }
