@@ -11,8 +11,10 @@ and calibrated columns alike.
 The training loss is the mean over the last tenth of the run's planned steps
 (train.steps of its configuration, at least one step), the window of the
 seeds.md tables that experiments/common.lua writes, unless --tail sets
-another. A note under the Markdown table states the window, and the CSV
-column train_loss_steps contains the number of steps averaged.
+another. A note under the Markdown table states the window and names each
+log that contains fewer steps than its window, whose train_loss averages every
+logged step. The CSV column train_loss_steps contains the number of steps
+averaged.
 
 A run whose last logged step falls short of the steps its configuration
 plans (train.steps) has not finished: the Markdown table gives its steps as
@@ -75,6 +77,7 @@ def summarize(path, tail):
         planned = tllog.trainer_key(f, "steps")
         row["planned_steps"] = int(planned) if planned is not None else None
         window = tail if tail is not None else train_loss_window(row["planned_steps"], len(loss))
+        row["train_loss_window"] = window
         row["train_loss_steps"] = min(window, len(loss))
         row["train_loss"] = float(np.mean(loss[-window:])) if len(loss) else math.nan
         rows = tllog.eval_rows(f)
@@ -100,22 +103,35 @@ def fmt_cell(row, key):
     return fmt(row.get(key))
 
 
+def short_window_note(rows):
+    """Return the sentence that names the runs whose log contains fewer
+    steps than their window (such as a log that a resumed run started), or ""."""
+    short = [r for r in rows if r["train_loss_steps"] < r["train_loss_window"]]
+    if not short:
+        return ""
+    runs = ", ".join(f"{r['run']} ({r['train_loss_steps']} of {r['train_loss_window']} steps)"
+                     for r in short)
+    return f" Logs shorter than the window, whose train_loss averages every logged step: {runs}."
+
+
 def window_note(rows, tail):
     """Return the note that states which steps train_loss averages."""
     if tail is not None:
-        return f"train_loss: mean training loss over the last {tail} logged steps (--tail {tail})."
-    windows = {(r["train_loss_steps"], r["planned_steps"]) for r in rows}
+        return (f"train_loss: mean training loss over the last {tail} logged steps (--tail {tail})."
+                + short_window_note(rows))
+    windows = {(r["train_loss_window"], r["planned_steps"]) for r in rows}
     if len(windows) > 1:
-        per_run = ", ".join(f"{r['run']} {r['train_loss_steps']}" for r in rows)
+        per_run = ", ".join(f"{r['run']} {r['train_loss_window']}" for r in rows)
         where = f"the last steps of each run ({per_run})"
     else:
-        used, planned = windows.pop()
+        window, planned = windows.pop()
         if planned is None:
-            where = f"the last {used} steps"
+            where = f"the last {window} steps"
         else:
-            where = f"the last {used} of {planned} steps"
+            where = f"the last {window} of {planned} steps"
     return (f"train_loss: mean training loss over {where}, a tenth of the planned steps, the "
-            "window of the seeds.md tables that experiments/ write (--tail sets another).")
+            "window of the seeds.md tables that experiments/ write (--tail sets another)."
+            + short_window_note(rows))
 
 
 def fmt(value):

@@ -268,6 +268,37 @@ def test_compare_runs_marks_unfinished_run(logs, scratch):
     assert rows["killed"]["planned_steps"] == "3000"
 
 
+def test_compare_runs_notes_short_log(logs, scratch):
+    """A log that contains fewer steps than a tenth of its planned steps, as a
+    run stopped early leaves it: the note gives the window and names the log
+    whose train_loss averages every step it contains."""
+    folder, _ = logs
+    work = os.path.join(scratch, "short")
+    os.makedirs(work, exist_ok=True)
+    short = os.path.join(work, "short.h5")
+    copy_with_config(os.path.join(folder, "dense.h5"), short,
+                     lambda c: c["train"].update(steps=STEPS * 25))
+    out = os.path.join(work, "comparison")
+    r = run_script("compare_runs.py", short, "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out + ".md") as fh:
+        md = fh.read().splitlines()
+    window = STEPS * 25 // 10
+    note = [line for line in md if line.startswith("train_loss:")]
+    assert len(note) == 1, md
+    assert f"the last {window} of {STEPS * 25} steps" in note[0], note[0]
+    assert note[0].endswith("Logs shorter than the window, whose train_loss averages every "
+                            f"logged step: short ({STEPS} of {window} steps)."), note[0]
+    with open(out + ".csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["train_loss_steps"] == str(STEPS)
+
+    r = run_script("compare_runs.py", os.path.join(folder, "dense.h5"), "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out + ".md") as fh:
+        assert "Logs shorter than the window" not in fh.read()
+
+
 def test_compare_runs_reads_a_continued_log(scratch):
     """A run stops at step 10 and resumes twice into its own log, the second
     time from its step-10 checkpoint after the log already reached step 20.
