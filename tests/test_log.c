@@ -795,9 +795,17 @@ static void test_errors(void)
     path_in_dir(sub, sizeof sub, "a_directory");
     CHECK(mkdir(sub, 0700) == 0);
     tl_log_meta meta = test_meta(0);
+    /* A folder is named as one with or without overwrite, which could not
+     * replace it. */
+    for (int overwrite = 0; overwrite <= 1; overwrite++) {
+        meta.overwrite = overwrite;
+        CHECK(tl_log_create(sub, &meta) == NULL);
+        CHECK_MSG(strstr(tl_errmsg(), sub) != NULL, "%s", tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), "is a folder; give a file path such as") != NULL, "%s",
+                  tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), "log_overwrite") == NULL, "%s", tl_errmsg());
+    }
     meta.overwrite = true;
-    CHECK(tl_log_create(sub, &meta) == NULL);
-    CHECK(strstr(tl_errmsg(), sub) != NULL);
     rmdir(sub);
 
     /* An existing log is not replaced unless overwrite is set. */

@@ -189,6 +189,12 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
         return NULL;
     if (tl_check_parent_folder(path, "run log") != TL_OK)
         return NULL;
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        tl_seterr(TL_EINVAL, "run log '%s' is a folder; give a file path such as '%s/run.h5'",
+                  path, path);
+        return NULL;
+    }
     tl_hdf5_prepare();
     if (!meta->overwrite && access(path, F_OK) == 0) {
         tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path, or replace it with "
