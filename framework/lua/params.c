@@ -147,8 +147,9 @@ static void push_typed(lua_State *L, const char *key, const char *text, int def)
             }
             return;
         }
+        /* Lua does not parse "nan" and "inf" as numbers, so they fail here too. */
         tl_lua_usage_error(L, "override %s=%s: %s must be %s (default %s)", key, text, key,
-                           lua_isinteger(L, def) ? "an integer" : "a number",
+                           lua_isinteger(L, def) ? "an integer" : "a finite number",
                            luaL_tolstring(L, def, NULL));
         return;
     case LUA_TSTRING:

@@ -83,7 +83,13 @@ out, code = H.run(tl .. " run " .. fx .. "/params.lua list=0.5,-1e400")
 H.check(code ~= 0 and H.contains(out, "override list[2]=-1e400: list[2] must be a finite number"),
         "a list element that overflows to infinity is rejected")
 out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=fast")
-H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a number"), "text for a number names the key")
+H.check(code ~= 0 and H.contains(out, "override lr=fast: lr must be a finite number (default 0.0003)"),
+        "text for a number names the key")
+for _, word in ipairs{"nan", "inf", "-inf"} do
+  out, code = H.run(tl .. " run " .. fx .. "/params.lua lr=" .. word)
+  H.check(code ~= 0 and H.contains(out, "override lr=" .. word .. ": lr must be a finite number (default 0.0003)"),
+          "lr=" .. word .. " asks for a finite number")
+end
 out, code = H.run(tl .. " run " .. fx .. "/params.lua steps=abc")
 H.check(code ~= 0 and H.contains(out, "override steps=abc: steps must be an integer (default 100)"),
         "text for an integer asks for an integer")
