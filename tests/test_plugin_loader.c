@@ -20,6 +20,12 @@ static void check_open_errors(void)
     HAS(tl_errmsg(), "THINKLAB_PLUGIN_PATH");
     HAS(tl_errmsg(), TL_TEST_PLUGIN_DIR "/no_such_layer.so");
 
+    /* A file name without a folder is neither a path nor a name to search. */
+    CHECK(tl_plugin_open("itt.so") == NULL);
+    CHECK(tl_lasterr() == TL_EINVAL);
+    HAS(tl_errmsg(), "plugin 'itt.so' is a file name without a folder: give the path './itt.so'");
+    HAS(tl_errmsg(), "or the name 'itt' to search the plugin folders");
+
     CHECK(tl_plugin_open("/nonexistent/dir/itt.so") == NULL);
     CHECK(tl_lasterr() == TL_ENOTFOUND);
     HAS(tl_errmsg(), "/nonexistent/dir/itt.so not found");

@@ -156,6 +156,12 @@ static bool tl_elf_complete(const char *path)
     return true;
 }
 
+static bool tl_has_plugin_suffix(const char *name)
+{
+    size_t len = strlen(name), suffix = strlen(TL_PLUGIN_SUFFIX);
+    return len > suffix && strcmp(name + len - suffix, TL_PLUGIN_SUFFIX) == 0;
+}
+
 /* Finds name.so in the search folders. On failure the message lists every
  * file tried. */
 static bool tl_plugin_find(const char *name, char *file, size_t size)
@@ -261,6 +267,15 @@ tl_plugin_lib *tl_plugin_open(const char *name_or_path)
             tl_seterr(TL_ENOTFOUND, "plugin file %s not found; check the path", lib->file);
             goto fail;
         }
+    } else if (tl_has_plugin_suffix(name_or_path)) {
+        /* The search would look for name.so.so, so a file name without a
+         * folder gets advice instead. */
+        int stem = (int)(strlen(name_or_path) - strlen(TL_PLUGIN_SUFFIX));
+        tl_seterr(TL_EINVAL,
+                  "plugin '%s' is a file name without a folder: give the path './%s' for the "
+                  "file in the current folder, or the name '%.*s' to search the plugin folders",
+                  name_or_path, name_or_path, stem, name_or_path);
+        goto fail;
     } else if (!tl_plugin_find(name_or_path, lib->file, sizeof lib->file)) {
         goto fail;
     }
