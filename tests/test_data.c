@@ -277,6 +277,24 @@ static void test_bpe_corpus(void)
         tl_tokenizer_free(loaded);
     }
     remove(path);
+
+    /* A save to a folder or into a missing folder names the path and writes nothing. */
+    char folder[] = "/tmp/tl_test_data_dirXXXXXX";
+    CHECK(mkdtemp(folder) != NULL);
+    CHECK(tl_tokenizer_save(tok, folder) == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "is a directory; give a file path such as"), "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), folder), "%s", tl_errmsg());
+    char missing[64];
+    snprintf(missing, sizeof missing, "%s/no_such_folder/tok.txt", folder);
+    CHECK(tl_tokenizer_save(tok, missing) == TL_ENOTFOUND);
+    CHECK_MSG(strstr(tl_errmsg(), "folder '"), "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "/no_such_folder' does not exist"), "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), ".tmp") == NULL, "%s", tl_errmsg());
+    char leftover[64];
+    snprintf(leftover, sizeof leftover, "%s.tmp", folder);
+    CHECK(access(leftover, F_OK) != 0);
+    CHECK(rmdir(folder) == 0);
+
     free(s1);
     tl_tokenizer_free(tok);
     free(text);

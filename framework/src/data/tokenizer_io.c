@@ -15,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "data_internal.h"
+#include "internal.h"
 
 #define TL_TOKENIZER_MAGIC "thinklab-tokenizer"
 
@@ -91,6 +93,12 @@ char *tl_tokenizer_to_string(const tl_tokenizer *tok, size_t *len)
 
 tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
 {
+    if (tl_check_parent_folder(path, "tokenizer file") != TL_OK)
+        return tl_lasterr();
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return tl_seterr(TL_EINVAL, "tokenizer file '%s' is a directory; give a file path such "
+                                    "as '%s/tokenizer.txt'", path, path);
     size_t len;
     char *text = tl_tokenizer_to_string(tok, &len);
     if (!text)
