@@ -116,17 +116,19 @@ static void test_rejections(void)
     int64_t n = 0;
     float *before = block_copy(m, &n);
 
-    /* Another architecture: three layers instead of two. */
+    /* Another architecture: three layers instead of two. The message names
+     * the model setting, not the first parameter that differs. */
     tl_model *deep = tu_model(tl_tokenizer_vocab_size(D.tok), 3, true, "causal", 5);
     tl_trainer *td = tl_trainer_new(deep, &D.data, &c);
     CHECK(td && tl_trainer_step(td) == TL_OK && tl_trainer_save(td, other) == TL_OK);
     CHECK(tl_trainer_load(tr, other) == TL_EINVAL);
-    CHECK_MSG(strstr(tl_errmsg(), "another architecture") && strstr(tl_errmsg(), "layers.2"),
+    CHECK_MSG(strstr(tl_errmsg(), "is for another model: model.n_layers is 3 in the checkpoint "
+                                  "but 2 in this model"),
               "%s", tl_errmsg());
     tl_trainer_free(td);
     tl_model_free(deep);
 
-    /* Another width: the first parameter, tok_emb, differs in shape. */
+    /* Another width, which also changes the shape of every parameter. */
     tl_model_config wc = tl_model_config_default(TL_BLOCK_LLAMA, tl_tokenizer_vocab_size(D.tok),
                                                  16, 2, 32, 2);
     tl_rng rng;
@@ -135,10 +137,8 @@ static void test_rejections(void)
     tl_trainer *tn = tl_trainer_new(narrow, &D.data, &c);
     CHECK(tn && tl_trainer_save(tn, other) == TL_OK);
     CHECK(tl_trainer_load(tr, other) == TL_EINVAL);
-    char expect[128];
-    snprintf(expect, sizeof expect, "'tok_emb' has shape (%d, 16) in the file but (%d, 32)",
-             tl_tokenizer_vocab_size(D.tok), tl_tokenizer_vocab_size(D.tok));
-    CHECK_MSG(strstr(tl_errmsg(), expect), "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "model.d_model is 16 in the checkpoint but 32 in this model"),
+              "%s", tl_errmsg());
     tl_trainer_free(tn);
     tl_model_free(narrow);
 

@@ -720,18 +720,20 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     st = read_arch(path, file, &names, &shapes, &n_arch);
     if (st == TL_OK)
         st = check_config(path, file, names, shapes, n_arch);
-    if (st == TL_OK)
-        st = check_arch(path, names, shapes, n_arch, p);
     if (st != TL_OK)
         goto out;
-    /* Layers of other plugins or options can have the same parameter names
-     * and shapes, so the model part of config_json is compared as well. */
+    /* The model settings come before the parameter list, because the first
+     * setting that differs (a layer's plugin, the vocabulary size) tells the
+     * user more than the first parameter that differs. Layers of other
+     * plugins or options can also have the same parameter names and shapes. */
     file_config = read_text(path, file, "config_json");
     if (!file_config) {
         st = tl_lasterr();
         goto out;
     }
     st = tl_checkpoint_check_model(path, file_config, tr->config_json);
+    if (st == TL_OK)
+        st = check_arch(path, names, shapes, n_arch, p);
     if (st != TL_OK)
         goto out;
 
