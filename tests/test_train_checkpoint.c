@@ -742,8 +742,9 @@ static void test_other_layer_options(void)
     CHECK_MSG(tr != NULL, "%s", tl_errmsg());
     tl_status st = tr ? tl_trainer_load(tr, path) : TL_OK;
     CHECK_MSG(st == TL_EINVAL, "load returned %s: %s", tl_status_name(st), tl_errmsg());
-    const char *want = "model.layers[1].options.routing is \"causal\" in the checkpoint but "
-                       "\"topk\" in this model";
+    const char *want = "model.layers[1].options.routing (config_json counts layers from 0, as "
+                       "parameter names do) is \"causal\" in the checkpoint but \"topk\" in "
+                       "this model";
     CHECK_MSG(strstr(tl_errmsg(), want) != NULL, "%s", tl_errmsg());
     CHECK(tr && tl_trainer_step_index(tr) == 0);
     tl_trainer_free(tr);

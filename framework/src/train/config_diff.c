@@ -151,6 +151,14 @@ static bool same_value(const flat_entry *a, const flat_entry *b)
     return a && b && a->len == b->len && memcmp(a->value, b->value, (size_t)a->len) == 0;
 }
 
+/* Returns the note that follows a key with a layer index, because Lua
+ * scripts count model.layers from 1 and config_json counts them from 0. */
+static const char *layer_note(const char *key)
+{
+    return strstr(key, "layers[") ? " (config_json counts layers from 0, as parameter names do)"
+                                  : "";
+}
+
 /* Rejects the first model setting that differs, in the checkpoint's order,
  * then any model setting that only the trainer has. */
 static tl_status compare_model(const char *path, const flat_json *file, const flat_json *mine)
@@ -161,23 +169,24 @@ static tl_status compare_model(const char *path, const flat_json *file, const fl
             continue;
         const flat_entry *b = find_entry(mine, a->key);
         if (!b)
-            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s is %.*s in the "
-                                        "checkpoint but not set in this model; build the model "
-                                        "with the checkpoint's settings",
-                             path, a->key, a->len, a->value);
+            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
+                                        "the checkpoint but not set in this model; build the "
+                                        "model with the checkpoint's settings",
+                             path, a->key, layer_note(a->key), a->len, a->value);
         if (!same_value(a, b))
-            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s is %.*s in the "
-                                        "checkpoint but %.*s in this model; build the model with "
-                                        "the checkpoint's settings",
-                             path, a->key, a->len, a->value, b->len, b->value);
+            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
+                                        "the checkpoint but %.*s in this model; build the model "
+                                        "with the checkpoint's settings",
+                             path, a->key, layer_note(a->key), a->len, a->value, b->len,
+                             b->value);
     }
     for (size_t i = 0; i < mine->n; i++) {
         const flat_entry *b = &mine->items[i];
         if (model_setting(b->key) && !find_entry(file, b->key))
-            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s is %.*s in this "
-                                        "model but not set in the checkpoint; build the model "
-                                        "with the checkpoint's settings",
-                             path, b->key, b->len, b->value);
+            return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
+                                        "this model but not set in the checkpoint; build the "
+                                        "model with the checkpoint's settings",
+                             path, b->key, layer_note(b->key), b->len, b->value);
     }
     return TL_OK;
 }
