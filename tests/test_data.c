@@ -334,6 +334,11 @@ static void test_tokenizer_strings(void)
     CHECK_MSG(strstr(tl_errmsg(), "corrupt"), "%s", tl_errmsg());
     const char *extra = "thinklab-tokenizer 1\nkind char\nvocab_size 2\nsymbols 61 62 63\nend\n";
     CHECK(tl_tokenizer_from_string(extra, strlen(extra)) == NULL);
+    const char *short_list = "thinklab-tokenizer 1\nkind char\nvocab_size 5\nsymbols 61 62 63\nend\n";
+    CHECK(tl_tokenizer_from_string(short_list, strlen(short_list)) == NULL);
+    CHECK_MSG(strstr(tl_errmsg(), "line 4: expected vocab_size = 5 symbols, not 3, found "
+                                  "'symbols 61 62 63'"),
+              "%s", tl_errmsg());
     const char *unsorted = "thinklab-tokenizer 1\nkind char\nvocab_size 2\nsymbols 62 61\nend\n";
     CHECK(tl_tokenizer_from_string(unsorted, strlen(unsorted)) == NULL);
     CHECK(tl_tokenizer_load("/nonexistent/tok.txt") == NULL);

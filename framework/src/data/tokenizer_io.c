@@ -219,6 +219,11 @@ static tl_tokenizer *tl_read_char(tl_line_reader *r, int vocab_size)
     unsigned char bytes[256];
     const char *p = r->line + 7;
     for (int id = 0; id < vocab_size; id++) {
+        if (p[0] == '\0') {
+            char expected[64];
+            snprintf(expected, sizeof expected, "vocab_size = %d symbols, not %d", vocab_size, id);
+            return tl_format_error(r, expected);
+        }
         /* " hh": a space, then two hex digits. */
         if (p[0] != ' ' || !isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2]) ||
             (p[3] != ' ' && p[3] != '\0'))
