@@ -234,7 +234,12 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     cfg->log_routing_every = tl_lua_opt_int(L, t, w, "log_routing_every",
                                             cfg->log_routing_every, 0, INT64_MAX);
     cfg->log_token_seqs =
-        tl_lua_opt_int(L, t, w, "log_token_seqs", cfg->log_token_seqs, 0, cfg->batch_size);
+        tl_lua_opt_int(L, t, w, "log_token_seqs", cfg->log_token_seqs, 0, INT64_MAX);
+    if (cfg->log_token_seqs > cfg->batch_size)
+        luaL_error(L, "%s.log_token_seqs %I is more than batch_size %I: it counts sequences of "
+                      "each batch; give at most %I",
+                   w, (lua_Integer)cfg->log_token_seqs, (lua_Integer)cfg->batch_size,
+                   (lua_Integer)cfg->batch_size);
     cfg->checkpoint_path = tl_lua_opt_str(L, t, w, "checkpoint", NULL);
     cfg->checkpoint_every = tl_lua_opt_int(L, t, w, "checkpoint_every", 0, 0, INT64_MAX);
     cfg->checkpoint_overwrite = tl_lua_opt_bool(L, t, w, "checkpoint_overwrite", false);
