@@ -134,8 +134,12 @@ const char *tl_lua_describe(lua_State *L, int idx)
     case LUA_TNIL:
         return "nil";
     case LUA_TNUMBER:
-    case LUA_TBOOLEAN:
+        /* Lua prints 0/0 as "-nan" on x86, a sign that means nothing here. */
+        if (!lua_isinteger(L, idx) && isnan(lua_tonumber(L, idx)))
+            return lua_pushstring(L, "nan");
         return luaL_tolstring(L, idx, NULL); /* leaves the string on the stack */
+    case LUA_TBOOLEAN:
+        return luaL_tolstring(L, idx, NULL);
     case LUA_TSTRING:
         return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
     default:

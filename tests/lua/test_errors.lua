@@ -120,6 +120,7 @@ E("trainer data type", {"trainer.data must be a dataset"}, trainer, {data = c})
 E("log_token_seqs above batch_size", {"trainer.log_token_seqs 3 is more than batch_size 2: it counts " ..
                                       "sequences of each batch; give at most 2"},
   trainer, {log_token_seqs = 3})
+E("clip nan", {"trainer.clip must be a finite number, got nan"}, trainer, {clip = 0/0})
 E("batch_size zero", {"trainer.batch_size must be a positive integer, got 0"}, trainer, {batch_size = 0})
 E("steps and tokens", {"give steps or tokens"}, trainer, {tokens = 1000})
 E("optimizer unknown key", {"trainer.optimizer: unknown key 'lrr'", "valid keys are: kind, lr, beta1"}, trainer, {optimizer = {lrr = 1}})
