@@ -192,12 +192,12 @@ static void read_config(lua_State *L, int t, const tl_model_config *mcfg, tl_tra
     cfg->steps = tl_lua_opt_int(L, t, w, "steps", has_tokens ? 0 : cfg->steps, 1, INT64_MAX);
     cfg->token_budget = tl_lua_opt_int(L, t, w, "tokens", 0, 1, INT64_MAX);
     read_optimizer(L, t, cfg);
-    /* Without an explicit warm-up, short runs warm up over a tenth of their
-     * steps instead of the library's 100. */
+    /* Without an explicit warm-up, a run warms up over a tenth of its steps,
+     * at most the library's 100, so the warm-up grows with the run. */
     int64_t per_step = cfg->batch_size * cfg->context * tl_dist_world(); /* all ranks */
     int64_t steps = cfg->steps ? cfg->steps
                                : (cfg->token_budget + per_step - 1) / per_step;
-    if (cfg->schedule.warmup >= steps)
+    if (cfg->schedule.warmup > steps / 10)
         cfg->schedule.warmup = steps / 10;
     bool has_min_lr = read_schedule(L, t, cfg);
     if (cfg->schedule.warmup >= steps)

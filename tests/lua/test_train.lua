@@ -66,6 +66,13 @@ local budget = thinklab.trainer{model = m2, data = ds, tokens = 4 * 32 * 10 + 1,
 local bc = budget:config()
 H.check(bc.steps == 11 and bc.tokens == 1281, "token budget 1281 at 4 x 32 gives 11 steps")
 H.check(bc.schedule.warmup == 1 and bc.schedule.kind == "cosine", "default warm-up of a short run is a tenth")
+-- A tenth up to 100 steps of warm-up: no jump from 10 to 100 past 100 steps.
+for _, case in ipairs{{100, 10}, {150, 15}, {999, 99}, {5000, 100}} do
+  local tc = thinklab.trainer{model = m2, data = ds, steps = case[1], batch_size = 4, context = 32,
+                              progress_every = 0, eval_batches = 2}:config()
+  H.check(tc.schedule.warmup == case[2], string.format("default warm-up of %d steps is %d, got %d",
+                                                       case[1], case[2], tc.schedule.warmup))
+end
 H.check(bc.optimizer.kind == "adamw" and math.abs(bc.optimizer.lr - 1e-3) < 1e-9, "optimizer settings arrive")
 H.check(bc.shards == true, "shards are on by default")
 budget:close()
