@@ -291,8 +291,11 @@ tl_tokenizer *tl_tokenizer_from_string(const char *text, size_t len)
             kind = k;
     if (kind < 0)
         return tl_format_error(&r, "a kind of char, byte or bpe");
-    if (!tl_next_line(&r) || !tl_read_keyed_int(r.line, "vocab_size", &vocab_size))
+    if (!tl_next_line(&r) || strncmp(r.line, "vocab_size ", 11) != 0)
         return tl_format_error(&r, "'vocab_size <V>'");
+    /* A value that is not an int (too large, say) falls to the kind's range below. */
+    if (!tl_read_keyed_int(r.line, "vocab_size", &vocab_size))
+        vocab_size = -1;
 
     tl_tokenizer *tok = NULL;
     if (kind == TL_TOKENIZER_CHAR) {
