@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "train/train_internal.h"
 #include "train_util.h"
 
 static tu_data D;
@@ -772,6 +773,18 @@ static void test_other_layer_options(void)
     remove(path);
 }
 
+/* The model-setting message gives the Lua name of a config_json key that
+ * differs from it. */
+static void test_model_key_names(void)
+{
+    const char *file = "{\"model\": {\"vocab\": 65, \"d_model\": 32}}";
+    const char *mine = "{\"model\": {\"vocab\": 256, \"d_model\": 32}}";
+    CHECK(tl_checkpoint_check_model("ck.h5", file, mine) == TL_EINVAL);
+    CHECK_MSG(strstr(tl_errmsg(), "model.vocab (vocab_size in thinklab.model) is 65 in the "
+                                  "checkpoint but 256 in this model"),
+              "%s", tl_errmsg());
+}
+
 int main(void)
 {
     tu_data_load(&D);
@@ -785,6 +798,7 @@ int main(void)
     tu_run("test_existing_checkpoint", test_existing_checkpoint);
     tu_run("test_other_layer_options", test_other_layer_options);
     tu_run("test_config_json_types", test_config_json_types);
+    tu_run("test_model_key_names", test_model_key_names);
     tu_run("test_interrupt_keeps_work", test_interrupt_keeps_work);
     tu_data_free(&D);
     return gc_finish("train_checkpoint");

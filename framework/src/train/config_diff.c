@@ -151,10 +151,14 @@ static bool same_value(const flat_entry *a, const flat_entry *b)
     return a && b && a->len == b->len && memcmp(a->value, b->value, (size_t)a->len) == 0;
 }
 
-/* Returns the note that follows a key with a layer index, because Lua
- * scripts count model.layers from 1 and config_json counts them from 0. */
-static const char *layer_note(const char *key)
+/* Returns the note that follows a key whose config_json name differs from
+ * what a Lua script writes. Lua scripts count model.layers from 1 and
+ * config_json counts them from 0. thinklab.model calls the vocabulary size
+ * vocab_size. */
+static const char *key_note(const char *key)
 {
+    if (strcmp(key, "model.vocab") == 0)
+        return " (vocab_size in thinklab.model)";
     return strstr(key, "layers[") ? " (config_json counts layers from 0, as parameter names do)"
                                   : "";
 }
@@ -172,12 +176,12 @@ static tl_status compare_model(const char *path, const flat_json *file, const fl
             return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
                                         "the checkpoint but not set in this model; build the "
                                         "model with the checkpoint's settings",
-                             path, a->key, layer_note(a->key), a->len, a->value);
+                             path, a->key, key_note(a->key), a->len, a->value);
         if (!same_value(a, b))
             return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
                                         "the checkpoint but %.*s in this model; build the model "
                                         "with the checkpoint's settings",
-                             path, a->key, layer_note(a->key), a->len, a->value, b->len,
+                             path, a->key, key_note(a->key), a->len, a->value, b->len,
                              b->value);
     }
     for (size_t i = 0; i < mine->n; i++) {
@@ -186,7 +190,7 @@ static tl_status compare_model(const char *path, const flat_json *file, const fl
             return tl_seterr(TL_EINVAL, "checkpoint '%s' is for another model: %s%s is %.*s in "
                                         "this model but not set in the checkpoint; build the "
                                         "model with the checkpoint's settings",
-                             path, b->key, layer_note(b->key), b->len, b->value);
+                             path, b->key, key_note(b->key), b->len, b->value);
     }
     return TL_OK;
 }
