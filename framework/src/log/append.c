@@ -312,16 +312,16 @@ tl_status tl_log_append_write_meta(tl_log *log)
     return st;
 }
 
-/* Reads row `row` of the float64 column col into *value. */
-static tl_status tl_log_read_f64_row(const char *path, const tl_log_column *col, hsize_t row,
-                                     double *value)
+/* Reads row `row` of column col into *value, converted to mem_type. */
+static tl_status tl_log_read_row(const char *path, const tl_log_column *col, hsize_t row,
+                                 hid_t mem_type, void *value)
 {
     hsize_t one = 1;
     hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
     TL_H5(path, fspace = H5Dget_space(col->dset));
     TL_H5(path, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &row, NULL, &one, NULL));
     TL_H5(path, mspace = H5Screate_simple(1, &one, NULL));
-    TL_H5(path, H5Dread(col->dset, H5T_NATIVE_DOUBLE, mspace, fspace, H5P_DEFAULT, value));
+    TL_H5(path, H5Dread(col->dset, mem_type, mspace, fspace, H5P_DEFAULT, value));
     H5Sclose(mspace);
     H5Sclose(fspace);
     return TL_OK;
@@ -345,24 +345,13 @@ tl_status tl_log_check_train_row(tl_log *log, int64_t step, double loss, double 
     double logged_loss = NAN, logged_norm = NAN;
     tl_status st = TL_OK;
     if (rows > 0) {
-        hsize_t one = 1, at = rows - 1;
-        hid_t fspace = H5Dget_space(log->train_step.dset);
-        hid_t mspace = H5Screate_simple(1, &one, NULL);
-        bool ok = fspace >= 0 && mspace >= 0 &&
-                  H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &at, NULL, &one, NULL) >= 0 &&
-                  H5Dread(log->train_step.dset, H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
-                          &last) >= 0;
-        if (mspace >= 0)
-            H5Sclose(mspace);
-        if (fspace >= 0)
-            H5Sclose(fspace);
-        if (!ok)
-            tl_log_h5_error(log->path, "H5Dread(/train/step)");
-        st = ok ? TL_OK : TL_EIO;
+        const char *p = log->path;
+        st = tl_log_read_row(p, &log->train_step, rows - 1, H5T_NATIVE_INT64, &last);
         if (st == TL_OK)
-            st = tl_log_read_f64_row(log->path, &log->train_loss, at, &logged_loss);
+            st = tl_log_read_row(p, &log->train_loss, rows - 1, H5T_NATIVE_DOUBLE, &logged_loss);
         if (st == TL_OK)
-            st = tl_log_read_f64_row(log->path, &log->train_grad_norm, at, &logged_norm);
+            st = tl_log_read_row(p, &log->train_grad_norm, rows - 1, H5T_NATIVE_DOUBLE,
+                                 &logged_norm);
     }
     if (st == TL_OK && last != step)
         st = tl_seterr(TL_EINVAL, "run log '%s' has no training row of step %lld to check "
