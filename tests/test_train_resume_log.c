@@ -22,9 +22,10 @@ static void delete_attr(const char *path, const char *obj, const char *name)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
     CHECK(f >= 0);
-    CHECK(f >= 0 && H5Adelete_by_name(f, obj, name, H5P_DEFAULT) >= 0);
-    if (f >= 0)
-        H5Fclose(f);
+    if (f < 0)
+        return;
+    CHECK(H5Adelete_by_name(f, obj, name, H5P_DEFAULT) >= 0);
+    H5Fclose(f);
 }
 
 /* A dataset read whole in its native type: rows along the first axis. */
@@ -157,9 +158,11 @@ static double elapsed_of_checkpoint(const char *path)
     double elapsed = NAN;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     hid_t a = f >= 0 ? H5Aopen(f, "elapsed_s", H5P_DEFAULT) : -1;
-    CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_DOUBLE, &elapsed) >= 0);
-    if (a >= 0)
+    CHECK(a >= 0);
+    if (a >= 0) {
+        CHECK(H5Aread(a, H5T_NATIVE_DOUBLE, &elapsed) >= 0);
         H5Aclose(a);
+    }
     if (f >= 0)
         H5Fclose(f);
     return elapsed;
@@ -241,7 +244,9 @@ static void test_continued_log_equals_straight(void)
     tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
     CHECK_MSG(st == TL_ESTATE, "the interrupted run returned %s: %s", tl_status_name(st),
               tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == M);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step_index(tr) == M);
     tl_trainer_free(tr);
     tl_model_free(mb);
     hid_t f = H5Fopen(continued, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -263,7 +268,9 @@ static void test_continued_log_equals_straight(void)
     c.resume_path = ck;
     tr = tl_trainer_new(mc, &D.data, &c);
     CHECK_MSG(tr != NULL, "the resume into its own log was rejected: %s", tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == S);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step_index(tr) == S);
     CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
     double elapsed = tr ? tl_trainer_stats(tr)->elapsed_s : NAN;
     CHECK_MSG(elapsed >= ck_elapsed, "elapsed_s %g after the resume, the checkpoint had %g",
@@ -309,7 +316,9 @@ static void test_continued_log_equals_straight(void)
     c.resume_path = ck;
     tr = tl_trainer_new(mc, &D.data, &c);
     CHECK_MSG(tr != NULL, "the second resume was rejected: %s", tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == N);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step_index(tr) == N);
     CHECK_MSG(tr && tl_trainer_run(tr) == TL_OK, "%s", tl_errmsg());
     tl_trainer_free(tr);
     tl_model_free(mc);
@@ -325,8 +334,12 @@ static void test_continued_log_equals_straight(void)
         int64_t resumed[2] = {-1, -1};
         hid_t a = H5Aopen_by_name(fb, "meta", "resumed_at_steps", H5P_DEFAULT, H5P_DEFAULT);
         hid_t space = a >= 0 ? H5Aget_space(a) : -1;
-        CHECK(space >= 0 && H5Sget_simple_extent_npoints(space) == 2 &&
-              H5Aread(a, H5T_NATIVE_INT64, resumed) >= 0);
+        CHECK(space >= 0);
+        if (space >= 0) {
+            CHECK(H5Sget_simple_extent_npoints(space) == 2);
+            if (H5Sget_simple_extent_npoints(space) == 2)
+                CHECK(H5Aread(a, H5T_NATIVE_INT64, resumed) >= 0);
+        }
         CHECK_MSG(resumed[0] == S && resumed[1] == N, "resumed_at_steps %lld, %lld",
                   (long long)resumed[0], (long long)resumed[1]);
         if (space >= 0)
@@ -388,8 +401,12 @@ static void test_rejected_logs(void)
     c.log_path = log_x;
     tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
     CHECK_MSG(tr != NULL, "%s", tl_errmsg());
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
     tl_spike_config sc = {.n_sequences = 2, .seq_len = 16, .hard_quantile = 0.8,
                           .routing = TL_EVAL_TOPK, .step = 2};
     CHECK_MSG(tr && tl_spike_analysis(tl_trainer_ctx(tr), m, &D.data, &sc, tl_trainer_log(tr),
@@ -398,7 +415,9 @@ static void test_rejected_logs(void)
     tl_trainer_free(tr);
     c.log_path = log_y;
     tr = tl_trainer_new(m, &D.data, &c);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
     tl_trainer_free(tr);
     char *id_x = run_id_of_checkpoint(ck_x);
     CHECK(id_x != NULL);
@@ -424,7 +443,9 @@ static void test_rejected_logs(void)
     c.log_path = fresh;
     tr = tl_trainer_new(m, &D.data, &c);
     CHECK_MSG(tr != NULL, "an old checkpoint with a new log was rejected: %s", tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == 2);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step_index(tr) == 2);
     tl_trainer_free(tr);
     remove(fresh);
 
@@ -528,7 +549,9 @@ static void test_rejected_token_grads_shape(void)
         int64_t resumed = -1;
         CHECK_MSG(space >= 0 && H5Sget_simple_extent_npoints(space) == 1,
                   "resumed_at_steps should list the one resume that ran");
-        CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_INT64, &resumed) >= 0);
+        CHECK(a >= 0);
+        if (a >= 0 && space >= 0 && H5Sget_simple_extent_npoints(space) == 1)
+            CHECK(H5Aread(a, H5T_NATIVE_INT64, &resumed) >= 0);
         CHECK_MSG(resumed == 2, "resumed_at_steps lists %lld, want 2", (long long)resumed);
         if (space >= 0)
             H5Sclose(space);
@@ -588,8 +611,12 @@ static void test_rejected_damaged_logs(void)
     c.log_path = log;
     tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
     CHECK_MSG(tr != NULL, "%s", tl_errmsg());
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
     CHECK_MSG(tr && tl_trainer_save(tr, ck) == TL_OK, "%s", tl_errmsg());
     tl_trainer_free(tr);
 
@@ -661,7 +688,9 @@ static void test_load_behind_log(void)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         CHECK_MSG(strstr(tl_errmsg(), want[i]) != NULL, "missing \"%s\" in: %s", want[i],
                   tl_errmsg());
-    CHECK(tr && tl_trainer_step_index(tr) == 4);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step_index(tr) == 4);
     CHECK_MSG(tr && tl_trainer_step(tr) == TL_OK, "the step after the rejected load: %s",
               tl_errmsg());
     tl_trainer_free(tr);
@@ -682,7 +711,9 @@ static void test_load_behind_log(void)
     tr = tl_trainer_new(m, &D.data, &c);
     CHECK_MSG(tr && tl_trainer_load(tr, ck) == TL_OK, "a load before the first step: %s",
               tl_errmsg());
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    if (tr)
+        CHECK(tl_trainer_step(tr) == TL_OK);
     tl_trainer_free(tr);
     f = H5Fopen(fresh, H5F_ACC_RDONLY, H5P_DEFAULT);
     steps = f >= 0 ? read_steps(f, "train/step", &n) : NULL;

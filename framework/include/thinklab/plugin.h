@@ -215,7 +215,7 @@ typedef struct tl_plugin {
      * or NULL with a message. */
     void *(*create)(const tl_opt_table *opts, const tl_layer_dims *dims, tl_params *params,
                     const char *prefix);
-    /* y (B, T, C) for x (B, T, C), built from framework ops; the model
+    /* y (B, T, C) for x (B, T, C), built from framework ops. The model
      * rejects a y of another shape or dtype, naming this layer. The trainer
      * runs it on several threads at once, each with its own ctx and rows of
      * the batch (data-parallel shards), unless args->collect_stats is set:
@@ -280,9 +280,10 @@ typedef struct tl_plugin_lib tl_plugin_lib;
  * each folder of the colon-separated THINKLAB_PLUGIN_PATH. Returns NULL with a message naming
  * the value and the fix when the file is missing, is not a shared object,
  * is shorter than its ELF headers state, lacks the entry symbol, was built
- * for another ABI or struct layout, or has an invalid option table (an
- * option without a name or declared twice, an unknown type, an empty range,
- * an enum without choices, or a default that fails its own check). */
+ * for another ABI or struct layout, or has an invalid option table. An
+ * invalid table has an option without a name or declared twice, an unknown
+ * type, an empty range, an enum without choices, or a default that fails
+ * its own check. */
 tl_plugin_lib *tl_plugin_open(const char *name_or_path);
 void tl_plugin_close(tl_plugin_lib *lib);
 const tl_plugin *tl_plugin_desc(const tl_plugin_lib *lib);

@@ -723,9 +723,10 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     if (st != TL_OK)
         goto out;
     /* The model settings come before the parameter list, because the first
-     * setting that differs (a layer's plugin, the vocabulary size) tells the
-     * user more than the first parameter that differs. Layers of other
-     * plugins or options can also have the same parameter names and shapes. */
+     * setting that differs (a layer's plugin, the vocabulary size) is more
+     * useful to the user than the first parameter that differs. Layers of
+     * other plugins or options can also have the same parameter names and
+     * shapes. */
     file_config = read_text(path, file, "config_json");
     if (!file_config) {
         st = tl_lasterr();
