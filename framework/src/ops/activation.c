@@ -14,8 +14,20 @@ enum { TL_ACT_PARALLEL_MIN = 32768 };
 static const float TL_GELU_K = 0.7978845608028654f;
 static const float TL_GELU_C = 0.044715f;
 
-/* u = sqrt(2/pi) (x + 0.044715 x^3), the argument of tanh in GELU's tanh form. */
-static inline float tl_gelu_tanh_arg(float x) { return TL_GELU_K * (x + TL_GELU_C * x * x * x); }
+/* Returns s = sigmoid(2u) for GELU's tanh form x s, where the tanh argument
+ * u = sqrt(2/pi) (x + 0.044715 x^3) is computed as sqrt(2/pi) x (1 + 0.044715 x2)
+ * with x2 = x * x. */
+static inline float tl_gelu_tanh_gate(float x, float x2)
+{
+    return tl_vsigmoidf(2.0f * TL_GELU_K * x * fmaf(TL_GELU_C, x2, 1.0f));
+}
+
+/* Returns d/dx (x s) = s + 2 x s (1 - s) du/dx for s from tl_gelu_tanh_gate. */
+static inline float tl_gelu_tanh_deriv(float x, float x2, float s)
+{
+    float du = fmaf(3.0f * TL_GELU_C, x2, 1.0f); /* du/dx divided by sqrt(2/pi) */
+    return fmaf(2.0f * TL_GELU_K * x * s * (1.0f - s), du, s);
+}
 /* 1/sqrt(2) and 1/sqrt(2*pi) for the erf form. */
 static const float TL_SQRT1_2 = 0.7071067811865476f;
 static const float TL_INV_SQRT_2PI = 0.3989422804014327f;
@@ -43,7 +55,7 @@ static void tl_act_forward_range(tl_act kind, const float *restrict x, float *re
     case TL_ACT_GELU_TANH:
 #pragma omp simd
         for (int64_t i = 0; i < n; i++)
-            y[i] = x[i] * tl_vsigmoidf(2.0f * tl_gelu_tanh_arg(x[i]));
+            y[i] = x[i] * tl_gelu_tanh_gate(x[i], x[i] * x[i]);
         break;
     case TL_ACT_GELU_ERF:
         /* erff stays a libm call: this loop is not vectorised. */
@@ -79,14 +91,12 @@ static void tl_act_forward_deriv_range(tl_act kind, const float *restrict x, flo
             d[i] = s * (1.0f + xi * (1.0f - s));
         }
     } else {
-        /* With s = sigmoid(2u): d/dx x s = s + 2 x s (1 - s) du/dx. */
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            float xi = x[i];
-            float s = tl_vsigmoidf(2.0f * tl_gelu_tanh_arg(xi));
-            float du = TL_GELU_K * (1.0f + 3.0f * TL_GELU_C * xi * xi);
+            float xi = x[i], x2 = xi * xi;
+            float s = tl_gelu_tanh_gate(xi, x2);
             y[i] = xi * s;
-            d[i] = s + 2.0f * xi * s * (1.0f - s) * du;
+            d[i] = tl_gelu_tanh_deriv(xi, x2, s);
         }
     }
 }
@@ -122,14 +132,10 @@ static void tl_act_backward_range(tl_act kind, const float *restrict x, const fl
         }
         break;
     case TL_ACT_GELU_TANH:
-        /* With s = sigmoid(2u): d/dx x s = s + 2 x s (1 - s) du/dx. */
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            float xi = x[i];
-            float u = tl_gelu_tanh_arg(xi);
-            float s = tl_vsigmoidf(2.0f * u);
-            float du = TL_GELU_K * (1.0f + 3.0f * TL_GELU_C * xi * xi);
-            dx[i] += dy[i] * (s + 2.0f * xi * s * (1.0f - s) * du);
+            float xi = x[i], x2 = xi * xi;
+            dx[i] += dy[i] * tl_gelu_tanh_deriv(xi, x2, tl_gelu_tanh_gate(xi, x2));
         }
         break;
     case TL_ACT_GELU_ERF:

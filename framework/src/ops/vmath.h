@@ -67,9 +67,35 @@ static inline float tl_vexpf(float x)
     return p * s1 * s2;
 }
 
-/* 1 / (1 + exp(-x)): 0 for x below about -88 (exp overflows to inf), 1 for
+/* exp(x) for callers that only add it to 1: the polynomial of tl_vexpf
+ * scaled by a single power of two, which saves the split of n and a
+ * multiply. Results are right where exp(x) is a normal float below 2^127.5,
+ * that is for x in [-87.3, 88.37]. Below -87.3 it returns exp(-87.3), about
+ * 1.2e-38, which leaves 1 + exp(x) at 1. From 88.38 up it returns +inf,
+ * although exp stays finite up to 88.72. */
+static inline float tl_vexpf_normal(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 89.0f ? 89.0f : x; /* n <= 128, whose scale 2^128 has the bits of inf */
+    const float shifter = 0x1.8p23f;
+    float t = fmaf(x, 1.44269504088896341f, shifter);
+    float n = t - shifter;
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(shifter); /* n in [-126, 128] */
+    return p * tl_vmath_float((ni + 127u) << 23);
+}
+
+/* 1 / (1 + exp(-x)): 0 for x below -88.37 (exp overflows to inf), 1 for
  * large x, relative error a few ulp everywhere else. */
-static inline float tl_vsigmoidf(float x) { return 1.0f / (1.0f + tl_vexpf(-x)); }
+static inline float tl_vsigmoidf(float x) { return 1.0f / (1.0f + tl_vexpf_normal(-x)); }
 
 /* tanh(x). For |x| < 0.625 Cephes' odd polynomial, which keeps the relative
  * accuracy near 0 that (1 - e) / (1 + e) loses to cancellation; beyond it
