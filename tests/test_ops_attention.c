@@ -446,6 +446,14 @@ int main(void)
     check_case(&rng, "attention 34 tokens out of order", scrambled, true, true, true);
     check_causality(&rng, blocks, 20);
 
+    /* Head sizes of 8 and more, where the keys and values are transposed in
+     * blocks of 8 x 8: whole blocks only (D 16, 24 tokens), and blocks with
+     * rows and columns left over (D 12, 37 tokens). */
+    attn_case wide = {1, 24, 24, 1, 16, TL_ROPE_NONE, 10000.0f, NULL, NULL, NULL, NULL};
+    check_case(&rng, "attention head size 16", wide, true, true, true);
+    attn_case wide_odd = {1, 37, 37, 2, 12, TL_ROPE_HALF, 10000.0f, NULL, NULL, NULL, NULL};
+    check_case(&rng, "attention head size 12, 37 tokens", wide_odd, true, true, true);
+
     check_padding(&rng);
     check_no_visible_key(&rng);
     check_node_flops_errors();
