@@ -420,6 +420,10 @@ static double itt_flops(const void *state, int64_t T)
             continue;
         double keys = st->context == ITT_CONTEXT_ALL ? (double)(T + 1) / 2.0 : (double)(k + 1) / 2.0;
         f += tl_block_flops(cfg, k, keys);
+        /* Under context "all" the keys and values of the T - k unselected
+         * tokens are projected too (2 matrices of C x C). */
+        if (st->context == ITT_CONTEXT_ALL)
+            f += 4.0 * C * C * (double)(T - k);
         if (!st->no_atr)
             f += 2.0 * C * (double)T; /* router logits */
         f += 4.0 * C * (double)k;    /* residual, phi, gate and the scatter-add */
