@@ -328,6 +328,13 @@ int main(void)
     memcpy(rc.alpha, alpha, sizeof alpha);
     check("itt ratios alpha topk_aux", "itt", scaled, 2, &rc, TL_ROUTING_TOPK_AUX, true);
 
+    /* Ratio 1 takes the unpacked path with the gate, ratio 0 skips the step. */
+    double edges[] = {1.0, 0.5, 0.0};
+    tl_opt_setting edge[] = {{"ratios", tl_optv_list(3, edges)}};
+    rc = itt_config(TL_BLOCK_LLAMA);
+    memcpy(rc.k, (int64_t[]){20, 10, 0}, sizeof rc.k[0] * 3);
+    check("itt ratios 1 and 0", "itt", edge, 1, &rc, TL_ROUTING_TOPK, false);
+
     tl_opt_setting delta[] = {{"rtc_add", tl_optv_string("delta")}};
     rc = itt_config(TL_BLOCK_LLAMA);
     rc.rtc = REF_RTC_DELTA;
