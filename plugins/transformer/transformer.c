@@ -10,7 +10,7 @@ typedef struct transformer_layer {
 
 static const tl_opt_spec transformer_options[] = {
     {.name = "d_ff", .type = TL_OPT_INT, .def = {.type = TL_OPT_INT, .i = 0}, .min = 0, .max = 1 << 20,
-     .doc = "MLP hidden width; 0 takes the model's (4C for GPT-2, 8C/3 rounded up to 256 for LLaMA)"},
+     .doc = "MLP hidden width; 0 takes the model's (4C for GPT-2, 8C/3 rounded up to a multiple of 32 for LLaMA)"},
 };
 
 static void *transformer_create(const tl_opt_table *opts, const tl_layer_dims *dims,
