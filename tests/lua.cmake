@@ -4,7 +4,8 @@
 #
 # Every script gets, as thinklab.params overrides, the thinklab command
 # (for scripts that run it as a child process), the Tiny Shakespeare file, the
-# fixtures folder, and a scratch folder of its own.
+# fixtures folder, and a scratch folder of its own. TL_SANITIZE in the
+# environment is the build option's value (ON or OFF).
 set(TL_LUA_TEST_DIR ${CMAKE_CURRENT_SOURCE_DIR}/lua)
 set(TL_LUA_TEXT ${CMAKE_SOURCE_DIR}/experiments/data/tinyshakespeare.txt)
 
@@ -20,7 +21,7 @@ foreach(script ${TL_LUA_TESTS})
                    fixtures=${TL_LUA_TEST_DIR}/fixtures scratch=${scratch}
            WORKING_DIRECTORY ${scratch})
   set_tests_properties(lua_${name} PROPERTIES TIMEOUT 600 LABELS lua
-                       ENVIRONMENT "OMP_NUM_THREADS=2")
+                       ENVIRONMENT "OMP_NUM_THREADS=2;TL_SANITIZE=${TL_SANITIZE}")
 endforeach()
 
 # The module loaded into Debian's lua5.4. Not in the sanitizer pass: an

@@ -1,5 +1,5 @@
-/* File-system checks and HDF5 set-up shared by the writers of checkpoints and
- * run logs. */
+/* File-system checks shared by the readers and writers of user files, and HDF5
+ * set-up shared by the writers of checkpoints and run logs. */
 #include <hdf5.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,6 +28,38 @@ tl_status tl_check_parent_folder(const char *path, const char *file_kind)
                                 "create it or choose another path", file_kind, path, folder);
     free(folder);
     return ok ? TL_OK : TL_ENOTFOUND;
+}
+
+/* Names what a non-regular st_mode is, for messages. */
+static const char *tl_file_type_name(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISCHR(mode))
+        return "a character device";
+    if (S_ISBLK(mode))
+        return "a block device";
+    if (S_ISFIFO(mode))
+        return "a FIFO (named pipe)";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    return "a special file";
+}
+
+tl_status tl_require_regular_file(const char *path, const char *file_kind, mode_t mode)
+{
+    if (S_ISREG(mode))
+        return TL_OK;
+    return tl_seterr(TL_EINVAL, "%s '%s' is %s, not a regular file: give the path of a regular "
+                                "file instead", file_kind, path, tl_file_type_name(mode));
+}
+
+tl_status tl_check_existing_file(const char *path, const char *file_kind)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return TL_OK;
+    return tl_require_regular_file(path, file_kind, sb.st_mode);
 }
 
 void tl_hdf5_prepare(void)

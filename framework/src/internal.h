@@ -2,6 +2,8 @@
 #ifndef THINKLAB_INTERNAL_H
 #define THINKLAB_INTERNAL_H
 
+#include <sys/types.h>
+
 #include "thinklab/thinklab.h"
 
 enum { TL_NODE_MAX_INPUTS = 4, TL_NODE_MAX_INTS = 8, TL_NODE_MAX_FLOATS = 4, TL_NODE_MAX_SAVED = 4 };
@@ -70,6 +72,17 @@ tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
  * path and the folder, and says to create it or choose another path. A path
  * without a '/' is in the working folder, which passes. */
 tl_status tl_check_parent_folder(const char *path, const char *file_kind);
+
+/* Returns TL_OK when mode (st_mode of path) is a regular file. Otherwise sets
+ * TL_EINVAL with a message that names file_kind ("text file"), path and what
+ * the path is ("a FIFO"), and tells the user to give a regular file. Reading
+ * a character device such as /dev/zero never ends, and opening a FIFO blocks
+ * until another process opens it for writing. */
+tl_status tl_require_regular_file(const char *path, const char *file_kind, mode_t mode);
+
+/* Runs tl_require_regular_file() on path when it exists, following
+ * symbolic links. A missing path passes, so that the caller reports it. */
+tl_status tl_check_existing_file(const char *path, const char *file_kind);
 
 /* Prepares HDF5 before the library uses it: turns off its error printing,
  * since failures reach the caller through tl_errmsg(), and, when called before

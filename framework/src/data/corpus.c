@@ -1,11 +1,29 @@
 /* Text files and their train/validation split. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "data_internal.h"
+#include "internal.h"
+
+/* Sets the message for a failed open() of path and returns NULL. */
+static char *tl_open_failed(const char *path, const char *file_kind, int err)
+{
+    char cwd[512];
+    if (!getcwd(cwd, sizeof cwd))
+        snprintf(cwd, sizeof cwd, "(unknown)");
+    if (err == ENOENT)
+        tl_seterr(TL_ENOTFOUND, "%s '%s' not found (relative paths start at the current "
+                                "directory, %s): check the path",
+                  file_kind, path, cwd);
+    else
+        tl_seterr(TL_EIO, "could not open %s '%s': %s", file_kind, path, strerror(err));
+    return NULL;
+}
 
 char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
 {
@@ -13,18 +31,35 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
         tl_seterr(TL_EINVAL, "no path given for the %s", file_kind);
         return NULL;
     }
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK makes the open of a FIFO without a writer return at once, so
+     * that fstat can reject it. It has no effect on reads of a regular file. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return tl_open_failed(path, file_kind, errno);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
+        return NULL;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        close(fd);
+        tl_seterr(TL_EINVAL, "%s '%s' is a directory: give the path of a file in it", file_kind,
+                  path);
+        return NULL;
+    }
+    /* A device or a FIFO may never reach its end (/dev/zero fills memory
+     * until the allocation fails), so only regular files are read. */
+    if (tl_require_regular_file(path, file_kind, sb.st_mode) != TL_OK) {
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
     if (!f) {
         int err = errno;
-        char cwd[512];
-        if (!getcwd(cwd, sizeof cwd))
-            snprintf(cwd, sizeof cwd, "(unknown)");
-        if (err == ENOENT)
-            tl_seterr(TL_ENOTFOUND, "%s '%s' not found (relative paths start at the current "
-                                    "directory, %s): check the path",
-                      file_kind, path, cwd);
-        else
-            tl_seterr(TL_EIO, "could not open %s '%s': %s", file_kind, path, strerror(err));
+        close(fd);
+        tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
         return NULL;
     }
     char *text = NULL;
@@ -51,13 +86,7 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
     fclose(f);
     if (failed) {
         free(text);
-        /* fopen opens a folder for reading on Linux, and the first read
-         * fails with EISDIR. */
-        if (err == EISDIR)
-            tl_seterr(TL_EINVAL, "%s '%s' is a directory: give the path of a file in it",
-                      file_kind, path);
-        else
-            tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
+        tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
         return NULL;
     }
     text[n] = '\0';

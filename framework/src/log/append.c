@@ -387,6 +387,8 @@ tl_log *tl_log_append(const char *path, const tl_log_meta *meta, int64_t step, c
     }
     if (dropped && dropped_size)
         dropped[0] = '\0';
+    if (tl_check_existing_file(path, "run log") != TL_OK)
+        return NULL;
     /* Another writer may be in the middle of a flush, so the lock comes
      * before anything reads the file. */
     int lock_fd = -1;

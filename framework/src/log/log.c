@@ -174,6 +174,10 @@ tl_log *tl_log_alloc(const char *path, const tl_log_meta *meta, int lock_fd)
 
 bool tl_log_is_run_log(const char *path)
 {
+    /* H5Fopen blocks on a FIFO until another process opens it for writing. */
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return false;
     tl_hdf5_prepare();
     hid_t file = tl_log_open_file(path, H5F_ACC_RDONLY);
     bool yes = file >= 0 && H5Aexists(file, "thinklab_log_version") > 0;
@@ -195,6 +199,8 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
                   path, path);
         return NULL;
     }
+    if (tl_check_existing_file(path, "run log") != TL_OK)
+        return NULL;
     tl_hdf5_prepare();
     if (!meta->overwrite && access(path, F_OK) == 0) {
         tl_seterr(TL_EIO, "run log '%s' already exists; choose a new path, or replace it with "

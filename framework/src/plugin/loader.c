@@ -263,6 +263,8 @@ tl_plugin_lib *tl_plugin_open(const char *name_or_path)
                       TL_PLUGIN_SUFFIX);
             goto fail;
         }
+        if (tl_check_existing_file(lib->file, "plugin file") != TL_OK)
+            goto fail;
         if (!tl_file_exists(lib->file)) {
             tl_seterr(TL_ENOTFOUND, "plugin file %s not found; check the path", lib->file);
             goto fail;

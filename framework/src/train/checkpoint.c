@@ -197,6 +197,8 @@ static tl_status check_target(const char *path, const char *tmp)
     if (S_ISDIR(sb.st_mode))
         return tl_seterr(TL_EINVAL, "checkpoint '%s' is a folder; give a file path such as "
                                     "'%s/run.ckpt.h5'", path, path);
+    if (tl_require_regular_file(path, "checkpoint", sb.st_mode) != TL_OK)
+        return tl_lasterr();
     bool is_checkpoint = false;
     if (S_ISREG(sb.st_mode)) {
         tl_hdf5_prepare();
@@ -685,14 +687,17 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     hid_t file = -1, group = -1;
     tl_status st = TL_EIO;
 
+    /* The type check comes before any open, which blocks on a FIFO. */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' is a directory, not a file; pass the "
+                                    "checkpoint file itself", path);
+    if (tl_check_existing_file(path, "checkpoint") != TL_OK)
+        return tl_lasterr();
     FILE *probe = fopen(path, "rb");
     if (!probe)
         return tl_seterr(TL_ENOTFOUND, "checkpoint '%s' not found or not readable", path);
     fclose(probe);
-    struct stat sb;
-    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
-        return tl_seterr(TL_EINVAL, "checkpoint '%s' is a directory or device, not a file; pass "
-                                    "the checkpoint file itself", path);
 
     tl_hdf5_prepare();
     file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "model/model_internal.h"
 #include "train/train_internal.h"
 
@@ -170,6 +171,8 @@ static tl_status check_resumed_log(tl_trainer *tr)
     if (S_ISDIR(sb.st_mode))
         return tl_seterr(TL_EINVAL, "run log '%s' is a folder; give the resumed run a log file "
                                     "path such as '%s/run.h5'", log, log);
+    if (tl_require_regular_file(log, "run log", sb.st_mode) != TL_OK)
+        return tl_lasterr();
     /* A kill during a flush can leave a log that HDF5 cannot open or read.
      * Such a file is kept for inspection, since it still has the rows of
      * the interrupted run, and the resumed run needs another path. */

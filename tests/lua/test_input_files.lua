@@ -1,0 +1,128 @@
+-- Input and output paths that name no regular file: devices and FIFOs. Each
+-- case runs the thinklab command as a child process under timeout, because
+-- an open of a FIFO blocks until a writer appears and reading /dev/zero never
+-- ends.
+local p = thinklab.params{thinklab = "", text = "", fixtures = "", scratch = ""}
+local H = dofile(arg[0]:match("^(.*)/") .. "/helpers.lua")
+local dir = p.scratch
+
+local function quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- The files of an earlier run of this test.
+for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt"} do
+  os.remove(dir .. "/" .. name)
+end
+
+local src = assert(io.open(p.text, "rb"))
+local corpus = dir .. "/small.txt"
+write(corpus, src:read(20000))
+src:close()
+
+local driver = dir .. "/driver.lua"
+write(driver, [[
+local p = thinklab.params{corpus = "", tokenizer = "", log = "", resume = "", checkpoint = "",
+                          plugin = "transformer", steps = 4, overwrite = false}
+local c = thinklab.corpus{path = p.corpus}
+local tok = p.tokenizer ~= "" and thinklab.load_tokenizer(p.tokenizer)
+            or thinklab.tokenizer{kind = "char", corpus = c}
+local m = thinklab.model{tokenizer = tok, d_model = 16, n_head = 2, context = 16, seed = 1,
+                         layers = {{plugin = p.plugin}}}
+local cfg = {model = m, data = c:encode(tok), steps = p.steps, batch_size = 2, progress_every = 0,
+             eval_batches = 1}
+if p.log ~= "" then cfg.log = p.log; cfg.log_overwrite = p.overwrite end
+if p.resume ~= "" then cfg.resume = p.resume end
+if p.checkpoint ~= "" then cfg.checkpoint = p.checkpoint; cfg.checkpoint_overwrite = true end
+thinklab.train(cfg)
+print("trained")
+]])
+
+-- Reading /dev/zero without the regular-file check fills memory until the
+-- kernel kills the process, or another one. Those cases run under a 4 GiB
+-- address-space limit, which AddressSanitizer cannot start under (it maps
+-- terabytes of shadow memory), so the sanitizer pass skips them.
+local sanitized = (os.getenv("TL_SANITIZE") or ""):upper()
+sanitized = sanitized == "ON" or sanitized == "TRUE" or sanitized == "1" or sanitized == "YES"
+local memory_limit = "ulimit -v 4194304 && "
+
+-- Runs the driver with key=value overrides (corpus defaults to the small
+-- corpus). prefix goes before the command, stdin after it.
+local function run(overrides, prefix, stdin)
+  local args = {}
+  if not overrides.corpus then args[1] = quote("corpus=" .. corpus) end
+  for k, v in pairs(overrides) do args[#args + 1] = quote(k .. "=" .. tostring(v)) end
+  local cmd = string.format("%stimeout 120 %s run %s %s < %s", prefix or "", quote(p.thinklab),
+                            quote(driver), table.concat(args, " "), quote(stdin or "/dev/null"))
+  return H.run(cmd)
+end
+
+-- Checks that the run fails in time and that its output has every fragment.
+local function expect_failure(what, overrides, fragments, prefix)
+  local out, code = run(overrides, prefix)
+  if not H.check(code ~= 124, what .. ": finishes within 120 s") then
+    return
+  end
+  H.check(code ~= 0, what .. ": exits non-zero")
+  for _, f in ipairs(fragments) do
+    if not H.check(H.contains(out, f), what .. ": message contains " .. f) then
+      io.stderr:write(out)
+    end
+  end
+end
+
+local fifo = dir .. "/fifo"
+local _, mkfifo_code = H.run("mkfifo " .. quote(fifo))
+H.check(mkfifo_code == 0, "mkfifo makes a FIFO")
+local fifo_is = "'" .. fifo .. "' is a FIFO (named pipe), not a regular file"
+local regular = "give the path of a regular file instead"
+
+-- inputs read whole into memory
+if sanitized then
+  print("skip  corpus and tokenizer /dev/zero: they need an address-space limit")
+else
+  expect_failure("corpus /dev/zero", {corpus = "/dev/zero"},
+                 {"text file '/dev/zero' is a character device, not a regular file", regular},
+                 memory_limit)
+  expect_failure("tokenizer /dev/zero", {tokenizer = "/dev/zero"},
+                 {"tokenizer file '/dev/zero' is a character device, not a regular file"},
+                 memory_limit)
+end
+expect_failure("corpus /dev/null", {corpus = "/dev/null"},
+               {"text file '/dev/null' is a character device, not a regular file", regular})
+expect_failure("corpus FIFO", {corpus = fifo}, {"text file " .. fifo_is, regular})
+expect_failure("tokenizer FIFO", {tokenizer = fifo}, {"tokenizer file " .. fifo_is, regular})
+expect_failure("plugin /dev/zero", {plugin = "/dev/zero"},
+               {"plugin file '/dev/zero' is a character device, not a regular file"})
+
+-- /dev/stdin that the shell points at a regular file is that file.
+local out, code = run({corpus = "/dev/stdin"}, nil, corpus)
+H.check(code == 0 and H.contains(out, "trained"), "corpus /dev/stdin redirected from a file trains")
+
+-- checkpoints and logs
+local log, ck = dir .. "/run.h5", dir .. "/run.ckpt"
+out, code = run({log = log, checkpoint = ck})
+if not H.check(code == 0, "a first run writes a log and a checkpoint") then
+  io.stderr:write(out)
+end
+expect_failure("resume from a FIFO", {resume = fifo}, {"checkpoint " .. fifo_is, regular})
+expect_failure("resume into a FIFO log", {resume = ck, log = fifo, steps = 8}, {"run log " .. fifo_is})
+expect_failure("new log over a FIFO", {log = fifo, overwrite = true}, {"run log " .. fifo_is})
+expect_failure("checkpoint /dev/null", {checkpoint = "/dev/null"},
+               {"checkpoint '/dev/null' is a character device, not a regular file"})
+
+H.done()
