@@ -1,7 +1,7 @@
--- Input and output paths that name no regular file: devices and FIFOs. Each
--- case runs the thinklab command as a child process under timeout, because
--- an open of a FIFO blocks until a writer appears and reading /dev/zero never
--- ends.
+-- Input and output paths that thinklab cannot use: devices, FIFOs and
+-- read-only logs. Each case runs the thinklab command as a child process
+-- under timeout, because an open of a FIFO blocks until a writer appears and
+-- reading /dev/zero never ends.
 local p = thinklab.params{thinklab = "", text = "", fixtures = "", scratch = ""}
 local H = dofile(arg[0]:match("^(.*)/") .. "/helpers.lua")
 local dir = p.scratch
@@ -124,5 +124,30 @@ expect_failure("resume into a FIFO log", {resume = ck, log = fifo, steps = 8}, {
 expect_failure("new log over a FIFO", {log = fifo, overwrite = true}, {"run log " .. fifo_is})
 expect_failure("checkpoint /dev/null", {checkpoint = "/dev/null"},
                {"checkpoint '/dev/null' is a character device, not a regular file"})
+
+-- A read-only log. Root writes any file whatever its mode, so as root the
+-- child runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, and the mode
+-- bits apply to it as to any other user.
+local uid = H.run("id -u"):match("%d+")
+local prefix = ""
+if uid == "0" then
+  prefix = "setpriv --bounding-set=-dac_override,-dac_read_search "
+  local _, setpriv_code = H.run(prefix .. "true")
+  if setpriv_code ~= 0 then
+    prefix = nil
+    print("skip  read-only log: setpriv cannot drop capabilities here")
+  end
+end
+if prefix then
+  local before = read(log)
+  H.run("chmod 0444 " .. quote(log))
+  local unwritable = {"run log '" .. log .. "' exists but cannot be opened for writing",
+                      "make it writable", "or choose another log path"}
+  expect_failure("resume into a read-only log", {resume = ck, log = log, steps = 8}, unwritable,
+                 prefix)
+  expect_failure("overwrite a read-only log", {log = log, overwrite = true}, unwritable, prefix)
+  H.run("chmod 0644 " .. quote(log))
+  H.check(read(log) == before, "the read-only log is unchanged")
+end
 
 H.done()

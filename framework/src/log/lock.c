@@ -29,10 +29,19 @@ tl_status tl_log_lock(const char *path, int *fd_out)
     *fd_out = -1;
 #ifdef F_OFD_SETLK
     int fd = open(path, O_RDWR | O_CLOEXEC);
-    /* A missing or read-only file has no writer to collide with here, and
-     * HDF5 reports why it cannot write it. */
-    if (fd < 0)
-        return TL_OK;
+    if (fd < 0) {
+        int err = errno;
+        /* A missing file has no writer to collide with. */
+        if (err == ENOENT)
+            return TL_OK;
+        /* HDF5 would fail on the same open with only "H5Fopen failed". */
+        if (err == EACCES || err == EPERM || err == EROFS || err == ETXTBSY)
+            return tl_seterr(TL_EIO, "run log '%s' exists but cannot be opened for writing "
+                                     "(%s): make it writable, for example with chmod u+w, or "
+                                     "choose another log path", path, strerror(err));
+        return tl_seterr(TL_EIO, "cannot open run log '%s' for writing: %s; check the path or "
+                                 "choose another log path", path, strerror(err));
+    }
     struct flock lock;
     memset(&lock, 0, sizeof lock);
     lock.l_type = F_WRLCK;
