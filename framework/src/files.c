@@ -1,5 +1,6 @@
 /* File-system checks shared by the readers and writers of user files, and HDF5
  * set-up shared by the writers of checkpoints and run logs. */
+#include <errno.h>
 #include <hdf5.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -7,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -15,6 +17,9 @@ tl_status tl_check_parent_folder(const char *path, const char *file_kind)
     const char *slash = strrchr(path, '/');
     if (!slash)
         return TL_OK;
+    if (slash[1] == '\0')
+        return tl_seterr(TL_EINVAL, "cannot create %s '%s': the path ends with '/', so it names "
+                                    "a folder, not a file: add a file name", file_kind, path);
     size_t n = slash == path ? 1 : (size_t)(slash - path);
     char *folder = malloc(n + 1);
     if (!folder)
@@ -22,12 +27,35 @@ tl_status tl_check_parent_folder(const char *path, const char *file_kind)
     memcpy(folder, path, n);
     folder[n] = '\0';
     struct stat sb;
-    bool ok = stat(folder, &sb) == 0 && S_ISDIR(sb.st_mode);
-    if (!ok)
-        tl_seterr(TL_ENOTFOUND, "cannot create %s '%s': folder '%s' does not exist; "
-                                "create it or choose another path", file_kind, path, folder);
+    tl_status st = TL_OK;
+    if (stat(folder, &sb) != 0)
+        st = tl_seterr(TL_ENOTFOUND, "cannot create %s '%s': folder '%s' does not exist; "
+                                     "create it or choose another path", file_kind, path, folder);
+    else if (!S_ISDIR(sb.st_mode))
+        st = tl_seterr(TL_EINVAL, "cannot create %s '%s': '%s' is not a folder; choose a "
+                                  "path in an existing folder", file_kind, path, folder);
     free(folder);
-    return ok ? TL_OK : TL_ENOTFOUND;
+    return st;
+}
+
+tl_status tl_check_link_target(const char *path, const char *file_kind)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISLNK(sb.st_mode) || stat(path, &sb) == 0)
+        return TL_OK;
+    int err = errno;
+    char target[1024];
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n < 0)
+        n = 0;
+    target[n] = '\0';
+    if (err == ENOENT)
+        return tl_seterr(TL_ENOTFOUND, "%s '%s' is a symbolic link to '%s', which does not "
+                                       "exist: give the target's path instead, or remove the "
+                                       "link", file_kind, path, target);
+    return tl_seterr(TL_EINVAL, "%s '%s' is a symbolic link to '%s' that cannot be followed "
+                                "(%s): fix or remove the link, or choose another path",
+                     file_kind, path, target, strerror(err));
 }
 
 /* Names what a non-regular st_mode is, for messages. */

@@ -69,13 +69,21 @@ tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
 
 /* Checks that the folder that is to contain path exists. If it does not,
  * sets TL_ENOTFOUND with a message that names file_kind ("checkpoint"),
- * path and the folder, and says to create it or choose another path. A path
- * without a '/' is in the working folder, which passes. */
+ * path and the folder, and says to create it or choose another path. A
+ * folder part that names a file, and a path that ends with '/', fail with
+ * TL_EINVAL. A path without a '/' is in the working folder, which passes. */
 tl_status tl_check_parent_folder(const char *path, const char *file_kind);
+
+/* Fails when path is a symbolic link that stat() cannot follow: a link to a
+ * missing file (TL_ENOTFOUND) or a loop of links (TL_EINVAL). The message
+ * names file_kind, path and the link's target. Other paths pass. HDF5
+ * creates a new run log with O_EXCL (H5F_ACC_EXCL), which fails on such a
+ * link with only "File exists". */
+tl_status tl_check_link_target(const char *path, const char *file_kind);
 
 /* Returns TL_OK when mode (st_mode of path) is a regular file. Otherwise sets
  * TL_EINVAL with a message that names file_kind ("text file"), path and what
- * the path is ("a FIFO"), and tells the user to give a regular file. Reading
+ * the path is ("a FIFO"), with the advice to give a regular file. Reading
  * a character device such as /dev/zero never ends, and opening a FIFO blocks
  * until another process opens it for writing. */
 tl_status tl_require_regular_file(const char *path, const char *file_kind, mode_t mode);

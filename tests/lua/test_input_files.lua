@@ -1,7 +1,7 @@
--- Input and output paths that thinklab cannot use: devices, FIFOs and
--- read-only logs. Each case runs the thinklab command as a child process
--- under timeout, because an open of a FIFO blocks until a writer appears and
--- reading /dev/zero never ends.
+-- Input and output paths that thinklab cannot use: devices, FIFOs, read-only
+-- logs, dangling links and paths through a file. Each case runs the thinklab
+-- command as a child process under timeout, because an open of a FIFO blocks
+-- until a writer appears and reading /dev/zero never ends.
 local p = thinklab.params{thinklab = "", text = "", fixtures = "", scratch = ""}
 local H = dofile(arg[0]:match("^(.*)/") .. "/helpers.lua")
 local dir = p.scratch
@@ -25,7 +25,8 @@ local function read(path)
 end
 
 -- The files of an earlier run of this test.
-for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt"} do
+for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "dangling.h5",
+                      "loop_a.h5", "loop_b.h5"} do
   os.remove(dir .. "/" .. name)
 end
 
@@ -149,5 +150,22 @@ if prefix then
   H.run("chmod 0644 " .. quote(log))
   H.check(read(log) == before, "the read-only log is unchanged")
 end
+
+-- links and folders on the way to a new log or checkpoint
+local dangling = dir .. "/dangling.h5"
+H.run("ln -s missing_target.h5 " .. quote(dangling))
+expect_failure("log through a dangling link", {log = dangling},
+               {"run log '" .. dangling .. "' is a symbolic link to 'missing_target.h5', which does not exist",
+                "give the target's path instead, or remove the link"})
+local loop_a, loop_b = dir .. "/loop_a.h5", dir .. "/loop_b.h5"
+H.run("ln -s loop_b.h5 " .. quote(loop_a) .. " && ln -s loop_a.h5 " .. quote(loop_b))
+expect_failure("log through a loop of links", {log = loop_a, overwrite = true},
+               {"run log '" .. loop_a .. "' is a symbolic link to 'loop_b.h5' that cannot be followed"})
+expect_failure("log path ending with a slash", {log = dir .. "/logs/"},
+               {"cannot create run log '" .. dir .. "/logs/': the path ends with '/'", "add a file name"})
+expect_failure("log below a regular file", {log = corpus .. "/run.h5"},
+               {"cannot create run log '" .. corpus .. "/run.h5': '" .. corpus .. "' is not a folder"})
+expect_failure("checkpoint below a regular file", {checkpoint = corpus .. "/run.ckpt"},
+               {"cannot create checkpoint '" .. corpus .. "/run.ckpt': '" .. corpus .. "' is not a folder"})
 
 H.done()

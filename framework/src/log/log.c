@@ -199,7 +199,8 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
                   path, path);
         return NULL;
     }
-    if (tl_check_existing_file(path, "run log") != TL_OK)
+    if (tl_check_existing_file(path, "run log") != TL_OK ||
+        tl_check_link_target(path, "run log") != TL_OK)
         return NULL;
     tl_hdf5_prepare();
     if (!meta->overwrite && access(path, F_OK) == 0) {
