@@ -1,7 +1,8 @@
 -- Input and output paths that thinklab cannot use: devices, FIFOs, read-only
--- logs, dangling links and paths through a file. Each case runs the thinklab
--- command as a child process under timeout, because an open of a FIFO blocks
--- until a writer appears and reading /dev/zero never ends.
+-- logs, dangling links, paths through a file, and files that a tokenizer save
+-- would destroy. Each case runs the thinklab command as a child process under
+-- timeout, because an open of a FIFO blocks until a writer appears and
+-- reading /dev/zero never ends.
 local p = thinklab.params{thinklab = "", text = "", fixtures = "", scratch = ""}
 local H = dofile(arg[0]:match("^(.*)/") .. "/helpers.lua")
 local dir = p.scratch
@@ -26,7 +27,7 @@ end
 
 -- The files of an earlier run of this test.
 for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "dangling.h5",
-                      "loop_a.h5", "loop_b.h5"} do
+                      "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp"} do
   os.remove(dir .. "/" .. name)
 end
 
@@ -37,11 +38,16 @@ src:close()
 
 local driver = dir .. "/driver.lua"
 write(driver, [[
-local p = thinklab.params{corpus = "", tokenizer = "", log = "", resume = "", checkpoint = "",
-                          plugin = "transformer", steps = 4, overwrite = false}
+local p = thinklab.params{corpus = "", tokenizer = "", save_tokenizer = "", log = "", resume = "",
+                          checkpoint = "", plugin = "transformer", steps = 4, overwrite = false}
 local c = thinklab.corpus{path = p.corpus}
 local tok = p.tokenizer ~= "" and thinklab.load_tokenizer(p.tokenizer)
             or thinklab.tokenizer{kind = "char", corpus = c}
+if p.save_tokenizer ~= "" then
+  tok:save(p.save_tokenizer)
+  print("saved")
+  return
+end
 local m = thinklab.model{tokenizer = tok, d_model = 16, n_head = 2, context = 16, seed = 1,
                          layers = {{plugin = p.plugin}}}
 local cfg = {model = m, data = c:encode(tok), steps = p.steps, batch_size = 2, progress_every = 0,
@@ -113,6 +119,25 @@ expect_failure("plugin /dev/zero", {plugin = "/dev/zero"},
 -- /dev/stdin that the shell points at a regular file is that file.
 local out, code = run({corpus = "/dev/stdin"}, nil, corpus)
 H.check(code == 0 and H.contains(out, "trained"), "corpus /dev/stdin redirected from a file trains")
+
+-- tokenizer saves, which rename a temporary file over the path
+local copy = dir .. "/copy.txt"
+write(copy, read(corpus))
+expect_failure("tokenizer save over a corpus", {save_tokenizer = copy},
+               {"tokenizer file '" .. copy .. "' exists and is not a thinklab tokenizer file",
+                "choose another path or delete the file"})
+H.check(read(copy) == read(corpus), "the refused tokenizer save kept the corpus")
+expect_failure("tokenizer save over a FIFO", {save_tokenizer = fifo}, {"tokenizer file " .. fifo_is})
+local _, fifo_code = H.run("test -p " .. quote(fifo))
+H.check(fifo_code == 0, "the refused tokenizer save kept the FIFO")
+local tok_path = dir .. "/run.tok"
+out, code = run({save_tokenizer = tok_path})
+H.check(code == 0 and H.contains(out, "saved"), "tokenizer save to a new path")
+out, code = run({save_tokenizer = tok_path})
+H.check(code == 0 and H.contains(out, "saved"), "tokenizer save over a tokenizer file")
+H.run("mkfifo " .. quote(tok_path .. ".tmp"))
+expect_failure("tokenizer save with a FIFO at .tmp", {save_tokenizer = tok_path},
+               {"temporary tokenizer file '" .. tok_path .. ".tmp' is a FIFO (named pipe)"})
 
 -- checkpoints and logs
 local log, ck = dir .. "/run.h5", dir .. "/run.ckpt"

@@ -86,7 +86,8 @@ char *tl_tokenizer_decode(const tl_tokenizer *tok, const int32_t *ids, int64_t n
 char *tl_tokenizer_to_string(const tl_tokenizer *tok, size_t *len);
 tl_tokenizer *tl_tokenizer_from_string(const char *text, size_t len);
 /* Writes path through a temporary file and a rename, so a crash leaves either
- * the old file or the new one. */
+ * the old file or the new one. Replaces only a missing path, an empty file
+ * or a tokenizer file: any other file or a device fails with TL_EINVAL. */
 tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path);
 tl_tokenizer *tl_tokenizer_load(const char *path);
 

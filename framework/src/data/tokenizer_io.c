@@ -91,25 +91,51 @@ char *tl_tokenizer_to_string(const tl_tokenizer *tok, size_t *len)
     return b.data;
 }
 
-tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
+/* Checks that a save may replace what is at path: nothing, an empty file or
+ * a thinklab tokenizer file. The rename at the end of a save replaces any
+ * file, also a corpus or a device node, and an open of a FIFO at tmp blocks. */
+static tl_status tl_check_tokenizer_target(const char *path, const char *tmp)
 {
-    if (tl_check_parent_folder(path, "tokenizer file") != TL_OK)
-        return tl_lasterr();
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
         return tl_seterr(TL_EINVAL, "tokenizer file '%s' is a directory; give a file path such "
                                     "as '%s/tokenizer.txt'", path, path);
-    size_t len;
-    char *text = tl_tokenizer_to_string(tok, &len);
-    if (!text)
+    if (tl_check_existing_file(path, "tokenizer file") != TL_OK ||
+        tl_check_existing_file(tmp, "temporary tokenizer file") != TL_OK)
+        return tl_lasterr();
+    if (stat(path, &sb) != 0 || sb.st_size == 0)
+        return TL_OK;
+    char head[sizeof TL_TOKENIZER_MAGIC] = "";
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(head, 1, sizeof head - 1, f) : 0;
+    if (f)
+        fclose(f);
+    if (got == sizeof head - 1 && memcmp(head, TL_TOKENIZER_MAGIC, got) == 0)
+        return TL_OK;
+    return tl_seterr(TL_EINVAL, "tokenizer file '%s' exists and is not a thinklab tokenizer "
+                                "file; saving would destroy it: choose another path or delete "
+                                "the file", path);
+}
+
+tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
+{
+    if (tl_check_parent_folder(path, "tokenizer file") != TL_OK)
         return tl_lasterr();
     size_t tmp_len = strlen(path) + 5;
     char *tmp = malloc(tmp_len);
-    if (!tmp) {
-        free(text);
+    if (!tmp)
         return tl_seterr(TL_ENOMEM, "could not allocate a path");
-    }
     snprintf(tmp, tmp_len, "%s.tmp", path);
+    if (tl_check_tokenizer_target(path, tmp) != TL_OK) {
+        free(tmp);
+        return tl_lasterr();
+    }
+    size_t len;
+    char *text = tl_tokenizer_to_string(tok, &len);
+    if (!text) {
+        free(tmp);
+        return tl_lasterr();
+    }
 
     tl_status status = TL_OK;
     FILE *f = fopen(tmp, "wb");
