@@ -1,6 +1,7 @@
 /* File-system checks shared by the readers and writers of user files, and HDF5
  * set-up shared by the writers of checkpoints and run logs. */
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -56,6 +57,31 @@ tl_status tl_check_link_target(const char *path, const char *file_kind)
     return tl_seterr(TL_EINVAL, "%s '%s' is a symbolic link to '%s' that cannot be followed "
                                 "(%s): fix or remove the link, or choose another path",
                      file_kind, path, target, strerror(err));
+}
+
+int tl_probe_create(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        close(fd);
+        unlink(path);
+        return 0;
+    }
+    if (errno != EEXIST)
+        return errno;
+    /* O_NONBLOCK keeps the open of a FIFO from waiting for a reader. */
+    fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    close(fd);
+    return 0;
+}
+
+const char *tl_create_advice(int err)
+{
+    if (err == EACCES || err == EPERM || err == EROFS)
+        return "make the folder writable or choose another path";
+    return "choose another path";
 }
 
 /* Names what a non-regular st_mode is, for messages. */

@@ -92,6 +92,15 @@ tl_status tl_require_regular_file(const char *path, const char *file_kind, mode_
  * symbolic links. A missing path passes, so that the caller reports it. */
 tl_status tl_check_existing_file(const char *path, const char *file_kind);
 
+/* Tries what a writer of path will do: creates path with O_EXCL and removes
+ * it again, or opens an existing path for writing without truncating it.
+ * Returns 0 when that works, else the errno, so that a save at the end of a
+ * run can be rejected before the run instead. */
+int tl_probe_create(const char *path);
+
+/* Returns the next step to suggest after a create failed with errno err. */
+const char *tl_create_advice(int err);
+
 /* Prepares HDF5 before the library uses it: turns off its error printing,
  * since failures reach the caller through tl_errmsg(), and, when called before
  * HDF5's first use in the process, its clean-up at exit. That clean-up closes

@@ -30,6 +30,7 @@ for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "
                       "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp"} do
   os.remove(dir .. "/" .. name)
 end
+os.remove(dir .. "/read_only")
 
 local src = assert(io.open(p.text, "rb"))
 local corpus = dir .. "/small.txt"
@@ -174,7 +175,26 @@ if prefix then
   expect_failure("overwrite a read-only log", {log = log, overwrite = true}, unwritable, prefix)
   H.run("chmod 0644 " .. quote(log))
   H.check(read(log) == before, "the read-only log is unchanged")
+
+  local locked = dir .. "/read_only"
+  H.run("mkdir -p " .. quote(locked) .. " && chmod 0555 " .. quote(locked))
+  expect_failure("log in a read-only folder", {log = locked .. "/run.h5"},
+                 {"cannot create run log '" .. locked .. "/run.h5'",
+                  "make the folder writable or choose another path"}, prefix)
+  expect_failure("checkpoint in a read-only folder", {checkpoint = locked .. "/run.ckpt"},
+                 {"cannot create checkpoint '" .. locked .. "/run.ckpt': its temporary file",
+                  "make the folder writable or choose another path"}, prefix)
+  H.run("chmod 0755 " .. quote(locked))
 end
+
+-- A checkpoint path that cannot be created fails before training, because a
+-- failed save at the end of the run would lose the trained weights.
+local long_name = dir .. "/" .. string.rep("c", 300)
+expect_failure("checkpoint name too long", {checkpoint = long_name .. ".ckpt"},
+               {"trainer: cannot create checkpoint '" .. long_name .. ".ckpt': its temporary file",
+                "File name too long"})
+expect_failure("log name too long", {log = long_name .. ".h5"},
+               {"cannot create run log '" .. long_name .. ".h5': File name too long"})
 
 -- links and folders on the way to a new log or checkpoint
 local dangling = dir .. "/dangling.h5"

@@ -209,6 +209,14 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
                   path);
         return NULL;
     }
+    if (access(path, F_OK) != 0) {
+        int err = tl_probe_create(path);
+        if (err != 0) {
+            tl_seterr(TL_EIO, "cannot create run log '%s': %s; %s", path, strerror(err),
+                      tl_create_advice(err));
+            return NULL;
+        }
+    }
     /* An existing log that overwrite would truncate may still be written by
      * another process, so the lock comes before anything reads or truncates
      * the file. */

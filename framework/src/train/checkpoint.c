@@ -182,7 +182,8 @@ static tl_status arch_describe(const tl_params *p, char **names_out, int64_t **s
 
 /* A checkpoint may replace only a thinklab checkpoint: path must be missing or
  * an HDF5 file with the format attribute, its folder must exist, and path.tmp
- * must be missing or a regular file (a leftover of an interrupted save). */
+ * must be missing or a regular file (a leftover of an interrupted save) that
+ * this process can create or write. */
 static tl_status check_target(const char *path, const char *tmp)
 {
     tl_status st = tl_check_parent_folder(path, "checkpoint");
@@ -192,6 +193,11 @@ static tl_status check_target(const char *path, const char *tmp)
     if (stat(tmp, &sb) == 0 && !S_ISREG(sb.st_mode))
         return tl_seterr(TL_EIO, "cannot create checkpoint '%s': '%s' exists and is not a "
                                  "file; remove it or choose another path", path, tmp);
+    int err = tl_probe_create(tmp);
+    if (err != 0)
+        return tl_seterr(TL_EIO, "cannot create checkpoint '%s': its temporary file '%s' "
+                                 "cannot be created (%s); %s", path, tmp, strerror(err),
+                         tl_create_advice(err));
     if (stat(path, &sb) != 0)
         return TL_OK;
     if (S_ISDIR(sb.st_mode))
