@@ -5,9 +5,11 @@
 #include <hdf5.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,6 +59,14 @@ tl_status tl_check_link_target(const char *path, const char *file_kind)
     return tl_seterr(TL_EINVAL, "%s '%s' is a symbolic link to '%s' that cannot be followed "
                                 "(%s): fix or remove the link, or choose another path",
                      file_kind, path, target, strerror(err));
+}
+
+uint64_t tl_file_size_limit(void)
+{
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_FSIZE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY)
+        return UINT64_MAX;
+    return (uint64_t)lim.rlim_cur;
 }
 
 int tl_probe_create(const char *path)

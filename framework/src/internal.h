@@ -2,6 +2,7 @@
 #ifndef THINKLAB_INTERNAL_H
 #define THINKLAB_INTERNAL_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "thinklab/thinklab.h"
@@ -91,6 +92,11 @@ tl_status tl_require_regular_file(const char *path, const char *file_kind, mode_
 /* Runs tl_require_regular_file() on path when it exists, following
  * symbolic links. A missing path passes, so that the caller reports it. */
 tl_status tl_check_existing_file(const char *path, const char *file_kind);
+
+/* Returns the process's file size limit (ulimit -f) in bytes, or UINT64_MAX
+ * when there is none. A write past it raises SIGXFSZ, whose default action
+ * kills the process. */
+uint64_t tl_file_size_limit(void);
 
 /* Tries what a writer of path will do: creates path with O_EXCL and removes
  * it again, or opens an existing path for writing without truncating it.

@@ -27,7 +27,8 @@ end
 
 -- The files of an earlier run of this test.
 for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "dangling.h5",
-                      "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp"} do
+                      "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp", "limited.h5",
+                      "limited.ckpt", "limited.ckpt.tmp"} do
   os.remove(dir .. "/" .. name)
 end
 os.remove(dir .. "/read_only")
@@ -40,7 +41,8 @@ src:close()
 local driver = dir .. "/driver.lua"
 write(driver, [[
 local p = thinklab.params{corpus = "", tokenizer = "", save_tokenizer = "", log = "", resume = "",
-                          checkpoint = "", plugin = "transformer", steps = 4, overwrite = false}
+                          checkpoint = "", save = "", plugin = "transformer", steps = 4,
+                          overwrite = false}
 local c = thinklab.corpus{path = p.corpus}
 local tok = p.tokenizer ~= "" and thinklab.load_tokenizer(p.tokenizer)
             or thinklab.tokenizer{kind = "char", corpus = c}
@@ -56,8 +58,9 @@ local cfg = {model = m, data = c:encode(tok), steps = p.steps, batch_size = 2, p
 if p.log ~= "" then cfg.log = p.log; cfg.log_overwrite = p.overwrite end
 if p.resume ~= "" then cfg.resume = p.resume end
 if p.checkpoint ~= "" then cfg.checkpoint = p.checkpoint; cfg.checkpoint_overwrite = true end
-thinklab.train(cfg)
+local _, tr = thinklab.train(cfg)
 print("trained")
+if p.save ~= "" then tr:save(p.save) end
 ]])
 
 -- Reading /dev/zero without the regular-file check fills memory until the
@@ -195,6 +198,24 @@ expect_failure("checkpoint name too long", {checkpoint = long_name .. ".ckpt"},
                 "File name too long"})
 expect_failure("log name too long", {log = long_name .. ".h5"},
                {"cannot create run log '" .. long_name .. ".h5': File name too long"})
+
+-- A write past the file size limit (ulimit -f) raises SIGXFSZ, which kills
+-- the process. The model has 6000 parameters, so every checkpoint has at
+-- least 72000 bytes of weights and optimizer moments, and a log needs 1 MiB.
+local limited_log, limited_ck = dir .. "/limited.h5", dir .. "/limited.ckpt"
+local small_limit = "ulimit -f 50 && " -- 51200 bytes
+local limit_text = "the process's file size limit (ulimit -f)"
+expect_failure("checkpoint above ulimit -f", {checkpoint = limited_ck},
+               {"trainer: checkpoint '" .. limited_ck .. "' needs at least 0.07 MiB", limit_text,
+                "raise the limit or train without a checkpoint"}, small_limit)
+expect_failure("save above ulimit -f", {save = limited_ck},
+               {"checkpoint '" .. limited_ck .. "': writing '" .. limited_ck .. ".tmp' failed",
+                "no checkpoint was written"}, small_limit)
+H.check(read(limited_ck .. ".tmp") == nil, "the refused save leaves no temporary file")
+expect_failure("log below 1 MiB of ulimit -f", {log = limited_log},
+               {"cannot create run log '" .. limited_log .. "'", limit_text, "raise the limit"},
+               small_limit)
+H.check(read(limited_log) == nil, "the refused log leaves no file")
 
 -- links and folders on the way to a new log or checkpoint
 local dangling = dir .. "/dangling.h5"

@@ -209,6 +209,17 @@ tl_log *tl_log_create(const char *path, const tl_log_meta *meta)
                   path);
         return NULL;
     }
+    /* Below the headroom every flush fails its room check, and a limit that
+     * the first writes cross kills the process with SIGXFSZ and leaves a
+     * file that no reader can open. */
+    uint64_t limit = tl_file_size_limit();
+    if (limit < TL_LOG_FLUSH_HEADROOM) {
+        tl_seterr(TL_EIO, "cannot create run log '%s': the process's file size limit "
+                          "(ulimit -f) is %.2f MiB, and a log needs at least %.2f MiB: raise "
+                          "the limit", path, (double)limit / 1048576.0,
+                  (double)TL_LOG_FLUSH_HEADROOM / 1048576.0);
+        return NULL;
+    }
     if (access(path, F_OK) != 0) {
         int err = tl_probe_create(path);
         if (err != 0) {
@@ -347,7 +358,7 @@ tl_status tl_log_eval(tl_log *log, const tl_log_eval_record *rec)
 static tl_status tl_log_check_room(const tl_log *log, uint64_t bytes)
 {
     /* Twice the estimate plus 1 MiB for HDF5's metadata and heap growth. */
-    uint64_t need = 2 * bytes + (1u << 20);
+    uint64_t need = 2 * bytes + TL_LOG_FLUSH_HEADROOM;
     struct stat st;
     struct statvfs fs;
     if (stat(log->path, &st) != 0 || statvfs(log->path, &fs) != 0)

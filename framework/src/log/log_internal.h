@@ -13,6 +13,10 @@
 #define TL_LOG_HAVE_FILE_LOCKING 0
 #endif
 
+/* Bytes a flush needs beyond twice its estimate, for HDF5's metadata and heap
+ * growth (see tl_log_check_room). */
+#define TL_LOG_FLUSH_HEADROOM ((uint64_t)1 << 20)
+
 /* Sets a message naming the log file, the failing HDF5 call and the innermost
  * HDF5 error description, then clears the HDF5 error stack. */
 void tl_log_h5_error(const char *path, const char *call);

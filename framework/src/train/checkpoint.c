@@ -29,9 +29,12 @@
 #include <errno.h>
 #include <hdf5.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 
 #include "internal.h"
@@ -270,12 +273,26 @@ static tl_status write_image(hid_t file, const char *tmp, const char *path, bool
                          strerror(err));
     }
     *created = true;
+    /* A write past the file size limit (ulimit -f) raises SIGXFSZ, whose
+     * default action kills the process. Blocked in this thread, the signal
+     * stays pending and the write fails with EFBIG, which is reported like a
+     * full disk. The pending signal is then taken off and dropped. */
+    sigset_t xfsz, old_mask;
+    sigemptyset(&xfsz);
+    sigaddset(&xfsz, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &xfsz, &old_mask);
     bool ok = fwrite(image, 1, (size_t)size, f) == (size_t)size;
     int err = errno;
     if (fclose(f) != 0 && ok) {
         ok = false;
         err = errno;
     }
+    if (!sigismember(&old_mask, SIGXFSZ)) {
+        const struct timespec no_wait = {0, 0};
+        while (sigtimedwait(&xfsz, NULL, &no_wait) == SIGXFSZ)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     free(image);
     if (!ok)
         return tl_seterr(TL_EIO, "checkpoint '%s': writing '%s' failed: %s", path, tmp,

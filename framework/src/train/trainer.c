@@ -147,6 +147,19 @@ static tl_status check_checkpoint_path(const tl_trainer *tr)
     tl_status st = tl_checkpoint_check_target(ck);
     if (st != TL_OK)
         return st;
+    /* Every checkpoint stores the weights and the two AdamW moments as
+     * float32, whatever the optimizer, so 12 bytes per parameter is a lower
+     * bound of its size. */
+    uint64_t need = 12 * (uint64_t)tl_params_numel(tr->params);
+    uint64_t limit = tl_file_size_limit();
+    if (need > limit)
+        return tl_seterr(TL_EINVAL, "checkpoint '%s' needs at least %.2f MiB for the %lld "
+                                    "parameters and their optimizer moments, above the "
+                                    "process's file size limit (ulimit -f) of %.2f MiB, so "
+                                    "the first save would fail: raise the limit or train "
+                                    "without a checkpoint",
+                         ck, (double)need / 1048576.0, (long long)tl_params_numel(tr->params),
+                         (double)limit / 1048576.0);
     /* The target check passed, so a file at ck is a thinklab checkpoint. */
     struct stat sb;
     bool resumed_from_it = tr->resume_path && same_file(ck, tr->resume_path);
