@@ -28,7 +28,7 @@ end
 -- The files of an earlier run of this test.
 for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "dangling.h5",
                       "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp", "limited.h5",
-                      "limited.ckpt", "limited.ckpt.tmp"} do
+                      "limited.ckpt", "limited.ckpt.tmp", "huge.txt"} do
   os.remove(dir .. "/" .. name)
 end
 os.remove(dir .. "/read_only")
@@ -112,6 +112,19 @@ else
   expect_failure("tokenizer /dev/zero", {tokenizer = "/dev/zero"},
                  {"tokenizer file '/dev/zero' is a character device, not a regular file"},
                  memory_limit)
+
+  -- A sparse 100 GiB file takes no disk space. Its size sizes the buffer, so
+  -- the allocation fails at once instead of after reading 4 GiB of zeros.
+  local huge = dir .. "/huge.txt"
+  local _, truncate_code = H.run("truncate -s 100G " .. quote(huge))
+  if truncate_code == 0 then
+    expect_failure("corpus larger than memory", {corpus = huge},
+                   {"could not allocate 102400.00 MiB to read text file '" .. huge .. "'",
+                    "use a smaller file"}, memory_limit)
+  else
+    print("skip  corpus larger than memory: this file system has no sparse files")
+  end
+  os.remove(huge)
 end
 expect_failure("corpus /dev/null", {corpus = "/dev/null"},
                {"text file '/dev/null' is a character device, not a regular file", regular})

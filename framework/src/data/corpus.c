@@ -1,6 +1,7 @@
 /* Text files and their train/validation split. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,8 +63,24 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
         tl_seterr(TL_EIO, "could not read %s '%s': %s", file_kind, path, strerror(err));
         return NULL;
     }
+    /* The size of the file sizes the buffer, so that a file larger than
+     * memory fails in one allocation instead of after reading most of it.
+     * The loop below still grows the buffer for files whose size is 0 in
+     * stat (those of /proc) or that grow while they are read. */
     char *text = NULL;
     size_t n = 0, cap = 0;
+    if (sb.st_size > 0) {
+        uint64_t need = (uint64_t)sb.st_size + 2; /* the final '\0' and a read that sees EOF */
+        text = need <= SIZE_MAX ? malloc((size_t)need) : NULL;
+        if (!text) {
+            fclose(f);
+            tl_seterr(TL_ENOMEM, "could not allocate %.2f MiB to read %s '%s': the file is "
+                                 "larger than the memory this process can allocate; use a "
+                                 "smaller file", (double)need / 1048576.0, file_kind, path);
+            return NULL;
+        }
+        cap = (size_t)need;
+    }
     for (;;) {
         if (cap - n < 2) {
             cap = cap ? 2 * cap : 1u << 16;
