@@ -47,6 +47,10 @@ E("bpe out of pairs", {"ran out of pairs"}, thinklab.tokenizer, {kind = "bpe", t
 E("char vocab_size", {"vocab_size applies to bpe only"}, thinklab.tokenizer, {kind = "char", text = "a", vocab_size = 5})
 E("tokenizer corpus type", {"thinklab.tokenizer.corpus must be a corpus"}, thinklab.tokenizer, {kind = "char", corpus = "x"})
 E("load missing tokenizer", {"no_such.tok"}, thinklab.load_tokenizer, p.scratch .. "/no_such.tok")
+local saved_tok = thinklab.tokenizer{kind = "char", text = "abc"}
+E("tokenizer save to an empty path", {"tokenizer:save: the tokenizer file path is empty",
+                                      "give a file path such as 'tokenizer.txt'"},
+  saved_tok.save, saved_tok, "")
 E("model too large", {"could not allocate", "make the model smaller"}, thinklab.model,
   {vocab_size = 65, d_model = 1 << 20, n_head = 4, n_layers = 4, context = 64})
 local abc = thinklab.tokenizer{kind = "char", text = "abc"}

@@ -51,7 +51,8 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
         return NULL;
     }
     /* A device or a FIFO may never reach its end (/dev/zero fills memory
-     * until the allocation fails), so only regular files are read. */
+     * until an allocation fails or the kernel kills the process), so only
+     * regular files are read. */
     if (tl_require_regular_file(path, file_kind, sb.st_mode) != TL_OK) {
         close(fd);
         return NULL;

@@ -119,6 +119,9 @@ static tl_status tl_check_tokenizer_target(const char *path, const char *tmp)
 
 tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
 {
+    if (!path || !path[0])
+        return tl_seterr(TL_EINVAL, "the tokenizer file path is empty; give a file path such as "
+                                    "'tokenizer.txt'");
     if (tl_check_parent_folder(path, "tokenizer file") != TL_OK)
         return tl_lasterr();
     size_t tmp_len = strlen(path) + 5;
