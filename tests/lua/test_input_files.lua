@@ -104,7 +104,7 @@ local regular = "give the path of a regular file instead"
 
 -- inputs read whole into memory
 if sanitized then
-  print("skip  corpus and tokenizer /dev/zero: they need an address-space limit")
+  print("skip  /dev/zero and larger-than-memory inputs: they need an address-space limit")
 else
   expect_failure("corpus /dev/zero", {corpus = "/dev/zero"},
                  {"text file '/dev/zero' is a character device, not a regular file", regular},
