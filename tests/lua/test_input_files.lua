@@ -25,7 +25,9 @@ local function read(path)
   return text
 end
 
--- The files of an earlier run of this test.
+-- The files of an earlier run of this test. A run stopped between chattr +i
+-- and chattr -i leaves an immutable log, which os.remove cannot remove.
+H.run("chattr -i " .. quote(dir .. "/run.h5") .. " 2>/dev/null")
 for _, name in ipairs{"small.txt", "driver.lua", "fifo", "run.h5", "run.ckpt", "dangling.h5",
                       "loop_a.h5", "loop_b.h5", "copy.txt", "run.tok", "run.tok.tmp", "limited.h5",
                       "limited.ckpt", "limited.ckpt.tmp", "huge.txt"} do
@@ -201,6 +203,20 @@ if prefix then
                  {"cannot create checkpoint '" .. locked .. "/run.ckpt': its temporary file",
                   "make the folder writable or choose another path"}, prefix)
   H.run("chmod 0755 " .. quote(locked))
+end
+
+-- An immutable log (chattr +i) stops writes by root too. Setting the
+-- attribute needs CAP_LINUX_IMMUTABLE and a file system that supports it.
+local _, chattr_code = H.run("chattr +i " .. quote(log))
+if chattr_code == 0 then
+  local before = read(log)
+  expect_failure("resume into an immutable log", {resume = ck, log = log, steps = 8},
+                 {"run log '" .. log .. "' exists but cannot be opened for writing",
+                  "chattr -i -a", "or choose another log path"})
+  H.run("chattr -i " .. quote(log))
+  H.check(read(log) == before, "the immutable log is unchanged")
+else
+  print("skip  immutable log: chattr +i is not allowed here")
 end
 
 -- A checkpoint path that cannot be created fails before training, because a

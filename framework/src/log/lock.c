@@ -35,10 +35,18 @@ tl_status tl_log_lock(const char *path, int *fd_out)
         if (err == ENOENT)
             return TL_OK;
         /* HDF5 would fail on the same open with only "H5Fopen failed". */
-        if (err == EACCES || err == EPERM || err == EROFS || err == ETXTBSY)
+        const char *fix = NULL;
+        if (err == EACCES)
+            fix = "make it writable, for example with chmod u+w";
+        else if (err == EPERM)
+            fix = "make it writable (an immutable or append-only attribute stops writes: "
+                  "see lsattr and chattr -i -a)";
+        else if (err == EROFS)
+            fix = "make it writable (its file system is mounted read-only)";
+        if (fix)
             return tl_seterr(TL_EIO, "run log '%s' exists but cannot be opened for writing "
-                                     "(%s): make it writable, for example with chmod u+w, or "
-                                     "choose another log path", path, strerror(err));
+                                     "(%s): %s, or choose another log path",
+                             path, strerror(err), fix);
         return tl_seterr(TL_EIO, "cannot open run log '%s' for writing: %s; check the path or "
                                  "choose another log path", path, strerror(err));
     }
