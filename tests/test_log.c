@@ -1167,7 +1167,8 @@ static void test_second_writer(void)
 static void remove_dir(void)
 {
     const char *files[] = {"killed.h5", "round_trip.h5", "growth.h5", "params.h5",
-                           "misuse.h5", "stderr.txt", "matrix.f32", "append.h5", "locked.h5"};
+                           "misuse.h5", "stderr.txt", "matrix.f32", "append.h5", "locked.h5",
+                           "no_room.h5"};
     char path[160];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         path_in_dir(path, sizeof path, files[i]);
