@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "train/train_internal.h"
 #include "train_util.h"
 
@@ -358,6 +359,57 @@ static void test_failed_save_keeps_previous(void)
               "%s", tl_errmsg());
     CHECK(tu_files_equal(path, keep));
     CHECK_MSG(stat(tmp, &sb) != 0, "the failed save left '%s' behind", tmp);
+
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+    remove(keep);
+}
+
+/* A save while another open file holds the lock on path.tmp, as another
+ * process saving to the same path does, stops with a message and leaves both
+ * that file and the checkpoint as they were. */
+static void test_locked_temp_file(void)
+{
+    char path[512], tmp[600], keep[512];
+    tu_path(path, sizeof path, "train_locked.h5");
+    tu_path(keep, sizeof keep, "train_locked_keep.h5");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    remove(path);
+    remove(tmp);
+    tl_model *m = model(7);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr != NULL);
+    if (!tr) {
+        tl_model_free(m);
+        return;
+    }
+    CHECK(tl_trainer_step(tr) == TL_OK);
+    CHECK(tl_trainer_save(tr, path) == TL_OK);
+    tu_copy_file(path, keep);
+
+    int other = -1;
+    CHECK(tl_lock_for_writing(tmp, &other) == 0);
+    const char partial[] = "half of another process's checkpoint";
+    CHECK(write(other, partial, sizeof partial) == (ssize_t)sizeof partial);
+    CHECK(tl_trainer_step(tr) == TL_OK);
+    tl_status st = tl_trainer_save(tr, path);
+    CHECK_MSG(st == TL_ESTATE, "save returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "is being saved by another process") != NULL, "%s",
+              tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "give each run its own checkpoint path") != NULL, "%s",
+              tl_errmsg());
+    CHECK(tu_files_equal(path, keep));
+    struct stat sb;
+    CHECK_MSG(stat(tmp, &sb) == 0 && sb.st_size == (off_t)sizeof partial,
+              "the refused save changed or removed '%s'", tmp);
+
+    /* Once the other writer is gone, the next save takes the file over. */
+    close(other);
+    CHECK_MSG(tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    CHECK_MSG(stat(tmp, &sb) != 0, "the save left '%s' behind", tmp);
+    CHECK(!tu_files_equal(path, keep));
 
     tl_trainer_free(tr);
     tl_model_free(m);
@@ -800,6 +852,7 @@ int main(void)
     tu_run("test_rejections", test_rejections);
     tu_run("test_config_checksum", test_config_checksum);
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
+    tu_run("test_locked_temp_file", test_locked_temp_file);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);

@@ -1,5 +1,6 @@
 /* File-system checks shared by the readers and writers of user files, and HDF5
  * set-up shared by the writers of checkpoints and run logs. */
+#define _GNU_SOURCE /* F_OFD_SETLK */
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -84,6 +85,31 @@ int tl_probe_create(const char *path)
     if (fd < 0)
         return errno;
     close(fd);
+    return 0;
+}
+
+int tl_lock_for_writing(const char *path, int *fd_out)
+{
+    *fd_out = -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno;
+#ifdef F_OFD_SETLK
+    /* The byte at 2^62, as in the run log's lock: no file grows to it. */
+    struct flock lock;
+    memset(&lock, 0, sizeof lock);
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = (off_t)1 << 62;
+    lock.l_len = 1;
+    if (fcntl(fd, F_OFD_SETLK, &lock) != 0 && (errno == EAGAIN || errno == EACCES)) {
+        close(fd);
+        return EAGAIN;
+    }
+    /* NOTE: on a file system that rejects these locks the file stays
+     * unlocked, and two writers are not detected. */
+#endif
+    *fd_out = fd;
     return 0;
 }
 

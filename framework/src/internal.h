@@ -104,6 +104,13 @@ uint64_t tl_file_size_limit(void);
  * run can be rejected before the run instead. */
 int tl_probe_create(const char *path);
 
+/* Opens path for writing, creating it if missing but never truncating it,
+ * and takes a Linux open-file-description write lock on it, so that two
+ * processes cannot write the same temporary file at once. Stores the
+ * descriptor, which holds the lock until it is closed, in *fd_out. Returns 0,
+ * EAGAIN when another open file holds the lock, or the errno of the open. */
+int tl_lock_for_writing(const char *path, int *fd_out);
+
 /* Returns the next step to suggest after a create failed with errno err. */
 const char *tl_create_advice(int err);
 

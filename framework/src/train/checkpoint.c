@@ -36,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "train/train_internal.h"
@@ -405,6 +406,24 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
 
     tl_status st = check_target(path, tmp);
     bool created = false;
+    /* The lock on path.tmp lasts until after the rename, so that another
+     * process saving to the same path cannot truncate or write the file
+     * between this write and the rename, which would leave a damaged
+     * checkpoint at path. */
+    int lock_fd = -1;
+    if (st == TL_OK) {
+        int err = tl_lock_for_writing(tmp, &lock_fd);
+        if (err == EAGAIN)
+            st = tl_seterr(TL_ESTATE, "checkpoint '%s' is being saved by another process, "
+                                      "which holds the lock on '%s', so this save stops and "
+                                      "leaves the file to it: give each run its own "
+                                      "checkpoint path", path, tmp);
+        else if (err != 0)
+            st = tl_seterr(TL_EIO, "checkpoint '%s': cannot create '%s': %s", path, tmp,
+                           strerror(err));
+        else
+            created = true;
+    }
     if (st == TL_OK)
         st = write_file(tr, tmp, path, &created);
     if (st != TL_OK && created) {
@@ -419,6 +438,8 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
     /* Remove only the file this save created, never something the user made. */
     if (st != TL_OK && created)
         remove(tmp);
+    if (lock_fd >= 0)
+        close(lock_fd);
     free(tmp);
     if (st == TL_OK && tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0) {
         tr->last_checkpoint = tr->checkpoint_path;
