@@ -27,27 +27,20 @@ static inline float tl_vmath_float(uint32_t u)
     return x;
 }
 
-/* exp(x). Range reduction x = n ln2 + r with |r| <= ln2/2, where ln2 is split
- * into a 9-bit high part (n * hi is exact for |n| < 2^15) and a low part
- * (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r),
+/* Reduces x = n ln2 + r with |r| <= ln2/2 and returns exp(r). *t gets a float
+ * whose low mantissa bits, minus those of TL_VEXP_SHIFTER, give n. ln2 is split into a 9-bit high part (n * hi is exact for |n| < 2^15) and a
+ * low part (Cody and Waite). exp(r) is Cephes' degree-7 form 1 + r + r^2 P(r),
  * evaluated with fmaf: one rounding per multiply-add, and the same bits on
  * every target, because fmaf is exact by definition. In the x86-64-v3 and
  * v4 versions of the library's loops it becomes 9 vector FMA instructions.
- * Baseline x86-64 has no FMA, so there it calls libm's fmaf, unvectorised. The
- * result is p * 2^n1 * 2^n2 with n1 + n2 = n, both halves normal powers of two,
- * so results down to the subnormal range and up to overflow come out right
- * without a branch. */
-static inline float tl_vexpf(float x)
+ * Baseline x86-64 has no FMA, so there it calls libm's fmaf, unvectorised. */
+#define TL_VEXP_SHIFTER 0x1.8p23f
+static inline float tl_vexp_reduced(float x, float *t)
 {
-    /* Outside [-104, 89] the result is 0 or inf anyway; clamping keeps n in
-     * [-150, 128]. NaN fails both comparisons and passes through. */
-    x = x < -104.0f ? -104.0f : x;
-    x = x > 89.0f ? 89.0f : x;
     /* Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n, which then
      * sits in the low mantissa bits of t. */
-    const float shifter = 0x1.8p23f;
-    float t = fmaf(x, 1.44269504088896341f, shifter);
-    float n = t - shifter;
+    *t = fmaf(x, 1.44269504088896341f, TL_VEXP_SHIFTER);
+    float n = *t - TL_VEXP_SHIFTER;
     float r = fmaf(n, -0.693359375f, x);
     r = fmaf(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
@@ -56,10 +49,23 @@ static inline float tl_vexpf(float x)
     p = fmaf(p, r, 4.1665795894e-2f);
     p = fmaf(p, r, 1.6666665459e-1f);
     p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
+    return fmaf(p, r * r, r) + 1.0f;
+}
+
+/* Returns exp(x) as p * 2^n1 * 2^n2 with n1 + n2 = n, both halves normal powers of
+ * two, so results down to the subnormal range and up to overflow come out
+ * right without a branch. */
+static inline float tl_vexpf(float x)
+{
+    /* Outside [-104, 89] the result is 0 or inf anyway; clamping keeps n in
+     * [-150, 128]. NaN fails both comparisons and passes through. */
+    x = x < -104.0f ? -104.0f : x;
+    x = x > 89.0f ? 89.0f : x;
+    float t;
+    float p = tl_vexp_reduced(x, &t);
     /* Unsigned arithmetic: a NaN input gives meaningless bits, not undefined
      * behaviour, and p is NaN anyway. */
-    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(shifter);
+    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(TL_VEXP_SHIFTER);
     uint32_t n1 = (uint32_t)((int32_t)ni >> 1); /* floor(n / 2), in [-75, 64] */
     uint32_t n2 = ni - n1;                      /* in [-75, 64] */
     float s1 = tl_vmath_float((n1 + 127u) << 23);
@@ -67,7 +73,7 @@ static inline float tl_vexpf(float x)
     return p * s1 * s2;
 }
 
-/* exp(x) for callers that only add it to 1: the polynomial of tl_vexpf
+/* Returns exp(x) for callers that only add it to 1: the polynomial of tl_vexpf
  * scaled by a single power of two, which saves the split of n and a
  * multiply. Results are right where exp(x) is a normal float below 2^127.5,
  * that is for x in [-87.3, 88.37]. Below -87.3 it returns exp(-87.3), about
@@ -77,19 +83,9 @@ static inline float tl_vexpf_normal(float x)
 {
     x = x < -87.3f ? -87.3f : x;
     x = x > 89.0f ? 89.0f : x; /* n <= 128, whose scale 2^128 has the bits of inf */
-    const float shifter = 0x1.8p23f;
-    float t = fmaf(x, 1.44269504088896341f, shifter);
-    float n = t - shifter;
-    float r = fmaf(n, -0.693359375f, x);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
-    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(shifter); /* n in [-126, 128] */
+    float t;
+    float p = tl_vexp_reduced(x, &t);
+    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(TL_VEXP_SHIFTER); /* n in [-126, 128] */
     return p * tl_vmath_float((ni + 127u) << 23);
 }
 
