@@ -276,6 +276,31 @@ static void test_bpe_corpus(void)
         tl_tokens_free(&b);
         tl_tokenizer_free(loaded);
     }
+    /* A path.tmp left as a symbolic link or a hard link to another file: the
+     * save replaces the link, not the file it points to. */
+    char tmp_path[64], victim[] = "/tmp/tl_test_data_victimXXXXXX";
+    snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path);
+    int vfd = mkstemp(victim);
+    CHECK(vfd >= 0);
+    if (vfd >= 0) {
+        CHECK(write(vfd, "victim\n", 7) == 7);
+        close(vfd);
+    }
+    for (int hard = 0; hard < 2; hard++) {
+        remove(tmp_path);
+        CHECK(hard ? link(victim, tmp_path) == 0 : symlink(victim, tmp_path) == 0);
+        CHECK_MSG(tl_tokenizer_save(tok, path) == TL_OK, "%s", tl_errmsg());
+        char head[16] = "";
+        FILE *vf = fopen(victim, "rb");
+        size_t got = vf ? fread(head, 1, sizeof head - 1, vf) : 0;
+        if (vf)
+            fclose(vf);
+        CHECK_MSG(got == 7 && memcmp(head, "victim\n", 7) == 0,
+                  "the save wrote through the %s link '%s'", hard ? "hard" : "symbolic",
+                  tmp_path);
+    }
+    remove(tmp_path);
+    remove(victim);
     remove(path);
 
     /* A save to a folder or into a missing folder names the path and writes nothing. */

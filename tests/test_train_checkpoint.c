@@ -417,6 +417,55 @@ static void test_locked_temp_file(void)
     remove(keep);
 }
 
+/* Writes text to path, replacing it. */
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* A path.tmp left as a symbolic link or as a hard link to another file: the
+ * save replaces the link and leaves the file it pointed to unchanged. */
+static void test_stale_temp_link(void)
+{
+    char path[512], tmp[600], victim[512], keep[512];
+    tu_path(path, sizeof path, "train_temp_link.h5");
+    tu_path(victim, sizeof victim, "train_temp_link_victim.txt");
+    tu_path(keep, sizeof keep, "train_temp_link_keep.txt");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    remove(path);
+    remove(tmp);
+    write_text(victim, "a file the save must not touch\n");
+    tu_copy_file(victim, keep);
+    tl_model *m = model(7);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+
+    CHECK(symlink(victim, tmp) == 0);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    CHECK_MSG(tu_files_equal(victim, keep), "the save wrote through the link '%s'", tmp);
+    struct stat sb;
+    CHECK_MSG(lstat(path, &sb) == 0 && S_ISREG(sb.st_mode), "'%s' is not a regular file", path);
+    CHECK_MSG(lstat(tmp, &sb) != 0, "the save left '%s' behind", tmp);
+
+    CHECK(link(victim, tmp) == 0);
+    CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
+    CHECK_MSG(tu_files_equal(victim, keep), "the save wrote into the hard link '%s'", tmp);
+    CHECK_MSG(stat(victim, &sb) == 0 && sb.st_nlink == 1, "the hard link '%s' is left", tmp);
+
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+    remove(tmp);
+    remove(victim);
+    remove(keep);
+}
+
 /* A learning rate of 1e6 makes the loss or gradient non-finite within a few
  * steps: the run stops with a message naming the step and suggesting a lower
  * learning rate, and the checkpoint of the last good interval stays. */
@@ -853,6 +902,7 @@ int main(void)
     tu_run("test_config_checksum", test_config_checksum);
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
     tu_run("test_locked_temp_file", test_locked_temp_file);
+    tu_run("test_stale_temp_link", test_stale_temp_link);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);

@@ -88,10 +88,19 @@ int tl_probe_create(const char *path)
     return 0;
 }
 
+int tl_open_temp(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) == 0 &&
+        (S_ISLNK(sb.st_mode) || (S_ISREG(sb.st_mode) && sb.st_nlink > 1)) && unlink(path) != 0)
+        return -1;
+    return open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+}
+
 int tl_lock_for_writing(const char *path, int *fd_out)
 {
     *fd_out = -1;
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    int fd = tl_open_temp(path);
     if (fd < 0)
         return errno;
 #ifdef F_OFD_SETLK

@@ -104,11 +104,18 @@ uint64_t tl_file_size_limit(void);
  * run can be rejected before the run instead. */
 int tl_probe_create(const char *path);
 
-/* Opens path for writing, creating it if missing but never truncating it,
- * and takes a Linux open-file-description write lock on it, so that two
- * processes cannot write the same temporary file at once. Stores the
- * descriptor, which holds the lock until it is closed, in *fd_out. Returns 0,
- * EAGAIN when another open file holds the lock, or the errno of the open. */
+/* Opens the temporary file path, written and then renamed over its target,
+ * for writing: creates it if missing, never truncates it. A symbolic link or
+ * a file with other hard links left at path is unlinked first, and the open
+ * does not follow links, so the write cannot reach another file. Returns the
+ * descriptor, or -1 with errno set. */
+int tl_open_temp(const char *path);
+
+/* Opens path with tl_open_temp() and takes a Linux open-file-description
+ * write lock on it, so that two processes cannot write the same temporary
+ * file at once. Stores the descriptor, which holds the lock until it is
+ * closed, in *fd_out. Returns 0, EAGAIN when another open file holds the
+ * lock, or the errno of the open. */
 int tl_lock_for_writing(const char *path, int *fd_out);
 
 /* Returns the next step to suggest after a create failed with errno err. */

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "data_internal.h"
 #include "internal.h"
@@ -141,10 +142,20 @@ tl_status tl_tokenizer_save(const tl_tokenizer *tok, const char *path)
     }
 
     tl_status status = TL_OK;
-    FILE *f = fopen(tmp, "wb");
+    int fd = tl_open_temp(tmp);
+    if (fd >= 0 && ftruncate(fd, 0) != 0) {
+        int err = errno;
+        close(fd);
+        fd = -1;
+        errno = err;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
         status = tl_seterr(TL_EIO, "could not create tokenizer file '%s': %s; check that the "
-                                   "directory exists and is writable", tmp, strerror(errno));
+                                   "directory exists and is writable", tmp, strerror(err));
     } else {
         bool ok = fwrite(text, 1, len, f) == len;
         ok = (fclose(f) == 0) && ok;

@@ -250,7 +250,8 @@ tl_status tl_checkpoint_check_target(const char *path)
 
 /* Writes the image of the in-memory file to tmp with stdio, so that a full
  * disk is a plain write error. Sets *created once tmp exists. */
-static tl_status write_image(hid_t file, const char *tmp, const char *path, bool *created)
+static tl_status write_image(hid_t file, const char *tmp, int fd, const char *path,
+                             bool *created)
 {
     ssize_t size = H5Fget_file_image(file, NULL, 0);
     if (size < 0) {
@@ -266,11 +267,16 @@ static tl_status write_image(hid_t file, const char *tmp, const char *path, bool
         h5_error(path, "H5Fget_file_image");
         return TL_EIO;
     }
-    FILE *f = fopen(tmp, "wb");
+    /* The bytes go through the descriptor that holds the lock on tmp, emptied
+     * first, so that they reach the file this save opened and locked. */
+    int wfd = ftruncate(fd, 0) == 0 ? dup(fd) : -1;
+    FILE *f = wfd >= 0 ? fdopen(wfd, "wb") : NULL;
     if (!f) {
         int err = errno;
+        if (wfd >= 0)
+            close(wfd);
         free(image);
-        return tl_seterr(TL_EIO, "checkpoint '%s': cannot create '%s': %s", path, tmp,
+        return tl_seterr(TL_EIO, "checkpoint '%s': cannot write '%s': %s", path, tmp,
                          strerror(err));
     }
     *created = true;
@@ -301,7 +307,8 @@ static tl_status write_image(hid_t file, const char *tmp, const char *path, bool
     return TL_OK;
 }
 
-static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, bool *created)
+static tl_status write_file(tl_trainer *tr, const char *tmp, int fd, const char *path,
+                            bool *created)
 {
     tl_params *p = tr->params;
     int64_t numel = tl_params_numel(p);
@@ -367,7 +374,7 @@ static tl_status write_file(tl_trainer *tr, const char *tmp, const char *path, b
     CK_H5(path, H5Gclose(group));
     group = -1;
     CK_H5(path, H5Fflush(file, H5F_SCOPE_LOCAL));
-    st = write_image(file, tmp, path, created);
+    st = write_image(file, tmp, fd, path, created);
     H5Fclose(file);
     H5Pclose(fapl);
     free(names);
@@ -425,7 +432,7 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
             created = true;
     }
     if (st == TL_OK)
-        st = write_file(tr, tmp, path, &created);
+        st = write_file(tr, tmp, lock_fd, path, &created);
     if (st != TL_OK && created) {
         struct stat sb;
         tl_seterr(st, "%s; %s", tl_errmsg(),
