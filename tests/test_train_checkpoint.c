@@ -503,6 +503,9 @@ static void test_divergence(void)
     CHECK(strstr(msg, "diverged at step") != NULL);
     CHECK(strstr(msg, "Lower the learning rate") != NULL);
     CHECK(strstr(msg, "nan") != NULL || strstr(msg, "inf") != NULL);
+    CHECK_MSG(strstr(msg, "-nan") == NULL, "%s", msg);
+    /* clip is the Lua key, clip_norm the C field; the message names both. */
+    CHECK_MSG(strstr(msg, "set clip (clip_norm in C) above 0") != NULL, "%s", msg);
     CHECK_MSG(strstr(msg, "resume from the last checkpoint") != NULL, "%s", msg);
     char expect[600];
     snprintf(expect, sizeof expect, "'%s' of step 2", path);

@@ -93,11 +93,11 @@ static int protected_call(lua_State *L, lua_CFunction f, void *ud)
     return rc;
 }
 
-/* SIGINT and SIGTERM during a training run: the run stops before its next
- * step, writes its checkpoint and flushes its log (tl_train_interrupt), so
- * rows and weights computed before the signal survive. The handler is reset
- * on its first call, so a second signal ends the process at once. Outside a
- * run the signal ends the process as it would without a handler. */
+/* SIGINT, SIGTERM and SIGHUP during a training run: the run stops before its
+ * next step, writes its checkpoint and flushes its log (tl_train_interrupt),
+ * so rows and weights computed before the signal survive. The handler is
+ * reset on its first call, so a second signal ends the process at once.
+ * Outside a run the signal ends the process as it would without a handler. */
 static void on_stop_signal(int signo)
 {
     if (tl_train_running() == 0) {
@@ -105,6 +105,14 @@ static void on_stop_signal(int signo)
         raise(signo);
         return;
     }
+    /* Ctrl-C also ends a pipe's reader, such as tee: from here on a write
+     * to the pipe fails with EPIPE instead of killing the process before
+     * it saves. */
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, NULL);
     tl_train_interrupt(signo);
     static const char note[] = "\nthinklab: stopping before the next training step to write "
                                "the checkpoint and the log; send the signal again to quit at "
@@ -122,6 +130,7 @@ static void catch_stop_signals(void)
     sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 }
 
 struct run_args {

@@ -48,7 +48,7 @@ static int l_world_size(lua_State *L)
     return 1;
 }
 
-/* thinklab.interrupted(): "SIGINT" or "SIGTERM" once the thinklab command
+/* thinklab.interrupted(): "SIGINT", "SIGTERM" or "SIGHUP" once the thinklab command
  * has received that signal during a run, else nil. A script that catches
  * errors with pcall checks it to stop instead of starting the next run. */
 static int l_interrupted(lua_State *L)
@@ -60,6 +60,8 @@ static int l_interrupted(lua_State *L)
         lua_pushliteral(L, "SIGINT");
     else if (signo == SIGTERM)
         lua_pushliteral(L, "SIGTERM");
+    else if (signo == SIGHUP)
+        lua_pushliteral(L, "SIGHUP");
     else
         lua_pushfstring(L, "signal %d", signo);
     return 1;

@@ -136,10 +136,10 @@ out, code = H.run(tl .. " run " .. fx .. "/short_run.lua text=" .. p.text)
 H.check(code == 0 and count(out, "step 20/20") == 1, "full run prints its last step once")
 H.check(H.contains(out, "interrupted: nil"), "thinklab.interrupted() is nil without a signal")
 
--- SIGINT or SIGTERM during a run: the run stops before its next step with
--- its checkpoint and log written, the script ends, and the exit status is
--- the shell's for the signal.
-for _, case in ipairs{{"INT", 130}, {"TERM", 143}} do
+-- SIGINT, SIGTERM or SIGHUP during a run: the run stops before its next
+-- step with its checkpoint and log written, the script ends, and the exit
+-- status is the shell's for the signal.
+for _, case in ipairs{{"INT", 130}, {"TERM", 143}, {"HUP", 129}} do
   local sig, status = case[1], case[2]
   local ck, log = p.scratch .. "/cli_signal.ckpt.h5", p.scratch .. "/cli_signal.h5"
   os.remove(ck)
@@ -159,6 +159,25 @@ for _, case in ipairs{{"INT", 130}, {"TERM", 143}} do
   os.remove(ck)
   os.remove(log)
   os.remove(p.scratch .. "/cli_signal_resumed.h5")
+end
+
+-- Ctrl-C also ends a reader of the run's output, such as tee. Here the reader
+-- quits after step 5, and the signal comes after step 10: the run's next
+-- message meets a closed pipe, and the run still saves its checkpoint.
+do
+  local ck, status = p.scratch .. "/cli_pipe.ckpt.h5", p.scratch .. "/cli_pipe.status"
+  os.remove(ck)
+  os.remove(status)
+  local run = tl .. " run " .. fx .. "/short_run.lua text=" .. p.text .. " checkpoint=" .. ck ..
+              " signal_at=10 signal=INT signal_delay=0.5"
+  H.run("( " .. run .. "; echo $? >" .. status .. " ) 2>&1 | head -n 2 >/dev/null")
+  local f = io.open(status, "r")
+  local got = f and f:read("l")
+  if f then f:close() end
+  H.check(got == "130", "SIGINT with a closed output pipe exits with status 130, got " .. tostring(got))
+  H.check(io.open(ck, "r") ~= nil, "SIGINT with a closed output pipe writes the checkpoint")
+  os.remove(ck)
+  os.remove(status)
 end
 
 -- A resume names the training settings that changed, but not the output paths.

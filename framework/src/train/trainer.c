@@ -423,11 +423,13 @@ static tl_status diverged(const tl_trainer *tr, const char *quantity, double val
     else if (tr->checkpoint_path)
         snprintf(next, sizeof next, "train again: no checkpoint was saved before step %lld",
                  (long long)tr->step);
+    /* fabs: printf writes a NaN with its sign bit set as "-nan". */
     return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: the %s is %g, so the "
                                   "parameters were not updated. Lower the learning rate (now "
                                   "%g)%s and %s",
-                     (long long)tr->step, quantity, value, (double)lr,
-                     tr->cfg.clip_norm > 0 ? "" : " or set clip_norm", next);
+                     (long long)tr->step, quantity, isnan(value) ? fabs(value) : value,
+                     (double)lr,
+                     tr->cfg.clip_norm > 0 ? "" : " or set clip (clip_norm in C) above 0", next);
 }
 
 /* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
