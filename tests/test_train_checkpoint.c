@@ -466,6 +466,44 @@ static void test_stale_temp_link(void)
     remove(keep);
 }
 
+/* Two runs started with the same checkpoint path before either saved: the
+ * first to save owns the path, and the other's saves stop with a message
+ * instead of replacing it. */
+static void test_checkpoint_taken_by_other_run(void)
+{
+    char path[512], keep[512];
+    tu_path(path, sizeof path, "train_two_runs.h5");
+    tu_path(keep, sizeof keep, "train_two_runs_keep.h5");
+    remove(path);
+    tl_model *ma = model(7), *mb = model(7);
+    tl_train_config c = tu_config(10);
+    c.checkpoint_path = path;
+    tl_trainer *a = tl_trainer_new(ma, &D.data, &c);
+    tl_trainer *b = tl_trainer_new(mb, &D.data, &c);
+    CHECK_MSG(a && b, "%s", tl_errmsg());
+    if (a && b) {
+        CHECK(tl_trainer_step(b) == TL_OK);
+        CHECK_MSG(tl_trainer_save(b, path) == TL_OK, "%s", tl_errmsg());
+        tu_copy_file(path, keep);
+        CHECK(tl_trainer_step(a) == TL_OK);
+        tl_status st = tl_trainer_save(a, path);
+        CHECK_MSG(st == TL_ESTATE, "save returned %s: %s", tl_status_name(st), tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), "now belongs to another run") != NULL, "%s", tl_errmsg());
+        CHECK_MSG(strstr(tl_errmsg(), "give each run its own checkpoint path") != NULL, "%s",
+                  tl_errmsg());
+        CHECK(tu_files_equal(path, keep));
+        CHECK(tl_trainer_step(b) == TL_OK);
+        CHECK_MSG(tl_trainer_save(b, path) == TL_OK, "the owner's next save failed: %s",
+                  tl_errmsg());
+    }
+    tl_trainer_free(a);
+    tl_trainer_free(b);
+    tl_model_free(ma);
+    tl_model_free(mb);
+    remove(path);
+    remove(keep);
+}
+
 /* A learning rate of 1e6 makes the loss or gradient non-finite within a few
  * steps: the run stops with a message naming the step and suggesting a lower
  * learning rate, and the checkpoint of the last good interval stays. */
@@ -906,6 +944,7 @@ int main(void)
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
     tu_run("test_locked_temp_file", test_locked_temp_file);
     tu_run("test_stale_temp_link", test_stale_temp_link);
+    tu_run("test_checkpoint_taken_by_other_run", test_checkpoint_taken_by_other_run);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);

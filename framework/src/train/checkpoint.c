@@ -393,6 +393,36 @@ fail:
     return TL_EIO;
 }
 
+static tl_status read_run_id(const char *path, hid_t file, char id[TL_LOG_RUN_ID_SIZE]);
+
+/* Rejects a save to the run's checkpoint path when the checkpoint there
+ * belongs to another run, which wrote it after this one started (the check
+ * at the start rejects one that existed then). This run's own checkpoints and
+ * the one it resumed from carry its run id or the loaded one. */
+static tl_status check_owner(const tl_trainer *tr, const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return TL_OK;
+    tl_hdf5_prepare();
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) {
+        H5Eclear2(H5E_DEFAULT);
+        return TL_OK; /* check_target found a thinklab checkpoint there a moment ago */
+    }
+    char id[TL_LOG_RUN_ID_SIZE];
+    tl_status st = read_run_id(path, file, id);
+    H5Fclose(file);
+    if (st != TL_OK || !id[0] || strcmp(id, tr->run_id) == 0 ||
+        strcmp(id, tr->checkpoint_run_id) == 0)
+        return st;
+    return tl_seterr(TL_ESTATE, "checkpoint '%s' now belongs to another run (run id %s), "
+                                "which saved it after this run (run id %s) started, so this "
+                                "run does not replace it: give each run its own checkpoint "
+                                "path, or set checkpoint_overwrite = true",
+                     path, id, tr->run_id);
+}
+
 tl_status tl_trainer_save(tl_trainer *tr, const char *path)
 {
     if (!tr || !path || !path[0])
@@ -412,6 +442,9 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
         return TL_ENOMEM;
 
     tl_status st = check_target(path, tmp);
+    if (st == TL_OK && tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0 &&
+        !tr->cfg.checkpoint_overwrite)
+        st = check_owner(tr, path);
     bool created = false;
     /* The lock on path.tmp lasts until after the rename, so that another
      * process saving to the same path cannot truncate or write the file
