@@ -660,6 +660,7 @@ static void test_no_room(void)
     CHECK(tl_log_flush(log) == TL_EIO);
     const char *msg = tl_errmsg();
     CHECK_MSG(strstr(msg, "below the process's file size limit") != NULL, "message: %s", msg);
+    CHECK_MSG(strstr(msg, "MiB of room is left") != NULL, "message: %s", msg);
     CHECK_MSG(strstr(msg, "the log keeps the 100 training steps flushed before") != NULL,
               "message: %s", msg);
     tl_log_close(log);

@@ -364,7 +364,7 @@ static tl_status tl_log_check_room(const tl_log *log, uint64_t bytes)
     if (stat(log->path, &st) != 0 || statvfs(log->path, &fs) != 0)
         return TL_OK; /* the flush itself reports what is wrong with the file */
     uint64_t room = (uint64_t)fs.f_bavail * (uint64_t)fs.f_frsize;
-    const char *bound = "free on its file system";
+    const char *bound = "on its file system";
     struct rlimit lim;
     if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
         uint64_t size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
@@ -376,8 +376,10 @@ static tl_status tl_log_check_room(const tl_log *log, uint64_t bytes)
     }
     if (room >= need)
         return TL_OK;
-    return tl_seterr(TL_EIO, "run log '%s': %.2f MiB are %s, and writing the buffered rows "
-                             "needs about %.2f MiB, so they are not written and the log keeps "
+    return tl_seterr(TL_EIO, "run log '%s': only %.2f MiB of room is left %s, and writing "
+                             "the buffered rows needs about %.2f MiB (twice their size plus 1 "
+                             "MiB, so that no write stops halfway), so they are not written and "
+                             "the log keeps "
                              "the %lld training steps flushed before: make room, then run again "
                              "or resume from a checkpoint",
                      log->path, (double)room / 1048576.0, bound, (double)need / 1048576.0,
