@@ -672,6 +672,21 @@ static void test_interrupt_keeps_work(void)
     if (tr)
         CHECK(tl_trainer_step_index(tr) == 40);
     tl_trainer_free(tr);
+
+    /* Without a checkpoint path the message says that the run cannot be
+     * resumed and how to make the next one resumable. */
+    tl_model *plain = model(17);
+    c = tu_config(40);
+    c.callback = interrupt_at_10;
+    c.callback_every = 1;
+    tr = tl_trainer_new(plain, &D.data, &c);
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_EINTR, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "no checkpoint path, so it cannot be resumed: set "
+                                  "checkpoint") != NULL, "%s", tl_errmsg());
+    tl_train_interrupt_clear();
+    tl_trainer_free(tr);
+    tl_model_free(plain);
     tl_model_free(m);
     remove(ckpt);
     remove(log);

@@ -114,9 +114,9 @@ static void on_stop_signal(int signo)
     sigemptyset(&ignore.sa_mask);
     sigaction(SIGPIPE, &ignore, NULL);
     tl_train_interrupt(signo);
-    static const char note[] = "\nthinklab: stopping before the next training step to write "
-                               "the checkpoint and the log; send the signal again to quit at "
-                               "once\n";
+    static const char note[] = "\nthinklab: stopping before the next training step to save "
+                               "the run's checkpoint and log, where it has them; send the "
+                               "signal again to quit at once\n";
     ssize_t written = write(STDERR_FILENO, note, sizeof note - 1);
     (void)written;
 }

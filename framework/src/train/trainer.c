@@ -768,6 +768,10 @@ static tl_status stop_on_signal(tl_trainer *tr, int64_t last_checkpoint)
         snprintf(ckpt_part, sizeof ckpt_part,
                  "; the checkpoint '%s' contains step %lld: continue with resume = '%s'",
                  tr->checkpoint_path, (long long)tr->step, tr->checkpoint_path);
+    else
+        snprintf(ckpt_part, sizeof ckpt_part, "; the run has no checkpoint path, so it cannot "
+                                              "be resumed: set checkpoint to make later runs "
+                                              "resumable");
     return tl_seterr(TL_EINTR, "interrupted by %s after step %lld of %lld%s%s", sig,
                      (long long)tr->step, (long long)c->steps, log_part, ckpt_part);
 }
