@@ -92,6 +92,20 @@ static void set_version(const char *path, int32_t version)
     H5Fclose(f);
 }
 
+/* Sets the int64 root attribute name of path to value. */
+static void set_int64_attr(const char *path, const char *name, int64_t value)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = f >= 0 ? H5Aopen(f, name, H5P_DEFAULT) : -1;
+    CHECK(f >= 0);
+    CHECK(a >= 0);
+    CHECK(a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
+    if (a >= 0)
+        H5Aclose(a);
+    if (f >= 0)
+        H5Fclose(f);
+}
+
 /* Overwrites the rng dataset of path with other values, as a damaged file
  * would have them. */
 static void set_rng(const char *path)
@@ -303,6 +317,13 @@ static void test_config_checksum(void)
               "a rejected load changed the parameters or moments");
     CHECK(tl_trainer_step_index(tr) == 2);
     free(after);
+
+    /* A rank count of 0 is damage, not another batch layout to suggest. */
+    tu_copy_file(path, other);
+    set_int64_attr(other, "world", 0);
+    CHECK(tl_trainer_load(tr, other) == TL_EFORMAT);
+    CHECK_MSG(strstr(tl_errmsg(), "records 0 ranks of batch_size") != NULL, "%s", tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "the file is damaged") != NULL, "%s", tl_errmsg());
 
     /* Without the attribute, the comparison of the model settings still
      * finds a config_json damaged into text that is not JSON. */

@@ -864,8 +864,15 @@ tl_status tl_trainer_load(tl_trainer *tr, const char *path)
     /* Every rank draws the same global batch of world * batch_size windows
      * from one RNG, so the file continues under any rank count with the same
      * global batch: 2 ranks x 4 resume as 1 x 8 or 4 x 2. */
+    if (file_world < 1 || batch < 1) {
+        st = tl_seterr(TL_EFORMAT, "checkpoint '%s' records %lld ranks of batch_size %lld; both "
+                                   "must be at least 1, so the file is damaged: resume from "
+                                   "another checkpoint", path, (long long)file_world,
+                       (long long)batch);
+        goto out;
+    }
     int64_t global = batch * file_world, this_global = tr->cfg.batch_size * tr->cfg.world;
-    if (file_world < 1 || global != this_global || context != tr->cfg.context) {
+    if (global != this_global || context != tr->cfg.context) {
         st = tl_seterr(TL_EINVAL, "checkpoint '%s' was trained with a global batch of %lld "
                                   "(%lld ranks x batch_size %lld) and context %lld, this trainer "
                                   "uses %lld (%d x %lld) and %lld: choose batch_size = %lld / "
