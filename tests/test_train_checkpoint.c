@@ -525,6 +525,50 @@ static void test_checkpoint_taken_by_other_run(void)
     remove(keep);
 }
 
+/* Fails the run at step *user. */
+static int fail_at(const tl_train_stats *stats, void *user)
+{
+    if (stats->step != *(const int64_t *)user)
+        return TL_TRAIN_CONTINUE;
+    tl_seterr(TL_ESTATE, "the callback failed at step %lld", (long long)stats->step);
+    return -1;
+}
+
+/* A run whose callback fails after a finished step saves that step to its
+ * checkpoint path, and its message adds how to continue to the callback's. */
+static void test_failed_callback_saves(void)
+{
+    char path[512];
+    tu_path(path, sizeof path, "train_callback_fails.h5");
+    remove(path);
+    int64_t at = 6;
+    tl_model *m = model(7);
+    tl_train_config c = tu_config(20);
+    c.checkpoint_path = path;
+    c.callback = fail_at;
+    c.callback_user = &at;
+    c.callback_every = 1;
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    tl_status st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ESTATE, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "the callback failed at step 6") != NULL, "%s", tl_errmsg());
+    char want[700];
+    snprintf(want, sizeof want, "the checkpoint '%s' contains step 6: continue with resume",
+             path);
+    CHECK_MSG(strstr(tl_errmsg(), want) != NULL, "%s", tl_errmsg());
+    tl_trainer_free(tr);
+
+    c.checkpoint_path = NULL;
+    c.resume_path = path;
+    c.callback = NULL;
+    tr = tl_trainer_new(m, &D.data, &c);
+    CHECK_MSG(tr != NULL, "%s", tl_errmsg());
+    CHECK(tr == NULL || tl_trainer_step_index(tr) == 6);
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(path);
+}
+
 /* A learning rate of 1e6 makes the loss or gradient non-finite within a few
  * steps: the run stops with a message naming the step and suggesting a lower
  * learning rate, and the checkpoint of the last good interval stays. */
@@ -694,7 +738,7 @@ static void test_interrupt_keeps_work(void)
         CHECK(tl_trainer_step_index(tr) == 40);
     tl_trainer_free(tr);
 
-    /* Without a checkpoint path the message says that the run cannot be
+    /* Without a checkpoint path the message states that the run cannot be
      * resumed and how to make the next one resumable. */
     tl_model *plain = model(17);
     c = tu_config(40);
@@ -981,6 +1025,7 @@ int main(void)
     tu_run("test_locked_temp_file", test_locked_temp_file);
     tu_run("test_stale_temp_link", test_stale_temp_link);
     tu_run("test_checkpoint_taken_by_other_run", test_checkpoint_taken_by_other_run);
+    tu_run("test_failed_callback_saves", test_failed_callback_saves);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);
     tu_run("test_divergence", test_divergence);
     tu_run("test_bad_path_at_creation", test_bad_path_at_creation);

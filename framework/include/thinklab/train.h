@@ -81,7 +81,9 @@ typedef struct tl_train_stats {
 /* Values a callback returns. A negative return aborts the run: the callback
  * sets the message with tl_seterr() first (the Lua binding stores the Lua
  * error there) and tl_trainer_run() returns TL_ESTATE unless the callback set
- * another status. */
+ * another status. A run with a checkpoint path first saves the finished step
+ * there, as it does after a failed evaluation, and adds to the message how to
+ * resume. */
 enum { TL_TRAIN_CONTINUE = 0, TL_TRAIN_STOP = 1 };
 typedef int (*tl_train_callback_fn)(const tl_train_stats *stats, void *user);
 

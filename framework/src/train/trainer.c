@@ -776,6 +776,26 @@ static tl_status stop_on_signal(tl_trainer *tr, int64_t last_checkpoint)
                      (long long)tr->step, (long long)c->steps, log_part, ckpt_part);
 }
 
+/* Saves the checkpoint after a failure that came after step tr->step had
+ * finished, and adds the outcome to the failure's message, which the run
+ * still returns. */
+static void save_after_failure(tl_trainer *tr, tl_status failure)
+{
+    size_t len = strlen(tl_errmsg()) + 1;
+    char *why = malloc(len); /* tl_seterr below overwrites the message it formats from */
+    if (!why)
+        return;
+    memcpy(why, tl_errmsg(), len);
+    if (tl_trainer_save(tr, tr->checkpoint_path) == TL_OK)
+        tl_seterr(failure, "%s; the checkpoint '%s' contains step %lld: continue with "
+                           "resume = '%s'",
+                  why, tr->checkpoint_path, (long long)tr->step, tr->checkpoint_path);
+    else
+        tl_seterr(failure, "%s; saving the checkpoint at step %lld failed too: %s", why,
+                  (long long)tr->step, tl_errmsg());
+    free(why);
+}
+
 static tl_status run_steps(tl_trainer *tr, bool interruptible)
 {
     const tl_train_config *c = &tr->cfg;
@@ -786,6 +806,7 @@ static tl_status run_steps(tl_trainer *tr, bool interruptible)
     tr->window_steps = 0;
     int64_t last_eval = -1, last_checkpoint = tr->step;
     bool stop = false;
+    bool step_done = false; /* a failure after the step finished, which a save may keep */
     tl_status st = TL_OK;
 
     while (tr->step < c->steps && !stop) {
@@ -799,8 +820,10 @@ static tl_status run_steps(tl_trainer *tr, bool interruptible)
                         (every(tr->step, c->progress_every) || last);
         bool callback = c->callback && (every(tr->step, c->callback_every) || last);
         if (can_eval && every(tr->step, c->eval_every)) {
-            if ((st = evaluate_all(tr)) != TL_OK)
+            if ((st = evaluate_all(tr)) != TL_OK) {
+                step_done = true;
                 break;
+            }
             last_eval = tr->step;
         }
         if (leader && tr->checkpoint_path && every(tr->step, c->checkpoint_every)) {
@@ -818,6 +841,7 @@ static tl_status run_steps(tl_trainer *tr, bool interruptible)
                                            : tl_seterr(TL_ESTATE, "the training callback "
                                                                   "stopped the run at step %lld",
                                                        (long long)tr->step);
+                step_done = true;
                 break;
             }
             stop = r == TL_TRAIN_STOP;
@@ -828,10 +852,13 @@ static tl_status run_steps(tl_trainer *tr, bool interruptible)
             print_progress(tr, false);
     }
     if (st != TL_OK) {
-        /* Keep the failure's message: no checkpoint is written, so the last
-         * good one stays. */
         if (leader)
             end_progress_line(tr);
+        /* A failed evaluation or callback comes after a finished step, whose
+         * weights a checkpoint can keep. A failed step or save keeps the
+         * last good checkpoint instead. */
+        if (step_done && leader && tr->checkpoint_path && last_checkpoint != tr->step)
+            save_after_failure(tr, st);
         return st;
     }
 
