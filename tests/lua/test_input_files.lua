@@ -192,6 +192,16 @@ if prefix then
                  prefix)
   expect_failure("overwrite a read-only log", {log = log, overwrite = true}, unwritable, prefix)
   H.run("chmod 0644 " .. quote(log))
+  -- Another user's log: chmod would not help, its owner must act.
+  local nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+  local _, nobody_code = H.run(nobody .. "true")
+  if uid == "0" and nobody_code == 0 then
+    expect_failure("resume into another user's log", {resume = ck, log = log, steps = 8},
+                   {"run log '" .. log .. "' exists but cannot be opened for writing",
+                    "it belongs to another user (uid 0), so ask its owner"}, nobody)
+  else
+    print("skip  another user's log: the test needs root and setpriv --reuid")
+  end
   H.check(read(log) == before, "the read-only log is unchanged")
 
   local locked = dir .. "/read_only"

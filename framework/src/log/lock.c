@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log_internal.h"
@@ -36,6 +37,12 @@ tl_status tl_log_lock(const char *path, int *fd_out)
             return TL_OK;
         /* HDF5 would fail on the same open with only "H5Fopen failed". */
         const char *fix = NULL;
+        struct stat sb;
+        if (err == EACCES && stat(path, &sb) == 0 && sb.st_uid != geteuid())
+            return tl_seterr(TL_EIO, "run log '%s' exists but cannot be opened for writing "
+                                     "(%s): it belongs to another user (uid %u), so ask its "
+                                     "owner to make it writable, or choose another log path",
+                             path, strerror(err), (unsigned)sb.st_uid);
         if (err == EACCES)
             fix = "make it writable, for example with chmod u+w";
         else if (err == EPERM)
