@@ -487,6 +487,41 @@ static void test_stale_temp_link(void)
     remove(keep);
 }
 
+/* A checkpoint path that is a symbolic link: the save replaces the file it
+ * points to and keeps the link, as a run log's link is written through. A
+ * dangling link is rejected with its target named. */
+static void test_checkpoint_link(void)
+{
+    char real[512], link_path[512], keep[512];
+    tu_path(real, sizeof real, "train_link_target.h5");
+    tu_path(link_path, sizeof link_path, "train_link.h5");
+    tu_path(keep, sizeof keep, "train_link_keep.h5");
+    remove(real);
+    remove(link_path);
+    tl_model *m = model(7);
+    tl_train_config c = tu_config(10);
+    tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, real) == TL_OK, "%s", tl_errmsg());
+    tu_copy_file(real, keep);
+    CHECK(symlink(real, link_path) == 0);
+    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK_MSG(tr && tl_trainer_save(tr, link_path) == TL_OK, "%s", tl_errmsg());
+    struct stat sb;
+    CHECK_MSG(lstat(link_path, &sb) == 0 && S_ISLNK(sb.st_mode), "the save replaced the link");
+    CHECK_MSG(!tu_files_equal(real, keep), "the save did not reach the link's target");
+
+    remove(real);
+    tl_status st = tr ? tl_trainer_save(tr, link_path) : TL_OK;
+    CHECK_MSG(st == TL_ENOTFOUND, "save returned %s: %s", tl_status_name(st), tl_errmsg());
+    CHECK_MSG(strstr(tl_errmsg(), "is a symbolic link to") != NULL, "%s", tl_errmsg());
+    CHECK_MSG(lstat(link_path, &sb) == 0 && S_ISLNK(sb.st_mode), "the failed save removed the link");
+    tl_trainer_free(tr);
+    tl_model_free(m);
+    remove(link_path);
+    remove(keep);
+}
+
 /* Two runs started with the same checkpoint path before either saved: the
  * first to save owns the path, and the other's saves stop with a message
  * instead of replacing it. */
@@ -1024,6 +1059,7 @@ int main(void)
     tu_run("test_failed_save_keeps_previous", test_failed_save_keeps_previous);
     tu_run("test_locked_temp_file", test_locked_temp_file);
     tu_run("test_stale_temp_link", test_stale_temp_link);
+    tu_run("test_checkpoint_link", test_checkpoint_link);
     tu_run("test_checkpoint_taken_by_other_run", test_checkpoint_taken_by_other_run);
     tu_run("test_failed_callback_saves", test_failed_callback_saves);
     tu_run("test_step_and_folder_messages", test_step_and_folder_messages);

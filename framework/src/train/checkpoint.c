@@ -26,6 +26,7 @@
  *
  * The file is written to path.tmp and renamed over path, so a crash or a
  * failed write leaves the previous checkpoint. */
+#define _DEFAULT_SOURCE /* realpath */
 #include <errno.h>
 #include <hdf5.h>
 #include <math.h>
@@ -238,13 +239,18 @@ static char *temp_path(const char *path)
     return tmp;
 }
 
+static const char *follow_link(const char *path, char **target);
+
 tl_status tl_checkpoint_check_target(const char *path)
 {
-    char *tmp = temp_path(path);
-    if (!tmp)
-        return TL_ENOMEM;
-    tl_status st = check_target(path, tmp);
+    char *target;
+    const char *to = follow_link(path, &target);
+    if (!to)
+        return tl_lasterr();
+    char *tmp = temp_path(to);
+    tl_status st = tmp ? check_target(to, tmp) : TL_ENOMEM;
     free(tmp);
+    free(target);
     return st;
 }
 
@@ -423,10 +429,9 @@ static tl_status check_owner(const tl_trainer *tr, const char *path)
                      path, id, tr->run_id);
 }
 
-tl_status tl_trainer_save(tl_trainer *tr, const char *path)
+/* Saves to path; own is true when path is the run's checkpoint path. */
+static tl_status save_to(tl_trainer *tr, const char *path, bool own)
 {
-    if (!tr || !path || !path[0])
-        return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
     /* A run killed after this save resumes from it, and continues its log
      * only if the log has every step up to it. A failed log does not stop
      * the save, because the weights matter more. A resume into that log is
@@ -442,8 +447,7 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
         return TL_ENOMEM;
 
     tl_status st = check_target(path, tmp);
-    if (st == TL_OK && tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0 &&
-        !tr->cfg.checkpoint_overwrite)
+    if (st == TL_OK && own && !tr->cfg.checkpoint_overwrite)
         st = check_owner(tr, path);
     bool created = false;
     /* The lock on path.tmp lasts until after the rename, so that another
@@ -481,10 +485,41 @@ tl_status tl_trainer_save(tl_trainer *tr, const char *path)
     if (lock_fd >= 0)
         close(lock_fd);
     free(tmp);
-    if (st == TL_OK && tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0) {
+    if (st == TL_OK && own) {
         tr->last_checkpoint = tr->checkpoint_path;
         tr->last_checkpoint_step = tr->step;
     }
+    return st;
+}
+
+/* Follows path when it is a symbolic link, as the run log does: the save then
+ * replaces the file the link points to, and the link stays. Returns path
+ * itself, or the link's target in a heap buffer stored in *target as well,
+ * or NULL with a message for a dangling link or a loop. */
+static const char *follow_link(const char *path, char **target)
+{
+    *target = NULL;
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISLNK(sb.st_mode))
+        return path;
+    if (tl_check_link_target(path, "checkpoint") != TL_OK)
+        return NULL;
+    *target = realpath(path, NULL);
+    if (!*target)
+        tl_seterr(TL_EIO, "checkpoint '%s': cannot follow the symbolic link: %s", path,
+                  strerror(errno));
+    return *target;
+}
+
+tl_status tl_trainer_save(tl_trainer *tr, const char *path)
+{
+    if (!tr || !path || !path[0])
+        return tl_seterr(TL_EINVAL, "tl_trainer_save: trainer and path must be given");
+    bool own = tr->checkpoint_path && strcmp(path, tr->checkpoint_path) == 0;
+    char *target;
+    const char *to = follow_link(path, &target);
+    tl_status st = to ? save_to(tr, to, own) : tl_lasterr();
+    free(target);
     return st;
 }
 
