@@ -193,6 +193,8 @@ out, code = H.run(run .. " steps=15 resume=" .. ck .. " log=" .. second)
 H.check(code == 0, "resume with more steps runs")
 H.check(H.contains(out, "this run uses its own: steps"), "resume names the changed steps")
 H.check(not H.contains(out, "log_path"), "resume does not count the new log as a training setting")
+H.check(H.contains(out, "run log '" .. second .. "' is new and starts after step 10, the checkpoint's"),
+        "resume into a new log says where the new log starts")
 
 -- A resume into the run's own log continues it. From an earlier checkpoint
 -- it first removes the rows of the steps that the run logs again.

@@ -250,6 +250,10 @@ tl_status tl_train_log_open(tl_trainer *tr)
                 dropped[0] ? "removed the rows of later steps, which this run logs again: "
                            : "no rows of later steps to remove",
                 dropped);
+    else if (tr->resume_path && tr->step > 0)
+        fprintf(stderr, "thinklab: run log '%s' is new and starts after step %lld, the "
+                        "checkpoint's; the steps before are not in it\n",
+                tr->cfg.log_path, (long long)tr->step);
     return TL_OK;
 }
 
