@@ -99,9 +99,10 @@ static void set_int64_attr(const char *path, const char *name, int64_t value)
     hid_t a = f >= 0 ? H5Aopen(f, name, H5P_DEFAULT) : -1;
     CHECK(f >= 0);
     CHECK(a >= 0);
-    CHECK(a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
-    if (a >= 0)
+    if (a >= 0) {
+        CHECK(H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
         H5Aclose(a);
+    }
     if (f >= 0)
         H5Fclose(f);
 }
@@ -465,7 +466,8 @@ static void test_stale_temp_link(void)
     tl_model *m = model(7);
     tl_train_config c = tu_config(10);
     tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    CHECK(tr == NULL || tl_trainer_step(tr) == TL_OK);
 
     CHECK(symlink(victim, tmp) == 0);
     CHECK_MSG(tr && tl_trainer_save(tr, path) == TL_OK, "%s", tl_errmsg());
@@ -501,11 +503,13 @@ static void test_checkpoint_link(void)
     tl_model *m = model(7);
     tl_train_config c = tu_config(10);
     tl_trainer *tr = tl_trainer_new(m, &D.data, &c);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    CHECK(tr == NULL || tl_trainer_step(tr) == TL_OK);
     CHECK_MSG(tr && tl_trainer_save(tr, real) == TL_OK, "%s", tl_errmsg());
     tu_copy_file(real, keep);
     CHECK(symlink(real, link_path) == 0);
-    CHECK(tr && tl_trainer_step(tr) == TL_OK);
+    CHECK(tr != NULL);
+    CHECK(tr == NULL || tl_trainer_step(tr) == TL_OK);
     CHECK_MSG(tr && tl_trainer_save(tr, link_path) == TL_OK, "%s", tl_errmsg());
     struct stat sb;
     CHECK_MSG(lstat(link_path, &sb) == 0 && S_ISLNK(sb.st_mode), "the save replaced the link");

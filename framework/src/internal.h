@@ -70,7 +70,7 @@ tl_tensor *tl_new_like(tl_ctx *ctx, const tl_tensor *x);
 
 /* Checks that the folder that is to contain path exists. If it does not,
  * sets TL_ENOTFOUND with a message that names file_kind ("checkpoint"),
- * path and the folder, and says to create it or choose another path. A
+ * path and the folder, and tells the user to create it or choose another path. A
  * folder part that names a file, and a path that ends with '/', fail with
  * TL_EINVAL. A path without a '/' is in the working folder, which passes. */
 tl_status tl_check_parent_folder(const char *path, const char *file_kind);

@@ -85,14 +85,14 @@ local function run(overrides, prefix, stdin)
 end
 
 -- Checks that the run fails in time and that its output has every fragment.
-local function expect_failure(what, overrides, fragments, prefix)
+local function expect_failure(label, overrides, fragments, prefix)
   local out, code = run(overrides, prefix)
-  if not H.check(code ~= 124, what .. ": finishes within 120 s") then
+  if not H.check(code ~= 124, label .. ": finishes within 120 s") then
     return
   end
-  H.check(code ~= 0, what .. ": exits non-zero")
+  H.check(code ~= 0, label .. ": exits non-zero")
   for _, f in ipairs(fragments) do
-    if not H.check(H.contains(out, f), what .. ": message contains " .. f) then
+    if not H.check(H.contains(out, f), label .. ": message contains " .. f) then
       io.stderr:write(out)
     end
   end

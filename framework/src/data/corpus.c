@@ -71,7 +71,7 @@ char *tl_read_whole_file(const char *path, const char *file_kind, size_t *len)
     char *text = NULL;
     size_t n = 0, cap = 0;
     if (sb.st_size > 0) {
-        uint64_t need = (uint64_t)sb.st_size + 2; /* the final '\0' and a read that sees EOF */
+        uint64_t need = (uint64_t)sb.st_size + 2; /* the final '\0' and a read that reaches EOF */
         text = need <= SIZE_MAX ? malloc((size_t)need) : NULL;
         if (!text) {
             fclose(f);

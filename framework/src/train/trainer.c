@@ -782,18 +782,18 @@ static tl_status stop_on_signal(tl_trainer *tr, int64_t last_checkpoint)
 static void save_after_failure(tl_trainer *tr, tl_status failure)
 {
     size_t len = strlen(tl_errmsg()) + 1;
-    char *why = malloc(len); /* tl_seterr below overwrites the message it formats from */
-    if (!why)
+    char *message = malloc(len); /* tl_seterr below overwrites the message it formats from */
+    if (!message)
         return;
-    memcpy(why, tl_errmsg(), len);
+    memcpy(message, tl_errmsg(), len);
     if (tl_trainer_save(tr, tr->checkpoint_path) == TL_OK)
         tl_seterr(failure, "%s; the checkpoint '%s' contains step %lld: continue with "
                            "resume = '%s'",
-                  why, tr->checkpoint_path, (long long)tr->step, tr->checkpoint_path);
+                  message, tr->checkpoint_path, (long long)tr->step, tr->checkpoint_path);
     else
-        tl_seterr(failure, "%s; saving the checkpoint at step %lld failed too: %s", why,
+        tl_seterr(failure, "%s; saving the checkpoint at step %lld failed too: %s", message,
                   (long long)tr->step, tl_errmsg());
-    free(why);
+    free(message);
 }
 
 static tl_status run_steps(tl_trainer *tr, bool interruptible)
