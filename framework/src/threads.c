@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "ops/gemm.h"
 
 static int tl_nthreads = 0; /* 0 until tl_threads_set() runs */
 
@@ -52,9 +53,16 @@ char *tl_threads_describe(char *buf, size_t size)
     int len = (int)strlen(version);
     while (len > 0 && version[len - 1] == ' ')
         len--;
-    snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels)", tl_threads_get(),
-             tl_cores_available(), len, version,
-             p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown");
+    tl_gemm_kind kind;
+    const char *products = "";
+    if (tl_gemm_kind_get(&kind) != TL_OK)
+        products = "; THINKLAB_GEMM is invalid";
+    else if (kind == TL_GEMM_AVX2)
+        products = "; thinklab's AVX2 kernel for large single-thread products";
+    snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels%s)",
+             tl_threads_get(), tl_cores_available(), len, version,
+             p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown",
+             products);
     return buf;
 }
 

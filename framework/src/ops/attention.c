@@ -12,6 +12,7 @@
 
 #include "../internal.h"
 #include "smallgemm.h"
+#include "transpose8.h"
 #include "vmath.h"
 
 /* Below this many multiply-adds (B*H*Tq*Tk*D) the op runs on one thread. */
@@ -312,41 +313,6 @@ static double tl_attn_computed(const int32_t *extent, int64_t B, int64_t Tq)
     return n;
 }
 
-/* Eight floats, and the lane indices of a two-vector shuffle. GCC keeps both
- * in registers in every target version of the functions that inline this. */
-typedef float tl_attn_v8 __attribute__((vector_size(32)));
-typedef int32_t tl_attn_v8i __attribute__((vector_size(32)));
-
-/* Transposes the 8 x 8 block at src (leading dimension ld) into dst (leading
- * dimension ldd) in three rounds of shuffles: pairs of rows, then pairs of
- * pairs within each 128-bit half, then the halves. */
-__attribute__((always_inline)) static inline void tl_attn_transpose8(float *dst, int64_t ldd,
-                                                                    const float *src, int64_t ld)
-{
-    tl_attn_v8 r[8], t[8], u[8];
-    for (int i = 0; i < 8; i++)
-        memcpy(&r[i], src + i * ld, sizeof r[i]);
-    const tl_attn_v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-    const tl_attn_v8i even = {0, 1, 8, 9, 4, 5, 12, 13}, odd = {2, 3, 10, 11, 6, 7, 14, 15};
-    const tl_attn_v8i first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
-    for (int i = 0; i < 8; i += 2) { /* t[i] = (r[i][0], r[i+1][0], r[i][1], r[i+1][1], ...) */
-        t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
-        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
-    }
-    for (int i = 0; i < 8; i += 4) { /* u[i + c]: columns c and c + 4 of rows i..i+3 */
-        u[i] = __builtin_shuffle(t[i], t[i + 2], even);
-        u[i + 1] = __builtin_shuffle(t[i], t[i + 2], odd);
-        u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], even);
-        u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], odd);
-    }
-    for (int c = 0; c < 4; c++) {
-        tl_attn_v8 col = __builtin_shuffle(u[c], u[c + 4], first);
-        tl_attn_v8 col4 = __builtin_shuffle(u[c], u[c + 4], second);
-        memcpy(dst + c * ldd, &col, sizeof col);
-        memcpy(dst + (c + 4) * ldd, &col4, sizeof col4);
-    }
-}
-
 /* Copies the (n, D) head block src (leading dimension ld) transposed into dst
  * (D, n), leading dimension n_dst. S = Qr Kr^T and dP = dO V^T then run as
  * plain products with the transposed keys or values, whose rows are the
@@ -362,7 +328,7 @@ __attribute__((always_inline)) static inline void tl_attn_transpose(float *restr
     int64_t n8 = n / 8 * 8, D8 = D / 8 * 8;
     for (int64_t j = 0; j < n8; j += 8)
         for (int64_t d = 0; d < D8; d += 8)
-            tl_attn_transpose8(dst + d * n_dst + j, n_dst, src + j * ld + d, ld);
+            tl_transpose8(dst + d * n_dst + j, n_dst, src + j * ld + d, ld);
     for (int64_t j = 0; j < n; j++) /* the columns past D8, and the rows past n8 */
         for (int64_t d = j < n8 ? D8 : 0; d < D; d++)
             dst[d * n_dst + j] = src[j * ld + d];

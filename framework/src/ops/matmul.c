@@ -1,9 +1,13 @@
-/* Matrix products through OpenBLAS sgemm: 2-D, batched and linear. */
+/* Matrix products: 2-D, batched and linear, through OpenBLAS sgemm or the
+ * in-tree kernel of gemm.c. */
 #include <cblas.h>
 #include <limits.h>
+#include <omp.h>
 #include <string.h>
 
 #include "../internal.h"
+#include "gemm.h"
+#include "thinklab/threads.h"
 
 /* One product C = op(A) op(B) repeated over `batch` matrices: op(A) is (M,K),
  * op(B) is (K,N) and C is (M,N). A is stored (K,M) when ta, else (M,K), and B
@@ -16,13 +20,37 @@ typedef struct tl_gemm_shape {
 
 static CBLAS_TRANSPOSE tl_trans(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
-/* Row-major sgemm: C (m,n) = alpha op(X) op(Y) + beta C, with leading
- * dimensions that are the stored row lengths. */
-static void tl_sgemm(bool tx, bool ty, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
-                     const float *y, int64_t ldy, float beta, float *c, int64_t ldc)
+/* Whether the in-tree kernel takes a product: only on one thread (inside a
+ * shard, or with the thread setting at 1), since OpenBLAS splits a product
+ * over the threads itself, and only where it was measured faster. On the
+ * AVX2 host of framework/bench/BENCHMARKS.md, one thread, with the other
+ * core busy: 91 to 96 against 84 to 90 GFLOP/s for op(X) = X with 384 rows
+ * and K of 128 or 512; the same at 256 rows and below OpenBLAS below that,
+ * where packing B weighs more; 78 to 85 against 84 to 90 with X transposed
+ * (the weight gradients); 1 to 4% below OpenBLAS from K = 1000 on. */
+static bool tl_mm_in_tree(tl_gemm_kind kind, bool tx, int64_t m, int64_t k)
 {
+    return kind == TL_GEMM_AVX2 && !tx && m >= 256 && k <= 512 &&
+           (omp_in_parallel() || tl_threads_get() == 1);
+}
+
+/* Row-major C (m,n) = op(X) op(Y), or += when add, with leading dimensions
+ * that are the stored row lengths. */
+static void tl_mm(tl_gemm_kind kind, bool tx, bool ty, int64_t m, int64_t n, int64_t k,
+                  const float *x, int64_t ldx, const float *y, int64_t ldy, bool add, float *c,
+                  int64_t ldc)
+{
+    if (tl_mm_in_tree(kind, tx, m, k) && tl_gemm_avx2(tx, ty, m, n, k, x, ldx, y, ldy, add, c, ldc))
+        return;
+    /* Zeroed here and accumulated with beta = 1, because OpenBLAS's own
+     * beta = 0 pass is slower than memset. In a loop of sgemm calls of the
+     * GPT-2 bench's shapes (one AVX2 thread, 384 rows, K = 128), a product
+     * took 0.160 ms with beta = 0 and 0.145 ms this way. */
+    if (!add)
+        for (int64_t i = 0; i < m; i++)
+            memset(c + i * ldc, 0, (size_t)n * sizeof(float));
     cblas_sgemm(CblasRowMajor, tl_trans(tx), tl_trans(ty), (blasint)m, (blasint)n, (blasint)k,
-                1.0f, x, (blasint)ldx, y, (blasint)ldy, beta, c, (blasint)ldc);
+                1.0f, x, (blasint)ldx, y, (blasint)ldy, 1.0f, c, (blasint)ldc);
 }
 
 /* Works out the product's shape, or sets a message naming the mismatch. */
@@ -103,6 +131,9 @@ tl_tensor *tl_matmul(tl_ctx *ctx, tl_tensor *a, tl_tensor *b, bool ta, bool tb)
     int64_t shape[TL_MAX_DIMS];
     if (!tl_matmul_shape(a, b, ta, tb, &s, &ndim, shape))
         return NULL;
+    tl_gemm_kind kind;
+    if (tl_gemm_kind_get(&kind) != TL_OK)
+        return NULL;
     tl_tensor *out = tl_new(ctx, TL_F32, ndim, shape);
     if (!out)
         return NULL;
@@ -110,15 +141,12 @@ tl_tensor *tl_matmul(tl_ctx *ctx, tl_tensor *a, tl_tensor *b, bool ta, bool tb)
     float *c = tl_f32(out);
     const float *x = tl_f32(a), *y = tl_f32(b);
     int64_t M = s.M, K = s.K, N = s.N;
-    /* Zeroed here and accumulated with beta = 1, because OpenBLAS's own
-     * beta = 0 pass is slower than memset. In a loop of sgemm calls of the
-     * GPT-2 bench's shapes (one AVX2 thread, 384 rows, K = 128), a product
-     * took 0.160 ms with beta = 0 and 0.145 ms this way. */
-    memset(c, 0, (size_t)tl_numel(out) * sizeof(float));
-    if (K > 0 && M > 0 && N > 0)
+    if (K == 0)
+        memset(c, 0, (size_t)tl_numel(out) * sizeof(float));
+    else if (M > 0 && N > 0)
         for (int64_t i = 0; i < s.batch; i++)
-            tl_sgemm(ta, tb, M, N, K, x + i * M * K, ta ? M : K, y + i * K * N,
-                     tb ? K : N, 1.0f, c + i * M * N, N);
+            tl_mm(kind, ta, tb, M, N, K, x + i * M * K, ta ? M : K, y + i * K * N, tb ? K : N,
+                  false, c + i * M * N, N);
     tl_count_flops(ctx, TL_OP_MATMUL, 2.0 * (double)s.batch * M * N * K);
 
     tl_node *node = tl_record(ctx, TL_OP_MATMUL, out, 2, (tl_tensor *[]){a, b});
@@ -134,8 +162,8 @@ tl_tensor *tl_matmul(tl_ctx *ctx, tl_tensor *a, tl_tensor *b, bool ta, bool tb)
 }
 
 /* With dC (M,N): d op(A) = dC op(B)^T and d op(B) = op(A)^T dC. A transposed
- * operand receives the transpose of that, computed directly by sgemm with
- * beta = 1 so that it accumulates. */
+ * operand receives the transpose of that, computed directly. Both products
+ * add to the gradients already accumulated. */
 void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
 {
     tl_tensor *a = node->in[0], *b = node->in[1];
@@ -146,6 +174,8 @@ void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
     int64_t lda = ta ? M : K, ldb = tb ? K : N;
     if (M == 0 || N == 0 || K == 0)
         return;
+    tl_gemm_kind kind = TL_GEMM_OPENBLAS; /* the forward already reported a bad setting */
+    (void)tl_gemm_kind_get(&kind);
 
     for (int64_t i = 0; i < batch; i++) {
         const float *dci = dc + i * M * N, *xi = x + i * M * K;
@@ -153,16 +183,16 @@ void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
         if (da) {
             float *dai = da + i * M * K;
             if (!ta) /* dA (M,K) += dC op(B)^T */
-                tl_sgemm(false, !tb, M, K, N, dci, N, yi, ldb, 1.0f, dai, lda);
+                tl_mm(kind, false, !tb, M, K, N, dci, N, yi, ldb, true, dai, lda);
             else /* dA (K,M) += op(B) dC^T */
-                tl_sgemm(tb, true, K, M, N, yi, ldb, dci, N, 1.0f, dai, lda);
+                tl_mm(kind, tb, true, K, M, N, yi, ldb, dci, N, true, dai, lda);
         }
         if (db) {
             float *dbi = db + i * K * N;
             if (!tb) /* dB (K,N) += op(A)^T dC */
-                tl_sgemm(!ta, false, K, N, M, xi, lda, dci, N, 1.0f, dbi, ldb);
+                tl_mm(kind, !ta, false, K, N, M, xi, lda, dci, N, true, dbi, ldb);
             else /* dB (N,K) += dC^T op(A) */
-                tl_sgemm(true, ta, N, K, M, dci, N, xi, lda, 1.0f, dbi, ldb);
+                tl_mm(kind, true, ta, N, K, M, dci, N, xi, lda, true, dbi, ldb);
         }
     }
     tl_count_flops(ctx, TL_OP_MATMUL,
