@@ -162,18 +162,24 @@ tl_tensor *tl_matmul(tl_ctx *ctx, tl_tensor *a, tl_tensor *b, bool ta, bool tb)
 }
 
 /* With dC (M,N): d op(A) = dC op(B)^T and d op(B) = op(A)^T dC. A transposed
- * operand receives the transpose of that, computed directly. Both products
- * add to the gradients already accumulated. */
+ * operand receives the transpose of that, computed directly. The products
+ * add to the gradients already accumulated, except into a new dA buffer. */
 void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
 {
     tl_tensor *a = node->in[0], *b = node->in[1];
     int64_t batch = node->ints[0], M = node->ints[1], K = node->ints[2], N = node->ints[3];
     bool ta = node->ints[4], tb = node->ints[5];
     const float *dc = node->out->grad, *x = tl_f32(a), *y = tl_f32(b);
-    float *da = tl_grad(ctx, a), *db = tl_grad(ctx, b);
     int64_t lda = ta ? M : K, ldb = tb ? K : N;
-    if (M == 0 || N == 0 || K == 0)
+    if (M == 0 || N == 0 || K == 0) {
+        tl_grad(ctx, a);
+        tl_grad(ctx, b);
         return;
+    }
+    /* A new buffer for dA is written, not zeroed and added to. When b is a,
+     * db is that buffer too, and each batch's dB adds to its dA below. */
+    bool da_new;
+    float *da = tl_grad_dst(ctx, a, &da_new), *db = tl_grad(ctx, b);
     tl_gemm_kind kind = TL_GEMM_OPENBLAS; /* the forward already reported a bad setting */
     (void)tl_gemm_kind_get(&kind);
 
@@ -183,9 +189,9 @@ void tl_matmul_backward(tl_ctx *ctx, tl_node *node)
         if (da) {
             float *dai = da + i * M * K;
             if (!ta) /* dA (M,K) += dC op(B)^T */
-                tl_mm(kind, false, !tb, M, K, N, dci, N, yi, ldb, true, dai, lda);
+                tl_mm(kind, false, !tb, M, K, N, dci, N, yi, ldb, !da_new, dai, lda);
             else /* dA (K,M) += op(B) dC^T */
-                tl_mm(kind, tb, true, K, M, N, yi, ldb, dci, N, true, dai, lda);
+                tl_mm(kind, tb, true, K, M, N, yi, ldb, dci, N, !da_new, dai, lda);
         }
         if (db) {
             float *dbi = db + i * K * N;
