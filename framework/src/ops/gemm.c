@@ -3,8 +3,8 @@
  * Why not sgemm everywhere: on an AVX2 CPU without AVX-512 (AMD family 25
  * model 1, OpenBLAS 0.3.21 with its Zen kernels) with both cores busy, the
  * training step's forward and input-gradient products (384 rows, K and N of
- * 128 and 512) ran at 84 to 90 GFLOP/s in OpenBLAS, output zeroed first. This
- * code ran them at 91 to 96. matmul.c sends it only the products where it
+ * 128 and 512) ran at 79 to 88 GFLOP/s in OpenBLAS, output zeroed first. This
+ * code ran them at 82 to 93. matmul.c sends it only the products where it
  * was faster (see tl_mm_in_tree there). On AVX-512 CPUs OpenBLAS keeps every
  * product, because this kernel uses half their vector width and was not
  * measured there.

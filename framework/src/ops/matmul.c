@@ -24,10 +24,11 @@ static CBLAS_TRANSPOSE tl_trans(bool t) { return t ? CblasTrans : CblasNoTrans; 
  * shard, or with the thread setting at 1), since OpenBLAS splits a product
  * over the threads itself, and only where it was measured faster. On the
  * AVX2 host of framework/bench/BENCHMARKS.md, one thread, with the other
- * core busy: 91 to 96 against 84 to 90 GFLOP/s for op(X) = X with 384 rows
- * and K of 128 or 512; the same at 256 rows and below OpenBLAS below that,
- * where packing B weighs more; 78 to 85 against 84 to 90 with X transposed
- * (the weight gradients); 1 to 4% below OpenBLAS from K = 1000 on. */
+ * core busy: 82 to 93 against 79 to 88 GFLOP/s for op(X) = X with 384 rows
+ * and K of 128 or 512, and 74 to 84 against 83 to 88 with X transposed (the
+ * weight gradients). With the other core idle: the same speed at 256 rows,
+ * slower below that, where packing B weighs more, and 1 to 4% slower from
+ * K = 1000 on. */
 static bool tl_mm_in_tree(tl_gemm_kind kind, bool tx, int64_t m, int64_t k)
 {
     return kind == TL_GEMM_AVX2 && !tx && m >= 256 && k <= 512 &&
