@@ -118,7 +118,7 @@ static void check_bad_env(void)
     CHECK_MSG(strstr(msg, "'auto'") != NULL && strstr(msg, "'openblas'") != NULL, "%s", msg);
     char desc[256];
     tl_threads_describe(desc, sizeof desc);
-    CHECK_MSG(strstr(desc, "THINKLAB_GEMM is invalid") != NULL, "%s", desc);
+    CHECK_MSG(strstr(desc, "THINKLAB_GEMM has an invalid value") != NULL, "%s", desc);
     tl_ctx_free(ctx);
 }
 

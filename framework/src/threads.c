@@ -56,9 +56,9 @@ char *tl_threads_describe(char *buf, size_t size)
     tl_gemm_kind kind;
     const char *products = "";
     if (tl_gemm_kind_get(&kind) != TL_OK)
-        products = "; THINKLAB_GEMM is invalid";
+        products = "; THINKLAB_GEMM has an invalid value";
     else if (kind == TL_GEMM_AVX2)
-        products = "; thinklab's AVX2 kernel for large single-thread products";
+        products = "; large one-thread products (shards, 1 thread) use thinklab's AVX2 kernel";
     snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels%s)",
              tl_threads_get(), tl_cores_available(), len, version,
              p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown",

@@ -1,11 +1,11 @@
 /* Single-thread matrix products on an AVX2 register kernel.
  *
  * Why not sgemm everywhere: on an AVX2 CPU without AVX-512 (AMD family 25
- * model 1, OpenBLAS 0.3.21 with its Zen kernels) with both cores busy, the
- * training step's forward and input-gradient products (384 rows, K and N of
- * 128 and 512) ran at 79 to 88 GFLOP/s in OpenBLAS, output zeroed first. This
- * code ran them at 82 to 93. matmul.c sends it only the products where it
- * was faster (see tl_mm_in_tree there). On AVX-512 CPUs OpenBLAS keeps every
+ * model 1) with both cores busy, OpenBLAS 0.3.21 and its Zen kernels ran the
+ * training step's forward and input-gradient products at 79 to 88 GFLOP/s,
+ * output zeroed first. These products have 384 rows, and K and N of 128 and
+ * 512. This code ran them at 82 to 93. matmul.c sends it only the products
+ * where it was faster (see tl_mm_in_tree there). On AVX-512 CPUs OpenBLAS keeps every
  * product, because this kernel uses half their vector width and was not
  * measured there.
  *
@@ -66,10 +66,13 @@ tl_status tl_gemm_kind_get(tl_gemm_kind *kind)
             seen = -1;
         __atomic_store_n(&cached, seen, __ATOMIC_RELEASE);
     }
-    if (seen < 0)
-        return tl_seterr(TL_EINVAL, "THINKLAB_GEMM='%.64s' is invalid: set it to 'auto' (the "
+    if (seen < 0) {
+        const char *value = env ? env : "";
+        return tl_seterr(TL_EINVAL, "THINKLAB_GEMM='%.64s'%s is invalid: set it to 'auto' (the "
                                     "in-tree kernel where it is faster, the default) or "
-                                    "'openblas', or unset it", env ? env : "");
+                                    "'openblas', or unset it", value,
+                         strlen(value) > 64 ? " (first 64 characters)" : "");
+    }
     *kind = (tl_gemm_kind)(seen - 1);
     return TL_OK;
 }

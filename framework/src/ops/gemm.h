@@ -16,8 +16,9 @@ typedef enum tl_gemm_kind {
 
 /* The kind for this process: TL_GEMM_AVX2 on CPUs with AVX2 and FMA but
  * without AVX-512, unless THINKLAB_GEMM=openblas; TL_GEMM_OPENBLAS
- * otherwise. Reads THINKLAB_GEMM once. Returns TL_EINVAL with a message
- * naming the value when THINKLAB_GEMM is neither "auto" nor "openblas". */
+ * otherwise. Reads THINKLAB_GEMM once; unset or empty means "auto".
+ * Returns TL_EINVAL with a message naming the value for any other value
+ * than "auto" and "openblas". */
 tl_status tl_gemm_kind_get(tl_gemm_kind *kind);
 
 /* C (M,N) = op(A) op(B), or C += op(A) op(B) when add is true, row-major:

@@ -13,6 +13,7 @@
 
 #include "internal.h"
 #include "model/model_internal.h"
+#include "ops/gemm.h"
 #include "train/train_internal.h"
 
 double tl_train_now(void)
@@ -257,6 +258,11 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
     if (tr->cfg.world == 0)
         tr->cfg.world = 1;
     if (tl_train_config_resolve(&tr->cfg) != TL_OK)
+        goto fail;
+    /* A bad THINKLAB_GEMM would fail the first product, after the run log
+     * was created, which can replace an earlier run's log. */
+    tl_gemm_kind gemm;
+    if (tl_gemm_kind_get(&gemm) != TL_OK)
         goto fail;
     new_run_id(tr->run_id);
     if (tr->cfg.world < 1 || tr->cfg.rank < 0 || tr->cfg.rank >= tr->cfg.world) {
