@@ -23,8 +23,15 @@ local p = thinklab.params{
   checkpoint_overwrite = false, -- replace a checkpoint already at that path
   resume = "",         -- checkpoint to continue from; empty = start fresh. With the
                        -- interrupted run's log, the resumed run continues that log
-  sample_tokens = 300,
+  sample_tokens = 300, -- characters to sample after training; 0 = no sample
 }
+
+-- Checked before training, which the sample follows.
+if p.sample_tokens < 0 then
+  io.stderr:write(string.format("quickstart.lua: sample_tokens must be 0 (no sample) or more, got %d\n",
+                                p.sample_tokens))
+  os.exit(2)
+end
 
 local here = arg and arg[0] and arg[0]:match("^(.*)/") or "."
 local path = p.data ~= "" and p.data or here .. "/data/tinyshakespeare.txt"
@@ -82,8 +89,10 @@ print(string.format("validation: %.4f nats/char, perplexity %.3f, %.4f bits/char
                     result.loss, result.perplexity, result.bits_per_char, result.tokens))
 print(string.format("trained %d steps, %d tokens, %.1f s", final.step, final.tokens, final.elapsed_s))
 
-local prompt = "ROMEO:"
-local sample = model:generate{prompt = prompt, max_tokens = p.sample_tokens, temperature = 0.8, top_k = 20,
-                              seed = p.seed}
-print("---- sample ----")
-print(prompt .. sample)
+if p.sample_tokens > 0 then
+  local prompt = "ROMEO:"
+  local sample = model:generate{prompt = prompt, max_tokens = p.sample_tokens, temperature = 0.8, top_k = 20,
+                                seed = p.seed}
+  print("---- sample ----")
+  print(prompt .. sample)
+end

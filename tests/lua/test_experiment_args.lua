@@ -29,6 +29,7 @@ local cases = {
   {"gradient_spikes.lua", "sequences=0", "sequences must be a whole number of 1 or more"},
   {"gradient_spikes.lua", "hard_quantile=2", "hard_quantile must lie in [0, 1]"},
   {"gradient_spikes.lua", "answer_tokens=99", "answer_tokens 99 must be at most seq_len 64"},
+  {"quickstart.lua", "sample_tokens=-3", "sample_tokens must be 0 (no sample) or more, got -3"},
 }
 for _, c in ipairs(cases) do
   local script, arg_text, want = c[1], c[2], c[3]
@@ -71,6 +72,17 @@ out, code = H.run(p.thinklab .. " run " .. experiments .. "/gradient_spikes.lua 
 H.check(code == 0, "gradient_spikes.lua quick=true steps=3 runs (" .. out:gsub("\n.*", "") .. ")")
 H.check(H.contains(out, "step 3/3"), "quick=true keeps steps=3")
 H.check(H.contains(out, "24 sequences of 64 tokens"), "quick=true analyses 24 sequences")
+
+-- quickstart.lua prints a sample after training, and none with sample_tokens=0.
+local tiny = " steps=2 d_model=16 n_head=2 n_layers=1 context=32 batch_size=4 threads=1 "
+for _, n in ipairs({0, 4}) do
+  out, code = H.run(p.thinklab .. " run " .. experiments .. "/quickstart.lua" .. tiny
+                    .. "sample_tokens=" .. n .. " data=" .. p.text)
+  local label = "quickstart.lua sample_tokens=" .. n
+  H.check(code == 0, label .. " runs (" .. out:gsub("\n.*", "") .. ")")
+  H.check(H.contains(out, "trained 2 steps"), label .. " trains")
+  H.check(H.contains(out, "---- sample ----") == (n > 0), label .. " prints a sample only for n > 0")
+end
 
 -- summary.tsv keeps every digit of a float, so the tables round once.
 local E = dofile(experiments .. "/common.lua")
