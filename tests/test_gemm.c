@@ -4,7 +4,9 @@
  * operands inside wider rows. A second call must give the same bits, and
  * matmul's gradients must match finite differences where it routes
  * products to the kernel. A bad THINKLAB_GEMM value runs in a process of its
- * own (ctest's test_gemm_bad_env), because the setting is read once. */
+ * own (ctest's test_gemm_bad_env), because the setting is read once, and
+ * so does the check that a process without a thread setting keeps its
+ * OpenMP thread count (test_gemm_one_thread). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,11 +124,54 @@ static void check_bad_env(void)
     tl_ctx_free(ctx);
 }
 
+/* Run with OMP_NUM_THREADS=1 and no thread setting: a linear product of
+ * 300 rows goes to the kernel, so it gives the kernel's bits. Choosing the
+ * kernel must not apply the default thread setting (every core), which
+ * would send the product to OpenBLAS instead. K = 300 makes the kernel sum
+ * two blocks of K apart, so its bits differ from OpenBLAS's. */
+static void check_env_one_thread(void)
+{
+    if (!tl_gemm_avx2(false, false, 1, 1, 1, (float[]){1}, 1, (float[]){1}, 1, false,
+                      (float[]){0}, 1)) {
+        printf("gemm: the in-tree kernel needs AVX2 and FMA, which this CPU lacks; skipped\n");
+        return;
+    }
+    enum { R = 300, K = 300, N = 24 };
+    static float x[R * K], w[N * K], want[R * N];
+    unsigned seed = 99u;
+    for (int i = 0; i < R * K; i++)
+        x[i] = uniform(&seed);
+    for (int i = 0; i < N * K; i++)
+        w[i] = uniform(&seed);
+    CHECK(tl_gemm_avx2(false, true, R, N, K, x, K, w, K, false, want, N));
+    tl_ctx *ctx = tl_ctx_new(0);
+    tl_tensor *a = tl_wrap(ctx, TL_F32, x, 2, (int64_t[]){R, K});
+    tl_tensor *b = tl_wrap(ctx, TL_F32, w, 2, (int64_t[]){N, K});
+    for (int round = 0; round < 2; round++) {
+        tl_tensor *y = tl_linear(ctx, a, b);
+        CHECK_MSG(y != NULL, "%s", tl_errmsg());
+        if (y)
+            CHECK_MSG(memcmp(tl_f32(y), want, sizeof want) == 0, "product %d of 300 rows at "
+                      "OMP_NUM_THREADS=1 did not run on the in-tree kernel", round + 1);
+    }
+    tl_ctx_free(ctx);
+
+    /* A dimension of 0 is declined, not divided by. */
+    float c[2] = {5, 5};
+    CHECK(!tl_gemm_avx2(false, false, 2, 1, 0, x, 1, w, 1, false, c, 1));
+    CHECK(c[0] == 5);
+    CHECK(c[1] == 5);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--bad-env") == 0) {
         check_bad_env();
         return gc_finish("gemm bad setting");
+    }
+    if (argc > 1 && strcmp(argv[1], "--env-one-thread") == 0) {
+        check_env_one_thread();
+        return gc_finish("gemm at OMP_NUM_THREADS=1");
     }
     tl_gemm_kind kind;
     CHECK_MSG(tl_gemm_kind_get(&kind) == TL_OK, "%s", tl_errmsg());

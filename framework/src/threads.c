@@ -53,11 +53,11 @@ char *tl_threads_describe(char *buf, size_t size)
     int len = (int)strlen(version);
     while (len > 0 && version[len - 1] == ' ')
         len--;
-    tl_gemm_kind kind;
+    tl_gemm_kind kind = TL_GEMM_OPENBLAS;
     const char *products = "";
-    if (tl_gemm_kind_get(&kind) != TL_OK)
+    if (!tl_gemm_setting_valid())
         products = "; THINKLAB_GEMM has an invalid value";
-    else if (kind == TL_GEMM_AVX2)
+    else if (tl_gemm_kind_get(&kind) == TL_OK && kind == TL_GEMM_AVX2)
         products = "; large one-thread products (shards, 1 thread) use thinklab's AVX2 kernel";
     snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels%s)",
              tl_threads_get(), tl_cores_available(), len, version,

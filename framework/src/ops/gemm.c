@@ -1,13 +1,13 @@
 /* Single-thread matrix products on an AVX2 register kernel.
  *
- * Why not sgemm everywhere: on an AVX2 CPU without AVX-512 (AMD family 25
- * model 1) with both cores busy, OpenBLAS 0.3.21 and its Zen kernels ran the
- * training step's forward and input-gradient products at 79 to 88 GFLOP/s,
- * output zeroed first. These products have 384 rows, and K and N of 128 and
- * 512. This code ran them at 82 to 93. matmul.c sends it only the products
- * where it was faster (see tl_mm_in_tree there). On AVX-512 CPUs OpenBLAS keeps every
- * product, because this kernel uses half their vector width and was not
- * measured there.
+ * Why not sgemm everywhere: the CPU measured is AVX2 without AVX-512 (AMD
+ * family 25 model 1). With both cores busy, OpenBLAS 0.3.21 and its Zen
+ * kernels ran the training step's forward and input-gradient products there
+ * at 79 to 88 GFLOP/s, output zeroed first. These products have 384 rows,
+ * and K and N of 128 and 512. This code ran them at 82 to 93. matmul.c
+ * sends it only the products where it was faster (see tl_mm_in_tree there).
+ * On AVX-512 CPUs OpenBLAS keeps every product, because this kernel uses
+ * half their vector width and was not measured there.
  *
  * The method is the usual one for sgemm. K is cut into blocks of at most
  * TL_GEMM_KC, and N into blocks whose packed B fits TL_GEMM_B_FLOATS. Each
@@ -26,6 +26,7 @@
 #include "gemm.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,36 +45,52 @@ enum {
 
 /* ---- which code runs the products ---- */
 
+/* THINKLAB_GEMM as the first call found it, set once under tl_gemm_setting_once. */
+static struct {
+    tl_gemm_kind kind;
+    bool valid;
+    bool long_value; /* the value is longer than the copy below */
+    char value[65];  /* a bad value, for the message */
+} tl_gemm_setting;
+static pthread_once_t tl_gemm_setting_once = PTHREAD_ONCE_INIT;
+
+static void tl_gemm_read_setting(void)
+{
+    const char *env = getenv("THINKLAB_GEMM");
+    bool cpu = false;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+          !__builtin_cpu_supports("avx512f");
+#endif
+    tl_gemm_setting.valid = true;
+    if (!env || !env[0] || strcmp(env, "auto") == 0) {
+        tl_gemm_setting.kind = cpu ? TL_GEMM_AVX2 : TL_GEMM_OPENBLAS;
+    } else if (strcmp(env, "openblas") == 0) {
+        tl_gemm_setting.kind = TL_GEMM_OPENBLAS;
+    } else {
+        tl_gemm_setting.valid = false;
+        tl_gemm_setting.kind = TL_GEMM_OPENBLAS;
+        tl_gemm_setting.long_value = strlen(env) >= sizeof tl_gemm_setting.value;
+        snprintf(tl_gemm_setting.value, sizeof tl_gemm_setting.value, "%s", env);
+    }
+}
+
+bool tl_gemm_setting_valid(void)
+{
+    pthread_once(&tl_gemm_setting_once, tl_gemm_read_setting);
+    return tl_gemm_setting.valid;
+}
+
 tl_status tl_gemm_kind_get(tl_gemm_kind *kind)
 {
-    /* 0 until the first call, then 1 + the kind, or -1 for a bad variable.
-     * Threads that race here compute the same value. */
-    static int cached;
-    int seen = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    const char *env = getenv("THINKLAB_GEMM");
-    if (seen == 0) {
-        bool cpu = false;
-#if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_cpu_init();
-        cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              !__builtin_cpu_supports("avx512f");
-#endif
-        if (!env || !env[0] || strcmp(env, "auto") == 0)
-            seen = 1 + (cpu ? TL_GEMM_AVX2 : TL_GEMM_OPENBLAS);
-        else if (strcmp(env, "openblas") == 0)
-            seen = 1 + TL_GEMM_OPENBLAS;
-        else
-            seen = -1;
-        __atomic_store_n(&cached, seen, __ATOMIC_RELEASE);
-    }
-    if (seen < 0) {
-        const char *value = env ? env : "";
-        return tl_seterr(TL_EINVAL, "THINKLAB_GEMM='%.64s'%s is invalid: set it to 'auto' (the "
+    pthread_once(&tl_gemm_setting_once, tl_gemm_read_setting);
+    if (!tl_gemm_setting.valid)
+        return tl_seterr(TL_EINVAL, "THINKLAB_GEMM='%s'%s is invalid: set it to 'auto' (the "
                                     "in-tree kernel where it is faster, the default) or "
-                                    "'openblas', or unset it", value,
-                         strlen(value) > 64 ? " (first 64 characters)" : "");
-    }
-    *kind = (tl_gemm_kind)(seen - 1);
+                                    "'openblas', or unset it", tl_gemm_setting.value,
+                         tl_gemm_setting.long_value ? " (first 64 characters)" : "");
+    *kind = tl_gemm_setting.kind;
     return TL_OK;
 }
 
@@ -145,9 +162,14 @@ __attribute__((target("avx2,fma"))) static void tl_gemm_pack_b(bool tb, const fl
                     d[k * TL_GEMM_NR + l] = s[l * ldb + k];
         } else {
             for (int64_t l = 0; l < TL_GEMM_NR; l++) {
+                if (l >= nr) {
+                    for (int64_t k = 0; k < kc; k++)
+                        d[k * TL_GEMM_NR + l] = 0.0f;
+                    continue;
+                }
                 const float *s = b + (j0 + p + l) * ldb + k0;
                 for (int64_t k = 0; k < kc; k++)
-                    d[k * TL_GEMM_NR + l] = l < nr ? s[k] : 0.0f;
+                    d[k * TL_GEMM_NR + l] = s[k];
             }
         }
     }
@@ -308,7 +330,8 @@ tl_gemm_run(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *a, i
 bool tl_gemm_avx2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *a, int64_t lda,
                   const float *b, int64_t ldb, bool add, float *c, int64_t ldc)
 {
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    if (M < 1 || N < 1 || K < 1 || !__builtin_cpu_supports("avx2") ||
+        !__builtin_cpu_supports("fma"))
         return false;
     float *buf = tl_gemm_buffers();
     if (!buf)

@@ -21,12 +21,16 @@ typedef enum tl_gemm_kind {
  * than "auto" and "openblas". */
 tl_status tl_gemm_kind_get(tl_gemm_kind *kind);
 
+/* Whether THINKLAB_GEMM is unset or valid. Sets no error message. */
+bool tl_gemm_setting_valid(void);
+
 /* C (M,N) = op(A) op(B), or C += op(A) op(B) when add is true, row-major:
  * A is stored (K,M) when ta, else (M,K), with leading dimension lda; B is
  * stored (N,K) when tb, else (K,N), with ldb; C has ldc. M, N and K are at
  * least 1, and C overlaps neither operand. Runs on the calling thread.
- * Returns false, with C untouched, when the kernel cannot run here (no AVX2,
- * or no memory for the packing buffers); the caller then uses sgemm. */
+ * Returns false, with C untouched, when the kernel cannot run here: no AVX2,
+ * no memory for the packing buffers, or a dimension below 1. The caller
+ * then uses sgemm. */
 bool tl_gemm_avx2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *a, int64_t lda,
                   const float *b, int64_t ldb, bool add, float *c, int64_t ldc);
 

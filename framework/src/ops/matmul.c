@@ -7,7 +7,6 @@
 
 #include "../internal.h"
 #include "gemm.h"
-#include "thinklab/threads.h"
 
 /* One product C = op(A) op(B) repeated over `batch` matrices: op(A) is (M,K),
  * op(B) is (K,N) and C is (M,N). A is stored (K,M) when ta, else (M,K), and B
@@ -31,8 +30,10 @@ static CBLAS_TRANSPOSE tl_trans(bool t) { return t ? CblasTrans : CblasNoTrans; 
  * K = 1000 on. */
 static bool tl_mm_in_tree(tl_gemm_kind kind, bool tx, int64_t m, int64_t k)
 {
+    /* omp_get_max_threads, not tl_threads_get, which would apply the
+     * default thread setting to a process that has set none. */
     return kind == TL_GEMM_AVX2 && !tx && m >= 256 && k <= 512 &&
-           (omp_in_parallel() || tl_threads_get() == 1);
+           (omp_in_parallel() || omp_get_max_threads() == 1);
 }
 
 /* Row-major C (m,n) = op(X) op(Y), or += when add, with leading dimensions
