@@ -15,7 +15,7 @@
  * kernel reads 16 consecutive floats per k. The kernel keeps a 6 x 16 tile
  * of C in 12 registers and, per k, loads one row of the B panel and
  * broadcasts one element of each of the 6 rows of op(A): 12 multiply-adds
- * for 8 loads. A row-major A is read where it lies, 6 rows at a time; a
+ * for 8 loads. A row-major A is read where it lies, 6 rows at a time. A
  * transposed A, and a block whose rows are not a multiple of 6, is packed in
  * blocks of TL_GEMM_MC rows. Tiles at the bottom and right edges of C go
  * through a 6 x 16 scratch tile, with op(A)'s missing rows and B's missing
@@ -108,9 +108,9 @@ static void tl_gemm_make_key(void)
     tl_gemm_key_ok = pthread_key_create(&tl_gemm_key, free) == 0;
 }
 
-/* TL_GEMM_B_FLOATS floats for B, then TL_GEMM_A_FLOATS for A and a 6 x 16
- * scratch tile, 64-byte aligned; freed when the thread exits. NULL when
- * out of memory. */
+/* Returns the calling thread's packing buffer, or NULL when out of memory:
+ * TL_GEMM_B_FLOATS floats for B, then TL_GEMM_A_FLOATS for A and a 6 x 16
+ * scratch tile, 64-byte aligned. The buffer is freed when the thread exits. */
 static float *tl_gemm_buffers(void)
 {
     pthread_once(&tl_gemm_once, tl_gemm_make_key);
@@ -132,8 +132,9 @@ static float *tl_gemm_buffers(void)
 
 /* Packs op(B)[k0 : k0+kc, j0 : j0+nc] into panels of 16 columns: panel p
  * contains column j0 + 16p + l of row k0 + k at dst[p*16*kc + k*16 + l], with
- * zeros past column j0 + nc. Copies of constant size compile to vector
- * moves; a variable one became `rep movsq`, 4% of the training step. */
+ * zeros past column j0 + nc. Full panels copy a constant size, which GCC
+ * compiles to vector moves. A variable size became `rep movsq`, about 3% of
+ * the training step under perf. */
 __attribute__((target("avx2,fma"))) static void tl_gemm_pack_b(bool tb, const float *b, int64_t ldb,
                                                               int64_t k0, int64_t kc, int64_t j0,
                                                               int64_t nc, float *dst)
@@ -144,11 +145,14 @@ __attribute__((target("avx2,fma"))) static void tl_gemm_pack_b(bool tb, const fl
         if (!tb && nr == TL_GEMM_NR) { /* B (K,N): each k's 16 columns are contiguous */
             for (int64_t k = 0; k < kc; k++)
                 memcpy(d + k * TL_GEMM_NR, b + (k0 + k) * ldb + j0 + p, TL_GEMM_NR * sizeof(float));
-        } else if (!tb) {
-            for (int64_t k = 0; k < kc; k++)
-                for (int64_t l = 0; l < TL_GEMM_NR; l++)
-                    d[k * TL_GEMM_NR + l] = l < nr ? b[(k0 + k) * ldb + j0 + p + l] : 0.0f;
-        } else if (nr == TL_GEMM_NR) {
+        } else if (nr < TL_GEMM_NR) { /* the last, partial panel, either layout */
+            for (int64_t k = 0; k < kc; k++) {
+                for (int64_t l = 0; l < TL_GEMM_NR; l++) {
+                    int64_t row = tb ? j0 + p + l : k0 + k, col = tb ? k0 + k : j0 + p + l;
+                    d[k * TL_GEMM_NR + l] = l < nr ? b[row * ldb + col] : 0.0f;
+                }
+            }
+        } else {
             /* B stored (N,K): each column is a stored row, so 8 x 8 blocks
              * are transposed into each half of the panel. */
             const float *s = b + (j0 + p) * ldb + k0;
@@ -160,17 +164,6 @@ __attribute__((target("avx2,fma"))) static void tl_gemm_pack_b(bool tb, const fl
             for (int64_t k = kc8; k < kc; k++)
                 for (int64_t l = 0; l < TL_GEMM_NR; l++)
                     d[k * TL_GEMM_NR + l] = s[l * ldb + k];
-        } else {
-            for (int64_t l = 0; l < TL_GEMM_NR; l++) {
-                if (l >= nr) {
-                    for (int64_t k = 0; k < kc; k++)
-                        d[k * TL_GEMM_NR + l] = 0.0f;
-                    continue;
-                }
-                const float *s = b + (j0 + p + l) * ldb + k0;
-                for (int64_t k = 0; k < kc; k++)
-                    d[k * TL_GEMM_NR + l] = s[k];
-            }
         }
     }
 }
@@ -257,8 +250,9 @@ tl_gemm_tile(int64_t kc, const float *a, int64_t rs, int64_t ks, const float *bp
     }
 }
 
-/* One tile of C with mr <= 6 rows and nr <= 16 columns; a partial one goes
- * through the scratch tile, whose extra rows and columns are discarded. */
+/* Computes one tile of C with mr <= 6 rows and nr <= 16 columns. A partial
+ * tile goes through the scratch tile, whose extra rows and columns are
+ * discarded. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 tl_gemm_any_tile(int64_t kc, const float *a, int64_t rs, int64_t ks, const float *bp, bool add,
                  float *c, int64_t ldc, int64_t mr, int64_t nr, float *scratch)
@@ -293,10 +287,8 @@ tl_gemm_run(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *a, i
             tl_gemm_pack_b(tb, b, ldb, k0, kc, j0, nc, pb);
             for (int64_t i0 = 0; i0 < M; i0 += TL_GEMM_MC) {
                 int64_t mc = M - i0 < TL_GEMM_MC ? M - i0 : TL_GEMM_MC;
-                bool packed = ta || mc % TL_GEMM_MR != 0;
-                if (packed)
+                if (ta || mc % TL_GEMM_MR != 0) {
                     tl_gemm_pack_a(a, a_rs, a_ks, i0, mc, k0, kc, pa);
-                if (packed) {
                     /* Each B panel stays in L1 across the block's A panels,
                      * which the packing made contiguous: 85 against 80
                      * GFLOP/s with the tiles row by row, on weight-gradient

@@ -19,9 +19,9 @@ typedef struct tl_gemm_shape {
 
 static CBLAS_TRANSPOSE tl_trans(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
-/* Whether the in-tree kernel takes a product: only on one thread (inside a
- * shard, or with the thread setting at 1), since OpenBLAS splits a product
- * over the threads itself, and only where it was measured faster. On the
+/* Returns whether the in-tree kernel takes a product: only on one thread
+ * (inside a shard, or with one OpenMP thread), since OpenBLAS splits a
+ * product over the threads itself, and only where it was measured faster. On the
  * AVX2 host of framework/bench/BENCHMARKS.md, one thread, with the other
  * core busy: 82 to 93 against 79 to 88 GFLOP/s for op(X) = X with 384 rows
  * and K of 128 or 512, and 74 to 84 against 83 to 88 with X transposed (the
