@@ -78,6 +78,23 @@ int main(void)
     e = max_ulp_error(tl_vexpf_normal, exp, -87.3f, 88.37f, 0.0, &where);
     CHECK_MSG(e < 2.0, "exp (normal range): %.3g ulp at x = %a", e, (double)where);
 
+    /* The softmax exp for x <= 0: where its result is not 0 it has the bits
+     * of tl_vexpf, and it is 0 only where tl_vexpf's result is subnormal. */
+    {
+        int64_t bad = 0;
+        float bad_x = 0.0f;
+        for (float x = -120.0f; x <= 0.0f; x = sweep_next(x)) {
+            float got = tl_vexpf_nonpos(x), want = tl_vexpf(x);
+            bool same = memcmp(&got, &want, sizeof got) == 0;
+            if (!same && !(got == 0.0f && want < FLT_MIN)) {
+                bad++;
+                bad_x = x;
+            }
+        }
+        CHECK_MSG(bad == 0, "exp for x <= 0: %lld results differ from tl_vexpf, the last at "
+                            "x = %a", (long long)bad, (double)bad_x);
+    }
+
     /* sigmoid = 1 / (1 + exp(-x)) adds the rounding of the sum and of the
      * division to that of exp: measured 2.5 ulp. Tolerance 4 ulp. Results
      * below FLT_MIN are skipped. */
@@ -103,6 +120,15 @@ int main(void)
     CHECK(tl_vexpf(-104.0f) == 0.0f);
     CHECK(tl_vexpf(-103.0f) > 0.0f);
     CHECK(isnan(tl_vexpf(NAN)));
+    /* Masked scores are -inf and give exactly 0. exp(-87.3) is a normal
+     * float; exp(-87.7) is below 2^-126.5 and comes out as 0. */
+    CHECK(tl_vexpf_nonpos(0.0f) == 1.0f);
+    CHECK(tl_vexpf_nonpos(-0.0f) == 1.0f);
+    CHECK(tl_vexpf_nonpos(-INFINITY) == 0.0f);
+    CHECK(tl_vexpf_nonpos(-1e30f) == 0.0f);
+    CHECK(tl_vexpf_nonpos(-87.3f) >= FLT_MIN);
+    CHECK(tl_vexpf_nonpos(-87.7f) == 0.0f);
+    CHECK(isnan(tl_vexpf_nonpos(NAN)));
     /* Outside that range: the smallest normal result below, inf above. */
     CHECK(tl_vexpf_normal(-1e30f) == tl_vexpf_normal(-87.3f));
     CHECK(tl_vexpf_normal(-87.3f) >= FLT_MIN);

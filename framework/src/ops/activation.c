@@ -371,7 +371,7 @@ tl_tensor *tl_softmax(tl_ctx *ctx, tl_tensor *x)
         double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < C; j++) {
-            yi[j] = tl_vexpf(xi[j] - max);
+            yi[j] = tl_vexpf_nonpos(xi[j] - max);
             sum += yi[j];
         }
         float inv = (float)(1.0 / sum);

@@ -375,7 +375,7 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
         lane[j - groups] = sj > lane[j - groups] ? sj : lane[j - groups];
     }
     /* Key e - 1 is visible, so max is finite and masked keys give
-     * exp(-inf) = 0. */
+     * exp(-inf) = 0. Every shifted score is <= 0. */
     float max = tl_vlanes_max(lane);
     for (int l = 0; l < TL_VLANES; l++)
         lane[l] = 0.0f;
@@ -383,13 +383,13 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
         float *pj = pi + j0;
 #pragma omp simd
         for (int64_t l = 0; l < TL_VLANES; l++) {
-            float ej = tl_vexpf(pj[l] - max);
+            float ej = tl_vexpf_nonpos(pj[l] - max);
             pj[l] = ej;
             lane[l] += ej;
         }
     }
     for (int64_t j = groups; j < w; j++) {
-        pi[j] = tl_vexpf(pi[j] - max);
+        pi[j] = tl_vexpf_nonpos(pi[j] - max);
         lane[j - groups] += pi[j];
     }
     float inv = 1.0f / tl_vlanes_sum(lane); /* the sum is >= 1: the maximum gives exp(0) */

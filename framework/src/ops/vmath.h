@@ -89,6 +89,24 @@ static inline float tl_vexpf_normal(float x)
     return p * tl_vmath_float((ni + 127u) << 23);
 }
 
+/* exp(x) for x <= 0, the shifted scores of a softmax: the bits of tl_vexpf
+ * wherever they are not 0, and 0 where exp(x) is below about 2^-126.5 (x
+ * below -87.68), where tl_vexpf's result is subnormal. Masked scores are
+ * -inf. tl_vexpf takes them through a multiply whose result underflows, and
+ * x86 CPUs run that as a slow microcode assist. On the AMD Zen 3 host of
+ * framework/bench/BENCHMARKS.md, exp over a row with one -inf in five took
+ * 2.5 times as long. Here the clamp keeps n in [-127, 0], and the scale
+ * 2^-127 has the bits of +0, so no operation sees a subnormal unless the
+ * result is one. NaN gives NaN. Not for x > 0. */
+static inline float tl_vexpf_nonpos(float x)
+{
+    x = x < -88.0f ? -88.0f : x;
+    float t;
+    float p = tl_vexp_reduced(x, &t);
+    uint32_t ni = tl_vmath_bits(t) - tl_vmath_bits(TL_VEXP_SHIFTER);
+    return p * tl_vmath_float((ni + 127u) << 23);
+}
+
 /* 1 / (1 + exp(-x)): 0 for x below -88.37 (exp overflows to inf), 1 for
  * large x, relative error a few ulp everywhere else. */
 static inline float tl_vsigmoidf(float x) { return 1.0f / (1.0f + tl_vexpf_normal(-x)); }
