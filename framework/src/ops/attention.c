@@ -8,6 +8,7 @@
  * gradients, so the parallel loops need no reductions and give the same bits
  * for any thread count. */
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "../internal.h"
@@ -399,6 +400,12 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
     memset(pi + w, 0, (size_t)(Tk - w) * sizeof(float));
 }
 
+/* Scratch slots for the pair loops, one per thread: a team never has more
+ * threads than omp_get_max_threads() returns just before it starts, and a
+ * region that runs inactive (nested, or below the work threshold) runs on
+ * thread 0. */
+static int64_t tl_attn_slots(void) { return omp_get_max_threads(); }
+
 /* Computes one (b,h) pair of the forward: rotates its q and k columns, then,
  * for each block of TL_ATTN_ROW_BLOCK queries with largest extent e_blk,
  * S = Qr Kr^T / sqrt(D) and O = softmax(S) V as two products over keys
@@ -483,8 +490,11 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     /* Probabilities (B,H,Tq,Tk), kept for backward; without a gradient they
      * are scratch all the same, since the products fill a whole pair at once. */
     float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
-    size_t kt_bytes = (size_t)(B * H * D * Tk) * sizeof(float);
-    float *kt = tl_ctx_alloc_reuse(ctx, kt_bytes); /* scratch, released below */
+    /* Transposed keys, scratch released below: one (D, Tk) slot per thread,
+     * reused pair after pair, so that it stays in L1. */
+    int64_t slots = tl_attn_slots();
+    size_t kt_bytes = (size_t)(slots * D * Tk) * sizeof(float);
+    float *kt = tl_ctx_alloc_reuse(ctx, kt_bytes);
     if (!out || !s || !mask || !extent || !row_visible || !p || !kt)
         return NULL;
     memset(s, 0, sizeof *s);
@@ -506,7 +516,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent, row_visible,
-                             p + bh * Tq * Tk, kt + bh * D * Tk, od);
+                             p + bh * Tq * Tk, kt + omp_get_thread_num() * D * Tk, od);
     }
     tl_ctx_release(ctx, kt, kt_bytes);
 
@@ -535,7 +545,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 
 /* ---- backward --------------------------------------------------------------- */
 
-/* Per-pair scratch of the backward, each an arena slice owned by one (b,h). */
+/* Scratch of the backward: the slot of the thread that runs the pair. */
 typedef struct tl_attn_scratch {
     float *ds;  /* (Tq,Tk) dP, then dS */
     float *vt;  /* (D,Tk) the pair's values transposed */
@@ -636,10 +646,12 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
     bool rotated = dm.pairing != TL_ROPE_NONE;
 
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
-    /* Scratch, released at the end for the next layer's backward. */
-    size_t ds_bytes = (size_t)(B * H * Tq * Tk) * sizeof(float);
-    size_t q_bytes = (size_t)(B * H * Tq * D) * sizeof(float);
-    size_t k_bytes = (size_t)(B * H * Tk * D) * sizeof(float);
+    /* Scratch, released at the end for the next layer's backward: one slot
+     * per thread, reused pair after pair. */
+    int64_t slots = tl_attn_slots();
+    size_t ds_bytes = (size_t)(slots * Tq * Tk) * sizeof(float);
+    size_t q_bytes = (size_t)(slots * Tq * D) * sizeof(float);
+    size_t k_bytes = (size_t)(slots * Tk * D) * sizeof(float);
     float *ds = tl_ctx_alloc_reuse(ctx, ds_bytes);
     float *vt = tl_ctx_alloc_reuse(ctx, k_bytes);
     float *dqr = rotated ? tl_ctx_alloc_reuse(ctx, q_bytes) : NULL;
@@ -650,9 +662,9 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
     const float *vd = tl_f32(v), *dout = node->out->grad;
 #pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        tl_attn_scratch w = {ds + bh * Tq * Tk, vt + bh * D * Tk,
-                             rotated ? dqr + bh * Tq * D : NULL,
-                             rotated ? dkr + bh * Tk * D : NULL};
+        int64_t t = omp_get_thread_num();
+        tl_attn_scratch w = {ds + t * Tq * Tk, vt + t * D * Tk, rotated ? dqr + t * Tq * D : NULL,
+                             rotated ? dkr + t * Tk * D : NULL};
         tl_attn_backward_pair(&dm, bh / H, bh % H, s, vd, dout, dq, dk, dv, w);
     }
     tl_ctx_release(ctx, ds, ds_bytes);
