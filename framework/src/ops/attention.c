@@ -400,11 +400,19 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
     memset(pi + w, 0, (size_t)(Tk - w) * sizeof(float));
 }
 
-/* Scratch slots for the pair loops, one per thread: a team never has more
- * threads than omp_get_max_threads() returns just before it starts, and a
- * region that runs inactive (nested, or below the work threshold) runs on
- * thread 0. */
-static int64_t tl_attn_slots(void) { return omp_get_max_threads(); }
+/* Threads for a loop over `pairs` (b,h) pairs of `work` multiply-adds in
+ * all: 1 below TL_ATTN_PARALLEL_WORK, or where a new region would not be
+ * active (inside the data-parallel shards), else the thread setting, at
+ * most one per pair. The loops ask for this many and index one scratch slot
+ * per thread, so that the scratch grows with the threads that run, not with
+ * the cores. */
+static int tl_attn_threads(int64_t pairs, int64_t work)
+{
+    if (work <= TL_ATTN_PARALLEL_WORK || omp_get_active_level() >= omp_get_max_active_levels())
+        return 1;
+    int64_t t = omp_get_max_threads();
+    return (int)(t < pairs ? t : pairs);
+}
 
 /* Computes one (b,h) pair of the forward: rotates its q and k columns, then,
  * for each block of TL_ATTN_ROW_BLOCK queries with largest extent e_blk,
@@ -492,8 +500,8 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
     float *p = tl_ctx_alloc(ctx, (size_t)(B * H * Tq * Tk) * sizeof(float));
     /* Transposed keys, scratch released below: one (D, Tk) slot per thread,
      * reused pair after pair, so that it stays in L1. */
-    int64_t slots = tl_attn_slots();
-    size_t kt_bytes = (size_t)(slots * D * Tk) * sizeof(float);
+    int threads = tl_attn_threads(B * H, B * H * Tq * Tk * D);
+    size_t kt_bytes = (size_t)(threads * D * Tk) * sizeof(float);
     float *kt = tl_ctx_alloc_reuse(ctx, kt_bytes);
     if (!out || !s || !mask || !extent || !row_visible || !p || !kt)
         return NULL;
@@ -512,7 +520,7 @@ tl_tensor *tl_attention(tl_ctx *ctx, tl_tensor *q, tl_tensor *k, tl_tensor *v,
 
     const float *qd = tl_f32(q), *kd = tl_f32(k), *vd = tl_f32(v);
     float *od = tl_f32(out);
-#pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         tl_attn_forward_pair(&dm, b, h, qd, kd, vd, qr, kr, &s->rope, mask, extent, row_visible,
@@ -648,10 +656,10 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
     float *dq = tl_grad(ctx, q), *dk = tl_grad(ctx, k), *dv = tl_grad(ctx, v);
     /* Scratch, released at the end for the next layer's backward: one slot
      * per thread, reused pair after pair. */
-    int64_t slots = tl_attn_slots();
-    size_t ds_bytes = (size_t)(slots * Tq * Tk) * sizeof(float);
-    size_t q_bytes = (size_t)(slots * Tq * D) * sizeof(float);
-    size_t k_bytes = (size_t)(slots * Tk * D) * sizeof(float);
+    int threads = tl_attn_threads(B * H, B * H * Tq * Tk * D);
+    size_t ds_bytes = (size_t)(threads * Tq * Tk) * sizeof(float);
+    size_t q_bytes = (size_t)(threads * Tq * D) * sizeof(float);
+    size_t k_bytes = (size_t)(threads * Tk * D) * sizeof(float);
     float *ds = tl_ctx_alloc_reuse(ctx, ds_bytes);
     float *vt = tl_ctx_alloc_reuse(ctx, k_bytes);
     float *dqr = rotated ? tl_ctx_alloc_reuse(ctx, q_bytes) : NULL;
@@ -660,7 +668,7 @@ void tl_attention_backward(tl_ctx *ctx, tl_node *node)
         return; /* tl_backward detects the failed allocation and stops */
 
     const float *vd = tl_f32(v), *dout = node->out->grad;
-#pragma omp parallel for if (B * H * Tq * Tk * D > TL_ATTN_PARALLEL_WORK) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t t = omp_get_thread_num();
         tl_attn_scratch w = {ds + t * Tq * Tk, vt + t * D * Tk, rotated ? dqr + t * Tq * D : NULL,
