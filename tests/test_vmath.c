@@ -78,21 +78,30 @@ int main(void)
     e = max_ulp_error(tl_vexpf_normal, exp, -87.3f, 88.37f, 0.0, &where);
     CHECK_MSG(e < 2.0, "exp (normal range): %.3g ulp at x = %a", e, (double)where);
 
-    /* The softmax exp for x <= 0: where its result is not 0 it has the bits
-     * of tl_vexpf, and it is 0 only where tl_vexpf's result is subnormal. */
+    /* The softmax exp for x <= 0: +0 below one cutoff, near -87.68 where exp
+     * falls below 2^-126.5, and the bits of tl_vexpf from there up. */
     {
         int64_t bad = 0;
-        float bad_x = 0.0f;
+        float bad_x = 0.0f, last_zero = -INFINITY, first_value = INFINITY;
+        const float zero = 0.0f;
         for (float x = -120.0f; x <= 0.0f; x = sweep_next(x)) {
             float got = tl_vexpf_nonpos(x), want = tl_vexpf(x);
-            bool same = memcmp(&got, &want, sizeof got) == 0;
-            if (!same && !(got == 0.0f && want < FLT_MIN)) {
-                bad++;
-                bad_x = x;
+            if (memcmp(&got, &zero, sizeof got) == 0) {
+                last_zero = x;
+            } else {
+                if (first_value == INFINITY)
+                    first_value = x;
+                if (memcmp(&got, &want, sizeof got) != 0) {
+                    bad++;
+                    bad_x = x;
+                }
             }
         }
         CHECK_MSG(bad == 0, "exp for x <= 0: %lld results differ from tl_vexpf, the last at "
                             "x = %a", (long long)bad, (double)bad_x);
+        CHECK_MSG(last_zero < first_value && last_zero >= -87.69f && first_value <= -87.67f,
+                  "exp for x <= 0: the last 0 at x = %a, the first other result at %a; "
+                  "expected one cutoff near -87.68", (double)last_zero, (double)first_value);
     }
 
     /* sigmoid = 1 / (1 + exp(-x)) adds the rounding of the sum and of the
@@ -170,6 +179,50 @@ int main(void)
         }
         CHECK_MSG(differ == 0, "%lld results of the ops differ from the scalar functions",
                   (long long)differ);
+        tl_ctx_free(ctx);
+    }
+    /* tl_softmax exponentiates with tl_vexpf_nonpos: scores 88 to 100
+     * below their row's maximum come out as exactly 0 (tl_vexpf would give
+     * subnormals), and the others within 1 ulp of the scalar function's
+     * exp times the row's 1 / sum. */
+    {
+        enum { ROWS = 600, COLS = 64 };
+        static float x[ROWS * COLS];
+        tl_rng rng;
+        tl_rng_seed(&rng, 6);
+        gc_randn(&rng, x, ROWS * COLS, 1.0f);
+        for (int64_t i = 0; i < ROWS; i++) {
+            x[i * COLS] = 10.0f; /* the maximum: the random entries stay far below it */
+            for (int64_t j = 1; j < COLS; j += 4)
+                x[i * COLS + j] = 10.0f - 88.0f - (float)(j % 13);
+        }
+        tl_ctx *ctx = tl_ctx_new(0);
+        tl_tensor *xt = tl_wrap(ctx, TL_F32, x, 2, (int64_t[]){ROWS, COLS});
+        tl_tensor *y = tl_softmax(ctx, xt);
+        CHECK(y);
+        int64_t not_zero = 0, far = 0;
+        for (int64_t i = 0; y && i < ROWS; i++) {
+            const float *xi = x + i * COLS, *yi = tl_f32(y) + i * COLS;
+            float max = xi[0];
+            for (int64_t j = 1; j < COLS; j++)
+                max = xi[j] > max ? xi[j] : max;
+            double sum = 0.0;
+            for (int64_t j = 0; j < COLS; j++)
+                sum += tl_vexpf_nonpos(xi[j] - max);
+            float inv = (float)(1.0 / sum);
+            for (int64_t j = 0; j < COLS; j++) {
+                if (j % 4 == 1) {
+                    not_zero += yi[j] != 0.0f;
+                    continue;
+                }
+                double want = (double)(tl_vexpf_nonpos(xi[j] - max) * inv);
+                far += fabs((double)yi[j] - want) > ulp_at(want);
+            }
+        }
+        CHECK_MSG(not_zero == 0, "softmax: %lld scores 88 or more below the maximum gave "
+                                 "nonzero probabilities", (long long)not_zero);
+        CHECK_MSG(far == 0, "softmax: %lld probabilities more than 1 ulp from the scalar exp",
+                  (long long)far);
         tl_ctx_free(ctx);
     }
     return gc_finish("vmath");
