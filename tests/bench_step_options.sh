@@ -54,6 +54,26 @@ for mode in "--threads 1" "--threads 2" "--threads 2 --op-threads"; do
     esac
 done
 
+# OpenMP allowed to start fewer threads than asked for: OpenBLAS used to wait
+# for the missing ones forever. The run must finish, and a thread limit of 1
+# must show on the start-up line.
+for env in OMP_THREAD_LIMIT=1 OMP_DYNAMIC=true; do
+    out=$(env "$env" OMP_WAIT_POLICY=passive timeout 120 "$bench" --threads 2 --steps 20 2>&1)
+    case $out in
+        *"4.1802 at step 24"*) echo "ok    $env: --threads 2 ends at loss 4.1802" ;;
+        *) echo "FAIL  $env: --threads 2 did not finish: $(echo "$out" | tail -n 2)" >&2
+           failures=$((failures + 1)) ;;
+    esac
+done
+check "OMP_THREAD_LIMIT=1 gives 1 thread and says why" sh -c \
+    "OMP_THREAD_LIMIT=1 '$bench' --threads 2 --steps 1 --warmup 0 |
+     grep -q '^threads 1 of [0-9]* cores*, at most 1 by OMP_THREAD_LIMIT'"
+# More shards than threads run in turn on the threads there are.
+check "--threads 1 --shards 2 keeps to one thread" sh -c \
+    "'$bench' --threads 1 --shards 2 --steps 3 --warmup 0 |
+     awk '/^steps/ { wall = \$7 } /^median CPU time/ { cpu = \$4 }
+          END { exit !(cpu < 1.5 * wall) }'"
+
 check "--help exits 0 and describes --op-threads" sh -c "'$bench' --help | grep -q -- '--op-threads  with'"
 rejects "--steps '0' must be a whole number from 1" "$bench" --steps 0
 rejects "--steps ' 5' must be a whole number" "$bench" --steps " 5"

@@ -27,6 +27,13 @@ int tl_threads_set(int n)
     int cores = tl_cores_available();
     if (n <= 0 || n > cores)
         n = cores;
+    /* OpenBLAS's OpenMP build waits for every thread it was told to use, so
+     * OpenMP must start them all: a team cut short by OMP_DYNAMIC or by
+     * OMP_THREAD_LIMIT left a product spinning forever. */
+    int limit = omp_get_thread_limit();
+    if (n > limit)
+        n = limit;
+    omp_set_dynamic(0);
     tl_nthreads = n;
     omp_set_num_threads(n);
     omp_set_max_active_levels(1);
@@ -59,8 +66,12 @@ char *tl_threads_describe(char *buf, size_t size)
         products = "; THINKLAB_GEMM has an invalid value";
     else if (tl_gemm_kind_get(&kind) == TL_OK && kind == TL_GEMM_AVX2)
         products = "; large one-thread products (shards, 1 thread) use thinklab's AVX2 kernel";
-    snprintf(buf, size, "threads %d of %d cores (%.*s built with %s, %s kernels%s)",
-             tl_threads_get(), tl_cores_available(), len, version,
+    int cores = tl_cores_available(), limit = omp_get_thread_limit();
+    char limited[48] = "";
+    if (limit < cores)
+        snprintf(limited, sizeof limited, ", at most %d by OMP_THREAD_LIMIT", limit);
+    snprintf(buf, size, "threads %d of %d %s%s (%.*s built with %s, %s kernels%s)",
+             tl_threads_get(), cores, cores == 1 ? "core" : "cores", limited, len, version,
              p >= 0 && p <= 2 ? parallel[p] : "unknown threading", core ? core : "unknown",
              products);
     return buf;
