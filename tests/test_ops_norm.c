@@ -152,6 +152,21 @@ int main(void)
         }
     }
 
+    /* A row whose variance overflows float (values of +-1e20, variance 1e40)
+     * gives NaN outputs, not the zeros of 1/sqrt(inf) = 0. The other row is
+     * unaffected. */
+    {
+        float big[8] = {1e20f, -1e20f, 1e20f, -1e20f, 1, 2, 3, 4}, ones[4] = {1, 1, 1, 1};
+        tl_tensor *l = tl_layernorm(ctx, tl_wrap(ctx, TL_F32, big, 2, (int64_t[]){2, 4}),
+                                    tl_wrap(ctx, TL_F32, ones, 1, (int64_t[]){4}), NULL, EPS);
+        CHECK_MSG(l != NULL, "%s", tl_errmsg());
+        for (int j = 0; l && j < 4; j++) {
+            CHECK_MSG(isnan(tl_f32(l)[j]), "overflowing row: y[%d] = %g", j,
+                      (double)tl_f32(l)[j]);
+            CHECK(isfinite(tl_f32(l)[4 + j]));
+        }
+    }
+
     /* Hand-computed, eps = 0: rmsnorm of (3, 4) has rms sqrt(12.5), so
      * y = (3, 4) / 3.5355339; layernorm of (1, 3) is (-1, 1). */
     {

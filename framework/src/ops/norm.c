@@ -1,4 +1,5 @@
 /* RMSNorm and LayerNorm over the last dimension. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -202,7 +203,10 @@ static void tl_layernorm_rows(const float *xs, const float *gs, const float *bs,
                     lane[l] += (xi[j0 + l] - m) * (xi[j0 + l] - m);
             for (int64_t j = j0; j < C; j++)
                 lane[j - j0] += (xi[j] - m) * (xi[j] - m);
-            rstd[i] = 1.0f / sqrtf(tl_vlanes_sum(lane) / n + eps);
+            /* A variance that overflows gives NaN, not 1/sqrt(inf) = 0: zeros
+             * would hide a diverging run behind the loss of a uniform guess. */
+            float var = tl_vlanes_sum(lane) / n;
+            rstd[i] = var <= FLT_MAX ? 1.0f / sqrtf(var + eps) : NAN;
         }
         for (int64_t i = b0; i < b1; i++) {
             const float *xi = xs + i * C;
