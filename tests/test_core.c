@@ -302,7 +302,7 @@ static void test_threads(void)
     CHECK(tl_threads_set(cores + 100) == cores);
     CHECK(tl_threads_set(1) == 1);
     CHECK(tl_threads_get() == 1);
-    char buf[160];
+    char buf[256];
     tl_threads_describe(buf, sizeof buf);
     CHECK(strstr(buf, "threads 1 of") != NULL);
     CHECK(strstr(buf, "openmp") != NULL);

@@ -210,9 +210,10 @@ int main(int argc, char **argv)
         return rc == 1 ? 0 : rc;
     int threads = tl_threads_set(opt.threads);
     if (opt.threads > threads)
-        printf("--threads %d is more than the %d cores: running on %d\n", opt.threads,
-               tl_cores_available(), threads);
-    char desc[160];
+        printf("--threads %d is more than %s: running on %d\n", opt.threads,
+               threads < tl_cores_available() ? "OMP_THREAD_LIMIT allows" : "the cores",
+               threads);
+    char desc[256];
     printf("thinklab step benchmark: GPT-2 style, V %d, context %d, C %d, H %d, %d layers, "
            "batch %d\n%s\n", VOCAB, CONTEXT, WIDTH, HEADS, LAYERS, BATCH,
            tl_threads_describe(desc, sizeof desc));

@@ -17,13 +17,14 @@ extern "C" {
 int tl_cores_available(void);
 
 /* Sets the thread count for OpenBLAS and for thinklab's loops. n = 0 picks the
- * available cores; a larger n than the cores is clamped to them. Returns the
- * count in force. */
+ * available cores; a larger n than the cores, or than OMP_THREAD_LIMIT, is
+ * clamped to them. Turns OpenMP's dynamic adjustment off, since OpenBLAS waits
+ * for every thread it was given. Returns the count in force. */
 int tl_threads_set(int n);
 int tl_threads_get(void);
 
 /* Writes a one-line description such as "threads 2 of 2 cores (OpenBLAS
- * 0.3.21, openmp)" into buf. Returns buf. */
+ * 0.3.21, openmp)" into buf; 256 bytes hold every form. Returns buf. */
 char *tl_threads_describe(char *buf, size_t size);
 
 #ifdef __cplusplus

@@ -305,11 +305,12 @@ tl_trainer *tl_trainer_new(tl_model *model, const tl_train_data *data, const tl_
         }
     }
     if (tr->cfg.rank == 0) {
-        char desc[160], shards[96] = "";
-        if (tr->shards)
-            snprintf(shards, sizeof shards, "; %d data-parallel shards of %lld sequences",
-                     tl_shards_count(tr->shards),
-                     (long long)(tr->cfg.batch_size / tl_shards_count(tr->shards)));
+        char desc[256], shards[96] = "";
+        if (tr->shards) {
+            long long per = (long long)(tr->cfg.batch_size / tl_shards_count(tr->shards));
+            snprintf(shards, sizeof shards, "; %d data-parallel shards of %lld sequence%s",
+                     tl_shards_count(tr->shards), per, per == 1 ? "" : "s");
+        }
         fprintf(stderr, "thinklab: %s%s\n", tl_threads_describe(desc, sizeof desc), shards);
         if (tr->cfg.shards && tr->threads > 1 && !tr->shards) {
             /* No count from 2 to threads divides the batch, so name the
