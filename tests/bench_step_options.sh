@@ -55,12 +55,13 @@ for mode in "--threads 1" "--threads 2" "--threads 2 --op-threads"; do
 done
 
 # OpenMP allowed to start fewer threads than asked for: OpenBLAS used to wait
-# for the missing ones forever. The run must finish, and a thread limit of 1
+# for the missing ones forever. The runs must finish, and a thread limit of 1
 # must show on the start-up line.
 for env in OMP_THREAD_LIMIT=1 OMP_DYNAMIC=true; do
-    out=$(env "$env" OMP_WAIT_POLICY=passive timeout 120 "$bench" --threads 2 --steps 20 2>&1)
+    out=$(env "$env" OMP_WAIT_POLICY=passive timeout 120 "$bench" --threads 2 --steps 2 \
+          --warmup 0 2>&1)
     case $out in
-        *"4.1802 at step 24"*) echo "ok    $env: --threads 2 ends at loss 4.1802" ;;
+        *"at step 1 (random targets"*) echo "ok    $env: --threads 2 finishes" ;;
         *) echo "FAIL  $env: --threads 2 did not finish: $(echo "$out" | tail -n 2)" >&2
            failures=$((failures + 1)) ;;
     esac
