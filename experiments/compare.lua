@@ -130,6 +130,9 @@ if p.analyze then
   print("  per-model table   " .. out .. "/seeds.md, seeds.csv")
   print("  per-run table     " .. out .. "/comparison.md, comparison.csv")
   print("  plots             " .. out .. "/*.png")
+  if p.save_itt then
+    print("  ITT checkpoints   " .. out .. "/itt_s<seed>.ckpt (for elastic.lua)")
+  end
 end
 
 E.exit_on_failures("compare.lua", failures)
