@@ -684,6 +684,20 @@ static void test_divergence(void)
     CHECK_MSG(strstr(msg, "checkpoint") == NULL, "%s", msg);
     tl_trainer_free(tr);
     tl_model_free(fresh);
+
+    /* A router whose scores turn NaN fails the forward pass itself, before
+     * there is a loss: the message is still the divergence message, with the
+     * layer's own words in it. */
+    tl_model *routed = tu_model(tl_tokenizer_vocab_size(D.tok), 2, true, "topk", 14);
+    tr = tl_trainer_new(routed, &D.data, &c);
+    st = tr ? tl_trainer_run(tr) : TL_OK;
+    CHECK_MSG(st == TL_ENUMERIC, "run returned %s: %s", tl_status_name(st), tl_errmsg());
+    msg = tl_errmsg();
+    fprintf(stderr, "routed divergence message: %s\n", msg);
+    CHECK_MSG(strstr(msg, "diverged at step") != NULL, "%s", msg);
+    CHECK_MSG(strstr(msg, "Lower the learning rate (now") != NULL, "%s", msg);
+    tl_trainer_free(tr);
+    tl_model_free(routed);
     tl_model_free(m);
     remove(path);
     remove(keep);

@@ -419,7 +419,9 @@ static bool routing_due(const tl_trainer *tr)
                                tr->step % tr->cfg.log_routing_every == 0);
 }
 
-static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
+/* Sets the message of a step that diverged, what saying how, with the
+ * advice: a lower learning rate, clipping, and where to start again. */
+static tl_status diverged_because(const tl_trainer *tr, const char *what, float lr)
 {
     /* A run with a checkpoint path has nothing to resume from until its
      * first save. */
@@ -430,13 +432,30 @@ static tl_status diverged(const tl_trainer *tr, const char *quantity, double val
     else if (tr->checkpoint_path)
         snprintf(next, sizeof next, "train again: no checkpoint was saved before step %lld",
                  (long long)tr->step);
-    /* fabs: printf writes a NaN with its sign bit set as "-nan". */
-    return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: the %s is %g, so the "
-                                  "parameters were not updated. Lower the learning rate (now "
-                                  "%g)%s and %s",
-                     (long long)tr->step, quantity, isnan(value) ? fabs(value) : value,
-                     (double)lr,
+    return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: %s, so the parameters were "
+                                  "not updated. Lower the learning rate (now %g)%s and %s",
+                     (long long)tr->step, what, (double)lr,
                      tr->cfg.clip_norm > 0 ? "" : " or set clip (clip_norm in C) above 0", next);
+}
+
+static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
+{
+    char what[96];
+    /* fabs: printf writes a NaN with its sign bit set as "-nan". */
+    snprintf(what, sizeof what, "the %s is %g", quantity, isnan(value) ? fabs(value) : value);
+    return diverged_because(tr, what, lr);
+}
+
+/* A forward pass that failed on a non-finite value (a layer's router scores,
+ * say) is a divergence too: its message gets the same advice. Other errors
+ * pass unchanged. */
+static tl_status forward_failed(const tl_trainer *tr, tl_status st, float lr)
+{
+    if (st != TL_ENUMERIC)
+        return st;
+    char what[512];
+    snprintf(what, sizeof what, "%s", tl_errmsg());
+    return diverged_because(tr, what, lr);
 }
 
 /* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
@@ -487,7 +506,7 @@ static tl_status shards_forward_backward(tl_trainer *tr, float lr, double *loss,
         ax += sl->aux;
     }
     if (st != TL_OK)
-        return st;
+        return forward_failed(tr, st, lr);
     *loss = ce / n;
     *aux = ax / n;
     return TL_OK;
@@ -531,7 +550,7 @@ tl_status tl_trainer_step(tl_trainer *tr)
                               .collect_stats = routing};
         st = tl_model_forward(tr->model, ctx, ids, targets, &args, &out);
         if (st != TL_OK)
-            return st;
+            return forward_failed(tr, st, lr);
         loss = tl_f32(out.ce)[0];
         aux = out.aux ? tl_model_config_of(tr->model)->aux_weight * tl_f32(out.aux)[0] : 0.0;
         if (!isfinite(loss))
