@@ -54,7 +54,7 @@ for mode in "--threads 1" "--threads 2" "--threads 2 --op-threads"; do
     esac
 done
 
-# OpenMP allowed to start fewer threads than asked for: OpenBLAS used to wait
+# OpenMP allowed to start fewer threads than requested: OpenBLAS used to wait
 # for the missing ones forever. The runs must finish, and a thread limit of 1
 # must show on the start-up line.
 for env in OMP_THREAD_LIMIT=1 OMP_DYNAMIC=true; do

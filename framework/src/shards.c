@@ -168,10 +168,11 @@ tl_status tl_shards_backward(tl_shards *s, tl_shard_loss_fn fn, void *user, doub
      * its range of the gradients, adds up their squares for the global norm
      * and zeroes that range of the shard buffers. The sum is over shards in
      * index order and the squares are added in thread order, so a fixed
-     * shard count gives the same bits every run. */
-    /* At most one thread per shard, and no more than the thread setting:
-     * more shards than threads run in turn on each thread. */
-    int team = omp_get_max_threads() < n ? omp_get_max_threads() : n;
+     * shard count gives the same bits every run. The team has at most one
+     * thread per shard and no more than the thread setting, so extra shards
+     * run in turn on each thread. */
+    int threads_max = omp_get_max_threads();
+    int team = threads_max < n ? threads_max : n;
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();

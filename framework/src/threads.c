@@ -27,8 +27,8 @@ int tl_threads_set(int n)
     int cores = tl_cores_available();
     if (n <= 0 || n > cores)
         n = cores;
-    /* OpenBLAS's OpenMP build waits for every thread it was told to use, so
-     * OpenMP must start them all: a team cut short by OMP_DYNAMIC or by
+    /* OpenBLAS's OpenMP build waits for every thread it was given, so OpenMP
+     * must start them all. A team cut short by OMP_DYNAMIC or by
      * OMP_THREAD_LIMIT left a product spinning forever. */
     int limit = omp_get_thread_limit();
     if (n > limit)

@@ -24,7 +24,7 @@ int tl_threads_set(int n);
 int tl_threads_get(void);
 
 /* Writes a one-line description such as "threads 2 of 2 cores (OpenBLAS
- * 0.3.21, openmp)" into buf; 256 bytes hold every form. Returns buf. */
+ * 0.3.21, openmp)" into buf. 256 bytes are enough for every form. Returns buf. */
 char *tl_threads_describe(char *buf, size_t size);
 
 #ifdef __cplusplus

@@ -400,12 +400,10 @@ static void tl_attn_softmax_row(float *pi, const uint8_t *m, int64_t e, int64_t 
     memset(pi + w, 0, (size_t)(Tk - w) * sizeof(float));
 }
 
-/* Threads for a loop over `pairs` (b,h) pairs of `work` multiply-adds in
- * all: 1 below TL_ATTN_PARALLEL_WORK, or where a new region would not be
- * active (inside the data-parallel shards), else the thread setting, at
- * most one per pair. The loops ask for this many and index one scratch slot
- * per thread, so that the scratch grows with the threads that run, not with
- * the cores. */
+/* Returns the thread count for a loop over `pairs` (b,h) pairs doing `work`
+ * multiply-adds: 1 below TL_ATTN_PARALLEL_WORK or where a new region would be
+ * inactive (inside the shards), else the thread setting, at most one per
+ * pair. The loops request this many and give each thread one scratch slot. */
 static int tl_attn_threads(int64_t pairs, int64_t work)
 {
     if (work <= TL_ATTN_PARALLEL_WORK || omp_get_active_level() >= omp_get_max_active_levels())

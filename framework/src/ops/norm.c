@@ -176,10 +176,10 @@ void tl_rmsnorm_backward(tl_ctx *ctx, tl_node *node)
 
 /* ---- layernorm ---------------------------------------------------------------- */
 
-/* Computes rows [i0, i1) of the LayerNorm forward. bs may be NULL. The rows
- * go in blocks of TL_NORM_ROWS, one pass at a time over the block: each
- * row's mean, variance and normalisation wait on one another, and a row
- * alone left the CPU waiting on that chain. */
+/* Computes rows [i0, i1) of the LayerNorm forward. bs may be NULL. Each
+ * row's mean, variance and normalisation depend on one another, so the rows
+ * go in blocks of TL_NORM_ROWS with one pass at a time over the block, which
+ * gives the CPU independent work while a row waits. */
 TL_MULTIVERSION
 static void tl_layernorm_rows(const float *xs, const float *gs, const float *bs, float *y,
                               float *mean, float *rstd, int64_t C, float eps, int64_t i0,

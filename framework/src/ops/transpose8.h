@@ -35,12 +35,13 @@ __attribute__((always_inline)) static inline void tl_transpose8(float *dst, int6
     memcpy(&r5, src + 5 * ld, sizeof r5);
     memcpy(&r6, src + 6 * ld, sizeof r6);
     memcpy(&r7, src + 7 * ld, sizeof r7);
-    /* tI = (rI[0], rI+1[0], rI[1], rI+1[1], ...), tI+1 the same from [2] */
+    /* t0 interleaves elements 0, 1, 4, 5 of r0 and r1, and t1 elements 2, 3,
+     * 6, 7. The other pairs of rows are the same. */
     tl_v8 t0 = __builtin_shuffle(r0, r1, lo), t1 = __builtin_shuffle(r0, r1, hi);
     tl_v8 t2 = __builtin_shuffle(r2, r3, lo), t3 = __builtin_shuffle(r2, r3, hi);
     tl_v8 t4 = __builtin_shuffle(r4, r5, lo), t5 = __builtin_shuffle(r4, r5, hi);
     tl_v8 t6 = __builtin_shuffle(r6, r7, lo), t7 = __builtin_shuffle(r6, r7, hi);
-    /* uC: columns C and C + 4 of rows 0-3; uC+4: the same of rows 4-7 */
+    /* uC is columns C and C + 4 of rows 0-3, and uC+4 those of rows 4-7. */
     tl_v8 u0 = __builtin_shuffle(t0, t2, even), u1 = __builtin_shuffle(t0, t2, odd);
     tl_v8 u2 = __builtin_shuffle(t1, t3, even), u3 = __builtin_shuffle(t1, t3, odd);
     tl_v8 u4 = __builtin_shuffle(t4, t6, even), u5 = __builtin_shuffle(t4, t6, odd);

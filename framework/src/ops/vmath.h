@@ -96,8 +96,8 @@ static inline float tl_vexpf_normal(float x)
  * x86 CPUs run that as a slow microcode assist. On the AMD Zen 3 host of
  * framework/bench/BENCHMARKS.md, exp over a row with one -inf in five took
  * 2.5 times as long. Here the clamp keeps n in [-127, 0], and the scale
- * 2^-127 has the bits of +0, so no operation sees a subnormal unless the
- * result is one. NaN gives NaN. Not for x > 0. */
+ * 2^-127 has the bits of +0, so no operation works on a subnormal unless
+ * the result is one. NaN gives NaN. Not for x > 0. */
 static inline float tl_vexpf_nonpos(float x)
 {
     x = x < -88.0f ? -88.0f : x;

@@ -419,14 +419,16 @@ static bool routing_due(const tl_trainer *tr)
                                tr->step % tr->cfg.log_routing_every == 0);
 }
 
-/* Sets the message of a step that diverged, what saying how, with the
- * advice: a lower learning rate, clipping, and where to start again. */
-static tl_status diverged_because(const tl_trainer *tr, const char *what, float lr)
+/* Sets the error of a step that diverged, with the reason and the advice: a
+ * lower learning rate, clipping, and where to start again. */
+static tl_status diverged_because(const tl_trainer *tr, const char *reason, float lr)
 {
     /* A run with a checkpoint path has nothing to resume from until its
      * first save. */
     char next[1100] = "train again";
     if (tr->last_checkpoint)
+        /* NOTE: nothing checks that checkpoint's loss. When the loss grew
+         * for several steps first, it may already hold diverging weights. */
         snprintf(next, sizeof next, "resume from the last checkpoint, '%s' of step %lld",
                  tr->last_checkpoint, (long long)tr->last_checkpoint_step);
     else if (tr->checkpoint_path)
@@ -434,28 +436,28 @@ static tl_status diverged_because(const tl_trainer *tr, const char *what, float 
                  (long long)tr->step);
     return tl_seterr(TL_ENUMERIC, "training diverged at step %lld: %s, so the parameters were "
                                   "not updated. Lower the learning rate (now %g)%s and %s",
-                     (long long)tr->step, what, (double)lr,
+                     (long long)tr->step, reason, (double)lr,
                      tr->cfg.clip_norm > 0 ? "" : " or set clip (clip_norm in C) above 0", next);
 }
 
 static tl_status diverged(const tl_trainer *tr, const char *quantity, double value, float lr)
 {
-    char what[96];
+    char reason[96];
     /* fabs: printf writes a NaN with its sign bit set as "-nan". */
-    snprintf(what, sizeof what, "the %s is %g", quantity, isnan(value) ? fabs(value) : value);
-    return diverged_because(tr, what, lr);
+    snprintf(reason, sizeof reason, "the %s is %g", quantity, isnan(value) ? fabs(value) : value);
+    return diverged_because(tr, reason, lr);
 }
 
-/* A forward pass that failed on a non-finite value (a layer's router scores,
- * say) is a divergence too: its message gets the same advice. Other errors
- * pass unchanged. */
+/* Returns st, and for a forward pass that failed on a non-finite value (such
+ * as a layer's router scores) sets the divergence error with that message as
+ * the reason. */
 static tl_status forward_failed(const tl_trainer *tr, tl_status st, float lr)
 {
     if (st != TL_ENUMERIC)
         return st;
-    char what[512];
-    snprintf(what, sizeof what, "%s", tl_errmsg());
-    return diverged_because(tr, what, lr);
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", tl_errmsg()); /* tl_seterr overwrites it */
+    return diverged_because(tr, reason, lr);
 }
 
 /* tl_shard_loss_fn: shard i of n runs the model on its rows of the batch and
