@@ -94,8 +94,8 @@ static inline float tl_vexpf_normal(float x)
  * below -87.68), where tl_vexpf's result is subnormal. Masked scores are
  * -inf. tl_vexpf takes them through a multiply whose result underflows, and
  * x86 CPUs run that as a slow microcode assist. On the AMD Zen 3 host of
- * framework/bench/BENCHMARKS.md, exp over a row with one -inf in five took
- * 2.5 times as long. Here the clamp keeps n in [-127, 0], and the scale
+ * framework/bench/BENCHMARKS.md, a loop of this exp over values with one
+ * -inf in five took 2.5 times as long as over values without. Here the clamp keeps n in [-127, 0], and the scale
  * 2^-127 has the bits of +0, so no operation works on a subnormal unless
  * the result is one. NaN gives NaN. Not for x > 0. */
 static inline float tl_vexpf_nonpos(float x)
